@@ -1,0 +1,271 @@
+"""Activities of the deal and pickup workflows. Each is idempotent for (deal id, step)."""
+
+import functools
+from datetime import datetime
+from decimal import Decimal
+
+from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.carrier import SimulatedCarrier
+from activities.mailer import Mail, Mailer, mailer_from_settings
+from domain.catalog import Catalog, default_catalog
+from domain.durations import format_duration
+from domain.models import CarrierEvent, DealView, PickupRequest, PickupView, ReceiptCounts
+from domain.rules import RuleViolation
+from settings import Settings
+from store import deals as store
+from store.db import session_scope
+from store.tables import EmailMessage, Pickup, ReminderSent, ShipmentEvent, utcnow
+
+
+class ReminderInput(BaseModel):
+    deal_id: str
+    partner_id: str
+    offset_seconds: float
+    deadline: datetime
+    received_units: int
+    required_units: int
+
+
+class SettlementNotice(BaseModel):
+    deal_id: str
+    partner_id: str
+    kind: str  # released | forfeited | clawed_back
+    amount: Decimal
+    deadline: datetime
+    received_units: int
+    required_units: int
+
+
+class LedgerEntry(BaseModel):
+    deal_id: str
+    partner_id: str
+    kind: str
+    amount: Decimal
+
+
+class ExtensionRecord(BaseModel):
+    deal_id: str
+    sequence: int
+    extend_by_seconds: float
+    reason: str
+    new_deadline: datetime
+
+
+class PickupBookingInput(BaseModel):
+    deal_id: str
+    pickup_id: str
+    request: PickupRequest
+
+
+class ShipmentEventInput(BaseModel):
+    deal_id: str
+    partner_id: str
+    pickup_id: str
+    event: CarrierEvent
+    applied: bool
+    escalate: bool
+
+
+def non_retryable_on_bad_input(fn):
+    """Bad input will be as bad on the next attempt: fail the activity for good."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (RuleViolation, LookupError) as error:
+            raise ApplicationError(str(error), type=type(error).__name__, non_retryable=True) from error
+
+    return wrapper
+
+
+class TakebackActivities:
+    def __init__(self, settings: Settings, mailer: Mailer | None = None, catalog: Catalog | None = None):
+        self.settings = settings
+        self.database_url = settings.effective_database_url
+        self.mailer = mailer or mailer_from_settings(settings)
+        self.catalog = catalog or default_catalog()
+        self.carrier = SimulatedCarrier()
+
+    def all(self) -> list:
+        return [
+            self.confirm_booking,
+            self.book_pickup,
+            self.record_shipment_event,
+            self.process_receipt,
+            self.record_incentive,
+            self.record_extension,
+            self.send_reminder,
+            self.notify_settlement,
+            self.project_deal,
+            self.close_deal,
+        ]
+
+    # --- mail -------------------------------------------------------------------------------
+
+    def _send_once(self, mail: Mail) -> bool:
+        """Log the message under its key, then deliver it unless a previous attempt did."""
+        with session_scope(self.database_url) as session:
+            row = session.get(EmailMessage, mail.key)
+            if row is None:
+                session.add(EmailMessage(key=mail.key, to=mail.to, cc=mail.cc, subject=mail.subject, body=mail.body))
+                try:
+                    session.commit()
+                except IntegrityError:
+                    session.rollback()
+                row = session.get(EmailMessage, mail.key)
+            if row.sent_at is not None:
+                return False
+            provider_id = self.mailer.send(mail, self.settings.mail_from)
+            row.sent_at = utcnow()
+            row.provider_id = provider_id
+            session.add(row)
+            session.commit()
+            return True
+
+    def _contact(self, session, partner_id: str) -> str:
+        return store.partner_contact(session, partner_id) or self.settings.ops_email
+
+    # --- booking ----------------------------------------------------------------------------
+
+    @activity.defn
+    @non_retryable_on_bad_input
+    def confirm_booking(self, deal_id: str, booked_at: datetime, deadline: datetime) -> None:
+        with session_scope(self.database_url) as session:
+            store.confirm_booking(session, deal_id, booked_at, deadline)
+
+    # --- pickups ----------------------------------------------------------------------------
+
+    @activity.defn
+    @non_retryable_on_bad_input
+    def book_pickup(self, booking: PickupBookingInput) -> PickupView:
+        with session_scope(self.database_url) as session:
+            existing = session.get(Pickup, booking.pickup_id)
+            if existing is None:
+                carrier = self.carrier.book(booking.pickup_id)
+                existing = store.save_pickup(session, booking.pickup_id, booking.deal_id, carrier.carrier, carrier.tracking_number, booking.request)
+            return PickupView(id=existing.id, status=existing.status, carrier=existing.carrier, tracking_number=existing.tracking_number)
+
+    @activity.defn
+    def record_shipment_event(self, data: ShipmentEventInput) -> None:
+        event = data.event
+        with session_scope(self.database_url) as session:
+            if session.get(ShipmentEvent, event.event_id) is None:
+                session.add(
+                    ShipmentEvent(event_id=event.event_id, tracking_number=event.tracking_number, status=event.status.value, occurred_at=event.occurred_at, applied=data.applied)
+                )
+                try:
+                    session.commit()
+                except IntegrityError:
+                    session.rollback()
+            if data.applied:
+                pickup = session.get(Pickup, data.pickup_id)
+                if pickup is not None:
+                    pickup.status = event.status.value
+                    session.add(pickup)
+                    session.commit()
+            if not data.escalate:
+                return
+            contact = self._contact(session, data.partner_id)
+        self._send_once(
+            Mail(
+                key=f"{data.deal_id}:{data.pickup_id}:escalation:{event.status.value}",
+                to=contact,
+                cc=self.settings.ops_email,
+                subject=f"Takeback deal {data.deal_id}: pickup {data.pickup_id} reported {event.status.value}",
+                body=(
+                    f"The carrier reported '{event.status.value}' for pickup {data.pickup_id} "
+                    f"(tracking {event.tracking_number}) of takeback deal {data.deal_id} at {event.occurred_at.isoformat()}.\n"
+                    "Ops will contact the carrier; please check the pickup address and contact details."
+                ),
+            )
+        )
+
+    # --- receipts ---------------------------------------------------------------------------
+
+    @activity.defn
+    @non_retryable_on_bad_input
+    def process_receipt(self, deal_id: str, batch_id: str) -> ReceiptCounts:
+        with session_scope(self.database_url) as session:
+            return store.process_receipt(session, deal_id, batch_id, self.settings.refresh_max_age_years, self.catalog)
+
+    # --- money ------------------------------------------------------------------------------
+
+    @activity.defn
+    def record_incentive(self, entry: LedgerEntry) -> bool:
+        with session_scope(self.database_url) as session:
+            return store.record_incentive(session, entry.deal_id, entry.partner_id, entry.kind, entry.amount)
+
+    @activity.defn
+    def record_extension(self, record: ExtensionRecord) -> None:
+        with session_scope(self.database_url) as session:
+            store.record_extension(session, record.deal_id, record.sequence, record.extend_by_seconds, record.reason, record.new_deadline)
+
+    # --- notifications ----------------------------------------------------------------------
+
+    @activity.defn
+    def send_reminder(self, reminder: ReminderInput) -> bool:
+        """One reminder per (deal, offset): the unique row is written before the mail goes."""
+        with session_scope(self.database_url) as session:
+            if not session.query(ReminderSent).filter_by(deal_id=reminder.deal_id, offset_seconds=reminder.offset_seconds).first():
+                session.add(ReminderSent(deal_id=reminder.deal_id, offset_seconds=reminder.offset_seconds, deadline=reminder.deadline))
+                try:
+                    session.commit()
+                except IntegrityError:
+                    session.rollback()
+            contact = self._contact(session, reminder.partner_id)
+        offset = format_duration_seconds(reminder.offset_seconds)
+        missing = reminder.required_units - reminder.received_units
+        return self._send_once(
+            Mail(
+                key=f"{reminder.deal_id}:reminder:{offset}",
+                to=contact,
+                subject=f"Takeback deal {reminder.deal_id}: {missing} more units due by {reminder.deadline:%Y-%m-%d %H:%M:%S} UTC",
+                body=(
+                    f"Takeback deal {reminder.deal_id} has {reminder.received_units} of the {reminder.required_units} units "
+                    f"it needs back by its deadline {reminder.deadline.isoformat()} ({offset} from now).\n"
+                    f"Request a pickup for the remaining {missing} units to keep the incentive."
+                ),
+            )
+        )
+
+    @activity.defn
+    def notify_settlement(self, notice: SettlementNotice) -> bool:
+        with session_scope(self.database_url) as session:
+            contact = self._contact(session, notice.partner_id)
+        verb = {"released": "released", "forfeited": "forfeited", "clawed_back": "clawed back"}.get(notice.kind, notice.kind)
+        return self._send_once(
+            Mail(
+                key=f"{notice.deal_id}:settlement:{notice.kind}",
+                to=contact,
+                cc=None if notice.kind == "released" else self.settings.ops_email,
+                subject=f"Takeback deal {notice.deal_id}: incentive {verb} ({notice.amount})",
+                body=(
+                    f"The incentive of {notice.amount} on takeback deal {notice.deal_id} was {verb}: "
+                    f"{notice.received_units} units received, {notice.required_units} required by the deadline "
+                    f"{notice.deadline.isoformat()}."
+                ),
+            )
+        )
+
+    # --- read model and closing -------------------------------------------------------------
+
+    @activity.defn
+    def project_deal(self, view: DealView) -> None:
+        with session_scope(self.database_url) as session:
+            store.project_deal(session, view)
+
+    @activity.defn
+    def close_deal(self, view: DealView) -> str:
+        with session_scope(self.database_url) as session:
+            return store.close_deal(session, view)
+
+
+def format_duration_seconds(seconds: float) -> str:
+    from datetime import timedelta
+
+    return format_duration(timedelta(seconds=seconds))

@@ -1,0 +1,48 @@
+"""Business rules of the takeback program (see shared/domain.md)."""
+
+import math
+from decimal import ROUND_HALF_UP, Decimal
+
+from domain.models import Condition, Disposition, SanitizationMethod
+
+MAX_INCENTIVE_RATE = Decimal("0.07")
+CENTS = Decimal("0.01")
+
+
+class RuleViolation(ValueError):
+    """Input that breaks a business rule; never worth retrying."""
+
+
+def validate_incentive_rate(rate: Decimal) -> Decimal:
+    if not (Decimal(0) < rate <= MAX_INCENTIVE_RATE):
+        raise RuleViolation(f"incentive_rate must be in (0, {MAX_INCENTIVE_RATE}], got {rate}")
+    return rate
+
+
+def incentive_amount(new_products_value: Decimal, rate: Decimal) -> Decimal:
+    """Money in decimal, rounded half-up to cents."""
+    validate_incentive_rate(rate)
+    if new_products_value < 0:
+        raise RuleViolation("new_products_value must not be negative")
+    return (new_products_value * rate).quantize(CENTS, rounding=ROUND_HALF_UP)
+
+
+def required_units(committed_units: int, threshold: float) -> int:
+    """ceil(threshold x committed), computed in decimal so 0.8 x 10 is 8, not 9."""
+    if committed_units <= 0:
+        raise RuleViolation("a deal commits at least one unit")
+    if not (0 < threshold <= 1):
+        raise RuleViolation(f"return threshold must be in (0, 1], got {threshold}")
+    return math.ceil(Decimal(str(threshold)) * committed_units)
+
+
+def disposition_for(condition: Condition, age_years: float, refresh_max_age_years: float) -> Disposition:
+    """Working gear young enough is remanufactured (Refresh); everything else is recycled."""
+    if condition == Condition.working and age_years <= refresh_max_age_years:
+        return Disposition.refresh
+    return Disposition.recycle
+
+
+def sanitization_for(disposition: Disposition) -> SanitizationMethod:
+    """NIST SP 800-88: resold media are purged (reusable), recycled media are destroyed."""
+    return SanitizationMethod.purge if disposition == Disposition.refresh else SanitizationMethod.destroy

@@ -1,0 +1,135 @@
+"""Deal operations for callers. Serial lists go to the store; workflows get ids and counts."""
+
+import asyncio
+import uuid
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import WorkflowIDReusePolicy
+
+from domain import rules
+from domain.durations import parse_duration
+from domain.models import BookingRequest, CarrierEvent, DealTerms, DealView, PickupRequest, PickupView, ReceiptItem
+from settings import Settings
+from store import deals as store
+from store.db import session_scope
+from workflows.deal import DealWorkflowInput, ExtendCommand, TakebackDealWorkflow
+from workflows.ids import deal_workflow_id, pickup_workflow_id
+from workflows.pickup import PickupWorkflow
+
+
+def new_deal_id() -> str:
+    return f"D{uuid.uuid4().hex[:16].upper()}"
+
+
+def deal_terms(deal_id: str, request: BookingRequest, settings: Settings) -> DealTerms:
+    """Freeze today's settings into the deal: it keeps the window and offsets it was booked with."""
+    return DealTerms(
+        deal_id=deal_id,
+        partner_id=request.partner_id,
+        new_products_value=request.new_products_value,
+        incentive_rate=request.incentive_rate,
+        committed_units=request.committed_units,
+        serials_listed=any(line.serial_numbers for line in request.equipment),
+        mode=settings.incentive_mode,
+        return_window_seconds=settings.return_window_seconds,
+        reminder_offsets_seconds=settings.reminder_offsets_seconds,
+        return_threshold=settings.return_threshold,
+        sim_carrier_step_seconds=settings.sim_carrier_step_seconds,
+    )
+
+
+def deal_handle(client: Client, deal_id: str) -> WorkflowHandle:
+    return client.get_workflow_handle_for(TakebackDealWorkflow.run, deal_workflow_id(deal_id))
+
+
+async def book_deal(client: Client, settings: Settings, request: BookingRequest, deal_id: str | None = None) -> DealView:
+    """Validate, stage the booking (claiming listed serials), start the workflow, wait until booked.
+
+    Raises RuleViolation (422), store.UnknownPartner, store.SerialConflict (409).
+    """
+    rules.validate_incentive_rate(request.incentive_rate)
+    deal_id = deal_id or new_deal_id()
+    terms = deal_terms(deal_id, request, settings)
+    rules.required_units(terms.committed_units, terms.return_threshold)
+
+    def stage() -> None:
+        with session_scope(settings.effective_database_url) as session:
+            store.stage_booking(session, deal_id, request, terms)
+
+    await asyncio.to_thread(stage)
+    try:
+        handle = await client.start_workflow(
+            TakebackDealWorkflow.run,
+            DealWorkflowInput(terms=terms),
+            id=deal_workflow_id(deal_id),
+            task_queue=settings.task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        )
+    except Exception as error:
+        from temporalio.exceptions import WorkflowAlreadyStartedError
+
+        if not isinstance(error, WorkflowAlreadyStartedError):
+            await asyncio.to_thread(_discard, settings, deal_id)
+            raise
+        handle = deal_handle(client, deal_id)
+    return await handle.execute_update(TakebackDealWorkflow.booked, id="booked")
+
+
+def _discard(settings: Settings, deal_id: str) -> None:
+    with session_scope(settings.effective_database_url) as session:
+        store.discard_staged_booking(session, deal_id)
+
+
+async def get_deal(client: Client, settings: Settings, deal_id: str) -> DealView | None:
+    """The live view from the workflow's query; the store's copy once the workflow has closed."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    try:
+        return await deal_handle(client, deal_id).query(TakebackDealWorkflow.view)
+    except RPCError as error:
+        if error.status != RPCStatusCode.NOT_FOUND:
+            raise
+    except Exception:  # closed workflow whose query cannot run, or still booking
+        pass
+
+    def read() -> DealView | None:
+        with session_scope(settings.effective_database_url) as session:
+            return store.deal_view_from_store(session, deal_id)
+
+    return await asyncio.to_thread(read)
+
+
+async def request_pickup(client: Client, deal_id: str, request: PickupRequest) -> PickupView:
+    return await deal_handle(client, deal_id).execute_update(TakebackDealWorkflow.request_pickup, request)
+
+
+async def record_receipt(client: Client, settings: Settings, deal_id: str, items: list[ReceiptItem], batch_id: str | None = None) -> dict:
+    """Stage the items, let the workflow process the batch by id, answer item by item from the store."""
+    batch_id = batch_id or f"{deal_id}-r{uuid.uuid4().hex[:12]}"
+
+    def stage() -> None:
+        with session_scope(settings.effective_database_url) as session:
+            store.stage_receipt(session, batch_id, deal_id, items)
+
+    await asyncio.to_thread(stage)
+    await deal_handle(client, deal_id).execute_update(TakebackDealWorkflow.record_receipt, batch_id, id=f"receipt-{batch_id}")
+
+    def result() -> dict:
+        with session_scope(settings.effective_database_url) as session:
+            return store.receipt_result(session, batch_id)
+
+    return await asyncio.to_thread(result)
+
+
+async def extend_deal(client: Client, deal_id: str, extend_by: str, reason: str) -> DealView:
+    seconds = parse_duration(extend_by).total_seconds()
+    return await deal_handle(client, deal_id).execute_update(TakebackDealWorkflow.extend, ExtendCommand(extend_by_seconds=seconds, reason=reason))
+
+
+async def cancel_deal(client: Client, deal_id: str, reason: str) -> DealView:
+    return await deal_handle(client, deal_id).execute_update(TakebackDealWorkflow.cancel, reason)
+
+
+async def send_carrier_event(client: Client, event: CarrierEvent) -> None:
+    handle = client.get_workflow_handle_for(PickupWorkflow.run, pickup_workflow_id(event.tracking_number))
+    await handle.signal(PickupWorkflow.carrier_event, event)

@@ -1,0 +1,88 @@
+"""All configuration in one place, read from the environment (see shared/api.md)."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from domain.durations import parse_duration, parse_duration_list
+from domain.models import IncentiveMode
+
+TASK_QUEUE = "takeback"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(Path(".data"), alias="TAKEBACK_DATA_DIR")
+    database_url: str = Field("", alias="TAKEBACK_DATABASE_URL")
+    outbox_dir: Path | None = Field(None, alias="TAKEBACK_OUTBOX_DIR")
+
+    temporal_address: str = Field("localhost:7233", alias="TEMPORAL_ADDRESS")
+    temporal_namespace: str = Field("default", alias="TEMPORAL_NAMESPACE")
+    temporal_api_key: str | None = Field(None, alias="TEMPORAL_API_KEY")
+    temporal_tls_cert: Path | None = Field(None, alias="TEMPORAL_TLS_CLIENT_CERT_PATH")
+    temporal_tls_key: Path | None = Field(None, alias="TEMPORAL_TLS_CLIENT_KEY_PATH")
+    temporal_tls: bool = Field(False, alias="TEMPORAL_TLS")
+    task_queue: str = Field(TASK_QUEUE, alias="TAKEBACK_TASK_QUEUE")
+
+    return_window: str = Field("365d", alias="TAKEBACK_RETURN_WINDOW")
+    reminder_offsets: str = Field("90d,30d,7d", alias="TAKEBACK_REMINDER_OFFSETS")
+    return_threshold: float = Field(0.8, gt=0, le=1, alias="TAKEBACK_RETURN_THRESHOLD")
+    incentive_mode: IncentiveMode = Field(IncentiveMode.rebate, alias="TAKEBACK_INCENTIVE_MODE")
+    refresh_max_age_years: float = Field(5.0, ge=0, alias="TAKEBACK_REFRESH_MAX_AGE_YEARS")
+    sim_carrier_step: str = Field("0s", alias="TAKEBACK_SIM_CARRIER_STEP")
+    carrier_webhook_secret: str = Field("dev-carrier-secret", alias="TAKEBACK_CARRIER_WEBHOOK_SECRET")
+
+    ops_email: str = Field("ops@takeback.example", alias="TAKEBACK_OPS_EMAIL")
+    mail_from: str = Field("takeback@takeback.example", alias="TAKEBACK_MAIL_FROM")
+    sendgrid_api_key: str | None = Field(None, alias="SENDGRID_API_KEY")
+    sendgrid_host: str = Field("https://api.sendgrid.com", alias="SENDGRID_HOST")
+
+    @field_validator("return_window")
+    @classmethod
+    def _window_is_a_duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @field_validator("reminder_offsets")
+    @classmethod
+    def _offsets_are_durations(cls, value: str) -> str:
+        parse_duration_list(value)
+        return value
+
+    @field_validator("sim_carrier_step")
+    @classmethod
+    def _step_is_a_duration_or_zero(cls, value: str) -> str:
+        if value.strip() not in ("0", "0s"):
+            parse_duration(value if value.strip()[-1].isalpha() else f"{value}s")
+        return value
+
+    @property
+    def return_window_seconds(self) -> float:
+        return parse_duration(self.return_window).total_seconds()
+
+    @property
+    def reminder_offsets_seconds(self) -> list[float]:
+        return [offset.total_seconds() for offset in parse_duration_list(self.reminder_offsets)]
+
+    @property
+    def sim_carrier_step_seconds(self) -> float:
+        value = self.sim_carrier_step.strip()
+        if value in ("0", "0s"):
+            return 0.0
+        return parse_duration(value if value[-1].isalpha() else f"{value}s").total_seconds()
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'takeback.db'}"
+
+    @property
+    def effective_outbox_dir(self) -> Path:
+        return self.outbox_dir or self.data_dir / "outbox"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,401 @@
+"""Store operations behind the activities and the API. Each is idempotent for its key."""
+
+import hashlib
+import json
+from collections import Counter
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from domain import rules
+from domain.catalog import Catalog
+from domain.models import (
+    BookingRequest,
+    DealStatus,
+    DealTerms,
+    DealView,
+    Disposition,
+    IncentiveStatus,
+    PickupRequest,
+    ReceiptCounts,
+    ReceiptItem,
+)
+from store.tables import (
+    Certificate,
+    CommittedLine,
+    CommittedSerial,
+    Deal,
+    DealExtension,
+    IncentiveLedger,
+    OpenSerialClaim,
+    Partner,
+    Pickup,
+    ReceiptBatch,
+    ReceiptRejection,
+    ReturnedItem,
+    SanitizationRecord,
+    utcnow,
+)
+
+BOOKING = "booking"  # a staged deal whose workflow has not yet confirmed it
+INSERT_CHUNK = 2_000
+
+
+class UnknownPartner(LookupError):
+    pass
+
+
+class SerialConflict(Exception):
+    def __init__(self, serials: list[str]):
+        super().__init__(f"serials committed on another open deal: {', '.join(serials[:10])}")
+        self.serials = serials
+
+
+class UnknownBatch(LookupError):
+    pass
+
+
+def _chunks(rows: list[dict], size: int = INSERT_CHUNK):
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def stage_booking(session: Session, deal_id: str, request: BookingRequest, terms: DealTerms) -> bool:
+    """Store the booking with its committed lines and serials; False if already staged.
+
+    Listed serials are claimed in OpenSerialClaim, whose primary key refuses a serial that
+    another open deal holds. The workflow then confirms the deal by id.
+    """
+    if session.get(Deal, deal_id) is not None:
+        return False
+    if session.get(Partner, request.partner_id) is None:
+        raise UnknownPartner(request.partner_id)
+    serial_rows = [
+        {"deal_id": deal_id, "serial": serial, "product_id": line.product_id}
+        for line in request.equipment
+        for serial in line.serial_numbers or []
+    ]
+    duplicates = [serial for serial, n in Counter(r["serial"] for r in serial_rows).items() if n > 1]
+    if duplicates:
+        raise rules.RuleViolation(f"serials listed twice in this booking: {', '.join(duplicates[:10])}")
+    amount = rules.incentive_amount(request.new_products_value, request.incentive_rate)
+    session.add(
+        Deal(
+            id=deal_id,
+            partner_id=request.partner_id,
+            customer_name=request.customer.name,
+            customer_country=request.customer.country,
+            opportunity=request.opportunity.value,
+            new_products_value=request.new_products_value,
+            incentive_rate=request.incentive_rate,
+            incentive_mode=terms.mode.value,
+            incentive_amount=amount,
+            incentive_status=IncentiveStatus.held.value,
+            status=BOOKING,
+            committed_units=terms.committed_units,
+            required_units=rules.required_units(terms.committed_units, terms.return_threshold),
+            serials_listed=bool(serial_rows),
+        )
+    )
+    session.execute(
+        insert(CommittedLine),
+        [{"deal_id": deal_id, "product_id": line.product_id, "quantity": line.quantity} for line in request.equipment],
+    )
+    try:
+        for chunk in _chunks(serial_rows):
+            session.execute(insert(CommittedSerial), chunk)
+            session.execute(insert(OpenSerialClaim), [{"serial": r["serial"], "deal_id": deal_id} for r in chunk])
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        wanted = [r["serial"] for r in serial_rows]
+        held = []
+        for start in range(0, len(wanted), INSERT_CHUNK):
+            held += session.execute(
+                select(OpenSerialClaim.serial).where(OpenSerialClaim.serial.in_(wanted[start : start + INSERT_CHUNK]))
+            ).scalars().all()
+        raise SerialConflict(sorted(held)) from None
+    return True
+
+
+def discard_staged_booking(session: Session, deal_id: str) -> None:
+    """Undo a staged booking whose workflow never started (so its serials are free again)."""
+    deal = session.get(Deal, deal_id)
+    if deal is None or deal.status != BOOKING:
+        return
+    for table in (OpenSerialClaim, CommittedSerial, CommittedLine):
+        session.execute(delete(table).where(table.deal_id == deal_id))
+    session.delete(deal)
+    session.commit()
+
+
+def confirm_booking(session: Session, deal_id: str, booked_at: datetime, deadline: datetime) -> None:
+    deal = session.get(Deal, deal_id)
+    if deal is None:
+        raise rules.RuleViolation(f"deal {deal_id} was never staged")
+    if deal.status == BOOKING:
+        deal.status = DealStatus.awaiting_returns.value
+        deal.booked_at = booked_at
+        deal.return_deadline = deadline
+        deal.updated_at = utcnow()
+        session.add(deal)
+        session.commit()
+
+
+def partner_contact(session: Session, partner_id: str) -> str | None:
+    partner = session.get(Partner, partner_id)
+    return partner.contact_email if partner else None
+
+
+# --- pickups and shipments ------------------------------------------------------------------
+
+
+def save_pickup(session: Session, pickup_id: str, deal_id: str, carrier: str, tracking: str, request: PickupRequest) -> Pickup:
+    existing = session.get(Pickup, pickup_id)
+    if existing is not None:
+        return existing
+    pickup = Pickup(
+        id=pickup_id,
+        deal_id=deal_id,
+        carrier=carrier,
+        tracking_number=tracking,
+        address=request.address,
+        contact_name=request.contact_name,
+        contact_phone=request.contact_phone,
+        ready_on=str(request.ready_on),
+        expected_units=request.expected_units,
+    )
+    session.add(pickup)
+    session.commit()
+    return pickup
+
+
+def find_pickup_by_tracking(session: Session, tracking_number: str) -> Pickup | None:
+    return session.execute(select(Pickup).where(Pickup.tracking_number == tracking_number)).scalars().first()
+
+
+# --- receipts --------------------------------------------------------------------------------
+
+
+def stage_receipt(session: Session, batch_id: str, deal_id: str, items: list[ReceiptItem]) -> None:
+    if session.get(ReceiptBatch, batch_id) is not None:
+        return
+    payload = json.dumps([item.model_dump(mode="json") for item in items])
+    session.add(ReceiptBatch(id=batch_id, deal_id=deal_id, items_json=payload, item_count=len(items)))
+    session.commit()
+
+
+def _batch_counts(session: Session, batch_id: str) -> ReceiptCounts:
+    by_disposition = dict(
+        session.execute(
+            select(ReturnedItem.disposition, func.count()).where(ReturnedItem.batch_id == batch_id).group_by(ReturnedItem.disposition)
+        ).all()
+    )
+    rejected = session.execute(select(func.count()).select_from(ReceiptRejection).where(ReceiptRejection.batch_id == batch_id)).scalar_one()
+    return ReceiptCounts(
+        batch_id=batch_id,
+        accepted=sum(by_disposition.values()),
+        rejected=rejected,
+        refresh=by_disposition.get(Disposition.refresh.value, 0),
+        recycle=by_disposition.get(Disposition.recycle.value, 0),
+        other=by_disposition.get(Disposition.other.value, 0),
+    )
+
+
+def _existing(session: Session, column, values: list[str], *where) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(values), INSERT_CHUNK):
+        found.update(session.execute(select(column).where(column.in_(values[start : start + INSERT_CHUNK]), *where)).scalars().all())
+    return found
+
+
+def process_receipt(session: Session, deal_id: str, batch_id: str, refresh_max_age_years: float, catalog: Catalog) -> ReceiptCounts:
+    """Accept or reject each staged item, disposition and sanitize the accepted ones, once.
+
+    The whole batch is one transaction marked processed; a retry returns the stored counts.
+    A concurrent receipt of the same serial on another deal loses on the unique serial and
+    the batch is re-evaluated.
+    """
+    for _attempt in range(5):
+        batch = session.get(ReceiptBatch, batch_id)
+        if batch is None or batch.deal_id != deal_id:
+            raise UnknownBatch(batch_id)
+        if batch.processed_at is not None:
+            return _batch_counts(session, batch_id)
+        items = [ReceiptItem.model_validate(raw) for raw in json.loads(batch.items_json)]
+        serials = [item.serial_number for item in items]
+        already_returned = _existing(session, ReturnedItem.serial, serials)
+        deal = session.get(Deal, deal_id)
+        listed = _existing(session, CommittedSerial.serial, serials, CommittedSerial.deal_id == deal_id) if deal.serials_listed else None
+        seen: set[str] = set()
+        accepted, rejections, sanitizations = [], [], []
+        for position, item in enumerate(items):
+            serial = item.serial_number
+            reason = None
+            if serial in seen:
+                reason = "serial appears twice in this receipt"
+            elif serial in already_returned:
+                reason = "serial already returned"
+            elif listed is not None and serial not in listed:
+                reason = "serial not listed on this deal"
+            seen.add(serial)
+            if reason:
+                rejections.append({"batch_id": batch_id, "deal_id": deal_id, "position": position, "serial": serial, "reason": reason})
+                continue
+            disposition = rules.disposition_for(item.condition, item.age_years, refresh_max_age_years)
+            accepted.append(
+                {
+                    "serial": serial,
+                    "deal_id": deal_id,
+                    "batch_id": batch_id,
+                    "product_id": item.product_id,
+                    "condition": item.condition.value,
+                    "age_years": item.age_years,
+                    "disposition": disposition.value,
+                    "received_at": utcnow(),
+                }
+            )
+            if catalog.is_data_bearing(item.product_id):
+                sanitizations.append(
+                    {"serial": serial, "deal_id": deal_id, "method": rules.sanitization_for(disposition).value, "recorded_at": utcnow()}
+                )
+        try:
+            for chunk in _chunks(accepted):
+                session.execute(insert(ReturnedItem), chunk)
+            for chunk in _chunks(rejections):
+                session.execute(insert(ReceiptRejection), chunk)
+            for chunk in _chunks(sanitizations):
+                session.execute(insert(SanitizationRecord), chunk)
+            session.execute(update(ReceiptBatch).where(ReceiptBatch.id == batch_id).values(processed_at=utcnow()))
+            session.commit()
+        except IntegrityError:
+            session.rollback()  # lost a race on a serial; look again
+            continue
+        return _batch_counts(session, batch_id)
+    raise RuntimeError(f"receipt {batch_id} kept conflicting with concurrent receipts")
+
+
+def receipt_result(session: Session, batch_id: str) -> dict:
+    """The item-level answer of a processed receipt, as the API returns it."""
+    rejected = session.execute(
+        select(ReceiptRejection.serial, ReceiptRejection.reason).where(ReceiptRejection.batch_id == batch_id).order_by(ReceiptRejection.position)
+    ).all()
+    items = session.execute(select(ReturnedItem.serial, ReturnedItem.disposition).where(ReturnedItem.batch_id == batch_id).order_by(ReturnedItem.id)).all()
+    return {
+        "accepted": len(items),
+        "rejected": [{"serial_number": s, "reason": r} for s, r in rejected],
+        "items": [{"serial_number": s, "disposition": d} for s, d in items],
+    }
+
+
+# --- money -----------------------------------------------------------------------------------
+
+
+def record_incentive(session: Session, deal_id: str, partner_id: str, kind: str, amount: Decimal) -> bool:
+    """Write the (deal, kind) ledger row; False if it was written before."""
+    session.add(IncentiveLedger(deal_id=deal_id, partner_id=partner_id, kind=kind, amount=amount))
+    try:
+        session.commit()
+        return True
+    except IntegrityError:
+        session.rollback()
+        return False
+
+
+def record_extension(session: Session, deal_id: str, sequence: int, extend_by_seconds: float, reason: str, new_deadline: datetime) -> None:
+    session.add(DealExtension(deal_id=deal_id, sequence=sequence, extend_by_seconds=extend_by_seconds, reason=reason, new_deadline=new_deadline))
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+
+
+# --- read model and closing ------------------------------------------------------------------
+
+
+def project_deal(session: Session, view: DealView) -> None:
+    """Keep the deals read model in step with the workflow (lists and closed deals read it)."""
+    session.execute(
+        update(Deal)
+        .where(Deal.id == view.id)
+        .values(
+            status=view.status.value,
+            booked_at=view.booked_at,
+            return_deadline=view.return_deadline,
+            received_units=view.received_units,
+            rejected_units=view.rejected_units,
+            refresh_units=view.dispositions.refresh,
+            recycle_units=view.dispositions.recycle,
+            other_units=view.dispositions.other,
+            incentive_status=view.incentive.status.value,
+            incentive_amount=view.incentive.amount,
+            updated_at=utcnow(),
+            view_json=view.model_dump_json(),
+        )
+    )
+    session.commit()
+
+
+def deal_view_from_store(session: Session, deal_id: str) -> DealView | None:
+    deal = session.get(Deal, deal_id)
+    if deal is None or deal.view_json is None:
+        return None
+    return DealView.model_validate_json(deal.view_json)
+
+
+def close_deal(session: Session, view: DealView) -> str:
+    """Free the deal's serial claims and issue its certificate of recycling; returns its hash."""
+    project_deal(session, view)
+    session.execute(delete(OpenSerialClaim).where(OpenSerialClaim.deal_id == view.id))
+    session.commit()
+    existing = session.get(Certificate, view.id)
+    if existing is not None:
+        return existing.content_hash
+    content = certificate_content(session, view)
+    body = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    session.add(Certificate(deal_id=view.id, content_json=body, content_hash=digest))
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        return session.get(Certificate, view.id).content_hash
+    return digest
+
+
+def certificate_content(session: Session, view: DealView) -> dict:
+    sanitization = dict(session.execute(select(SanitizationRecord.serial, SanitizationRecord.method).where(SanitizationRecord.deal_id == view.id)).all())
+    items = session.execute(
+        select(ReturnedItem.serial, ReturnedItem.product_id, ReturnedItem.condition, ReturnedItem.age_years, ReturnedItem.disposition)
+        .where(ReturnedItem.deal_id == view.id)
+        .order_by(ReturnedItem.serial)
+    ).all()
+    return {
+        "deal_id": view.id,
+        "partner_id": view.partner_id,
+        "status": view.status.value,
+        "booked_at": view.booked_at.isoformat(),
+        "return_deadline": view.return_deadline.isoformat(),
+        "units_received": len(items),
+        "dispositions": view.dispositions.model_dump(),
+        "items": [
+            {
+                "serial_number": serial,
+                "product_id": product_id,
+                "condition": condition,
+                "age_years": age,
+                "disposition": disposition,
+                "sanitization": (
+                    {"method": sanitization[serial], "standard": "NIST SP 800-88 Rev. 1"} if serial in sanitization else None
+                ),
+            }
+            for serial, product_id, condition, age, disposition in items
+        ],
+    }
+
+
+def get_certificate(session: Session, deal_id: str) -> Certificate | None:
+    return session.get(Certificate, deal_id)

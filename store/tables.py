@@ -1,0 +1,198 @@
+"""SQLModel tables. Business-level exactly-once is enforced here, by unique constraints."""
+
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from sqlalchemy import Column, Numeric, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Partner(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=200)
+    name: str
+    contact_email: str
+    country: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Deal(SQLModel, table=True):
+    """Booking facts plus the read model the workflow keeps current."""
+
+    id: str = Field(primary_key=True, max_length=64)
+    partner_id: str = Field(index=True, max_length=200)
+    customer_name: str
+    customer_country: str
+    opportunity: str
+    new_products_value: Decimal = Field(sa_column=Column(Numeric(16, 2), nullable=False))
+    incentive_rate: Decimal = Field(sa_column=Column(Numeric(6, 4), nullable=False))
+    incentive_mode: str
+    incentive_amount: Decimal = Field(sa_column=Column(Numeric(16, 2), nullable=False))
+    incentive_status: str
+    status: str = Field(index=True)
+    committed_units: int
+    required_units: int
+    received_units: int = 0
+    rejected_units: int = 0
+    refresh_units: int = 0
+    recycle_units: int = 0
+    other_units: int = 0
+    serials_listed: bool = False
+    booked_at: datetime | None = None
+    return_deadline: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    updated_at: datetime = Field(default_factory=utcnow)
+    view_json: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class CommittedLine(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    deal_id: str = Field(index=True)
+    product_id: str
+    quantity: int
+
+
+class CommittedSerial(SQLModel, table=True):
+    """Serials a deal listed at booking."""
+
+    deal_id: str = Field(primary_key=True)
+    serial: str = Field(primary_key=True)
+    product_id: str
+
+
+class OpenSerialClaim(SQLModel, table=True):
+    """A listed serial held by an open deal: the primary key forbids two open deals listing it."""
+
+    serial: str = Field(primary_key=True)
+    deal_id: str = Field(index=True)
+
+
+class Pickup(SQLModel, table=True):
+    id: str = Field(primary_key=True)  # "<deal id>-p<n>"
+    deal_id: str = Field(index=True)
+    carrier: str
+    tracking_number: str = Field(unique=True)
+    status: str = "scheduled"
+    address: str
+    contact_name: str
+    contact_phone: str
+    ready_on: str
+    expected_units: int
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ShipmentEvent(SQLModel, table=True):
+    event_id: str = Field(primary_key=True)
+    tracking_number: str = Field(index=True)
+    status: str
+    occurred_at: datetime
+    applied: bool
+    recorded_at: datetime = Field(default_factory=utcnow)
+
+
+class ReceiptBatch(SQLModel, table=True):
+    """A receipt staged by the caller; the workflow processes it by id, once."""
+
+    id: str = Field(primary_key=True)
+    deal_id: str = Field(index=True)
+    items_json: str = Field(sa_column=Column(Text, nullable=False))
+    item_count: int
+    processed_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ReturnedItem(SQLModel, table=True):
+    """An accepted item. The unique serial is the grey-market guard across all deals."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    serial: str = Field(unique=True)
+    deal_id: str = Field(index=True)
+    batch_id: str = Field(index=True)
+    product_id: str
+    condition: str
+    age_years: float
+    disposition: str
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class ReceiptRejection(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("batch_id", "position"),)
+    id: int | None = Field(default=None, primary_key=True)
+    batch_id: str = Field(index=True)
+    deal_id: str = Field(index=True)
+    position: int
+    serial: str
+    reason: str
+
+
+class SanitizationRecord(SQLModel, table=True):
+    serial: str = Field(primary_key=True)
+    deal_id: str = Field(index=True)
+    method: str
+    standard: str = "NIST SP 800-88 Rev. 1"
+    recorded_at: datetime = Field(default_factory=utcnow)
+
+
+class ReminderSent(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("deal_id", "offset_seconds"),)
+    id: int | None = Field(default=None, primary_key=True)
+    deal_id: str = Field(index=True)
+    offset_seconds: float
+    deadline: datetime
+    sent_at: datetime = Field(default_factory=utcnow)
+
+
+class EmailMessage(SQLModel, table=True):
+    """One row per business e-mail (key: deal id + step), so a retry never mails twice."""
+
+    key: str = Field(primary_key=True)
+    to: str
+    cc: str | None = None
+    subject: str
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    sent_at: datetime | None = None
+    provider_id: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class IncentiveLedger(SQLModel, table=True):
+    """Money moves: one row per (deal, kind) makes each movement happen at most once."""
+
+    __table_args__ = (UniqueConstraint("deal_id", "kind"),)
+    id: int | None = Field(default=None, primary_key=True)
+    deal_id: str = Field(index=True)
+    partner_id: str = Field(index=True)
+    kind: str  # applied | released | forfeited | clawed_back | cancelled
+    amount: Decimal = Field(sa_column=Column(Numeric(16, 2), nullable=False))
+    recorded_at: datetime = Field(default_factory=utcnow)
+
+
+class DealExtension(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("deal_id", "sequence"),)
+    id: int | None = Field(default=None, primary_key=True)
+    deal_id: str = Field(index=True)
+    sequence: int
+    extend_by_seconds: float
+    reason: str
+    new_deadline: datetime
+    recorded_at: datetime = Field(default_factory=utcnow)
+
+
+class Certificate(SQLModel, table=True):
+    deal_id: str = Field(primary_key=True)
+    content_json: str = Field(sa_column=Column(Text, nullable=False))
+    content_hash: str
+    issued_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiKey(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    key_hash: str = Field(unique=True)
+    prefix: str
+    role: str  # ops | partner
+    partner_id: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None

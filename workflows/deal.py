@@ -1,0 +1,339 @@
+"""One takeback deal from booking to certificate (rules: shared/domain.md)."""
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from pydantic import BaseModel
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.workflow import ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.deal_activities import (
+        ExtensionRecord,
+        LedgerEntry,
+        PickupBookingInput,
+        ReminderInput,
+        SettlementNotice,
+        TakebackActivities,
+    )
+    from domain import rules
+    from domain.models import (
+        OPEN_DEAL_STATUSES,
+        DealStatus,
+        DealTerms,
+        DealView,
+        Dispositions,
+        Incentive,
+        IncentiveMode,
+        IncentiveStatus,
+        PickupRequest,
+        PickupView,
+        ReceiptCounts,
+    )
+    from domain.durations import format_duration
+    from workflows.ids import pickup_workflow_id
+    from workflows.pickup import PickupInput, PickupWorkflow
+
+ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
+SHORT = timedelta(seconds=30)
+LONG = timedelta(minutes=5)  # receipts of thousands of items, certificates of 100,000
+
+
+class ExtendCommand(BaseModel):
+    extend_by_seconds: float
+    reason: str
+
+
+class DealProgress(BaseModel):
+    """The deal's state; carried across continue-as-new."""
+
+    status: DealStatus
+    booked_at: datetime
+    deadline: datetime
+    incentive_status: IncentiveStatus
+    received_units: int = 0
+    rejected_units: int = 0
+    dispositions: Dispositions = Dispositions()
+    pickups: list[PickupView] = []
+    reminders_sent: list[float] = []
+    reminders_skipped: list[float] = []
+    processed_batches: list[str] = []
+    extensions: list[str] = []
+    cancel_reason: str | None = None
+    closed_reason: str | None = None
+
+
+class DealWorkflowInput(BaseModel):
+    terms: DealTerms
+    progress: DealProgress | None = None  # set when continuing as new
+
+
+def _activity(fn, *args, timeout: timedelta = SHORT):
+    return workflow.execute_activity_method(fn, args=list(args), start_to_close_timeout=timeout, retry_policy=ACTIVITY_RETRY)
+
+
+@workflow.defn
+class TakebackDealWorkflow:
+    @workflow.init
+    def __init__(self, input: DealWorkflowInput) -> None:
+        self.terms = input.terms
+        self.amount = rules.incentive_amount(self.terms.new_products_value, self.terms.incentive_rate)
+        self.required = rules.required_units(self.terms.committed_units, self.terms.return_threshold)
+        self.progress = input.progress
+        self.is_booked = input.progress is not None
+        self.dirty = False
+
+    # --- queries ----------------------------------------------------------------------------
+
+    @workflow.query
+    def view(self) -> DealView:
+        if self.progress is None:
+            raise ApplicationError("the deal is still being booked", type="DealBooking")
+        p = self.progress
+        return DealView(
+            id=self.terms.deal_id,
+            partner_id=self.terms.partner_id,
+            status=p.status,
+            booked_at=p.booked_at,
+            return_deadline=p.deadline,
+            committed_units=self.terms.committed_units,
+            required_units=self.required,
+            received_units=p.received_units,
+            rejected_units=p.rejected_units,
+            incentive=Incentive(mode=self.terms.mode, rate=self.terms.incentive_rate, amount=self.amount, status=p.incentive_status),
+            pickups=p.pickups,
+            reminders_sent=[format_duration(timedelta(seconds=s)) for s in p.reminders_sent],
+            dispositions=p.dispositions,
+            extensions=p.extensions,
+            closed_reason=p.closed_reason,
+        )
+
+    # --- updates: the caller gets the result ------------------------------------------------
+
+    @workflow.update
+    async def booked(self) -> DealView:
+        """Answers once the booking is recorded, so the booking caller gets the deal."""
+        await workflow.wait_condition(lambda: self.is_booked)
+        return self.view()
+
+    def _require_open(self) -> None:
+        if self.progress is not None and self.progress.status not in OPEN_DEAL_STATUSES:
+            raise ApplicationError(f"deal {self.terms.deal_id} is {self.progress.status.value}", type="DealNotOpen")
+
+    @workflow.update
+    async def request_pickup(self, request: PickupRequest) -> PickupView:
+        await workflow.wait_condition(lambda: self.is_booked)
+        self._require_open()
+        pickup_id = f"{self.terms.deal_id}-p{len(self.progress.pickups) + 1}"
+        self.progress.pickups.append(PickupView(id=pickup_id, status="booking", carrier="", tracking_number=""))
+        booked: PickupView = await _activity(
+            TakebackActivities.book_pickup, PickupBookingInput(deal_id=self.terms.deal_id, pickup_id=pickup_id, request=request)
+        )
+        await workflow.start_child_workflow(
+            PickupWorkflow.run,
+            PickupInput(
+                deal_id=self.terms.deal_id,
+                partner_id=self.terms.partner_id,
+                pickup_id=pickup_id,
+                tracking_number=booked.tracking_number,
+                sim_carrier_step_seconds=self.terms.sim_carrier_step_seconds,
+                track_until=self.progress.deadline + timedelta(seconds=self.terms.return_window_seconds),
+            ),
+            id=pickup_workflow_id(booked.tracking_number),
+            # Pickups outlive a continue-as-new of the deal and finish on their own.
+            parent_close_policy=ParentClosePolicy.ABANDON,
+        )
+        self.progress.pickups = [booked if p.id == pickup_id else p for p in self.progress.pickups]
+        self.dirty = True
+        return booked
+
+    @request_pickup.validator
+    def _validate_pickup(self, request: PickupRequest) -> None:
+        self._require_open()
+
+    @workflow.update
+    async def record_receipt(self, batch_id: str) -> ReceiptCounts:
+        await workflow.wait_condition(lambda: self.is_booked)
+        self._require_open()
+        counts: ReceiptCounts = await _activity(TakebackActivities.process_receipt, self.terms.deal_id, batch_id, timeout=LONG)
+        if batch_id not in self.progress.processed_batches:  # a repeated update counts once
+            self.progress.processed_batches.append(batch_id)
+            p = self.progress
+            p.received_units += counts.accepted
+            p.rejected_units += counts.rejected
+            p.dispositions = Dispositions(
+                refresh=p.dispositions.refresh + counts.refresh,
+                recycle=p.dispositions.recycle + counts.recycle,
+                other=p.dispositions.other + counts.other,
+            )
+            self.dirty = True
+        return counts
+
+    @record_receipt.validator
+    def _validate_receipt(self, batch_id: str) -> None:
+        self._require_open()
+
+    @workflow.update
+    async def extend(self, command: ExtendCommand) -> DealView:
+        await workflow.wait_condition(lambda: self.is_booked)
+        self._require_open()
+        new_deadline = self.progress.deadline + timedelta(seconds=command.extend_by_seconds)
+        sequence = len(self.progress.extensions) + 1
+        await _activity(
+            TakebackActivities.record_extension,
+            ExtensionRecord(deal_id=self.terms.deal_id, sequence=sequence, extend_by_seconds=command.extend_by_seconds, reason=command.reason, new_deadline=new_deadline),
+        )
+        self.progress.deadline = new_deadline
+        self.progress.extensions.append(f"+{format_duration(timedelta(seconds=command.extend_by_seconds))}: {command.reason}")
+        self.dirty = True
+        return self.view()
+
+    @extend.validator
+    def _validate_extend(self, command: ExtendCommand) -> None:
+        self._require_open()
+        if command.extend_by_seconds <= 0:
+            raise ApplicationError("extend_by must be positive", type="InvalidExtension")
+
+    @workflow.update
+    async def cancel(self, reason: str) -> DealView:
+        await workflow.wait_condition(lambda: self.is_booked)
+        self._validate_cancel(reason)
+        self.progress.cancel_reason = reason
+        self.dirty = True
+        await workflow.wait_condition(lambda: self.progress.status == DealStatus.cancelled)
+        return self.view()
+
+    @cancel.validator
+    def _validate_cancel(self, reason: str) -> None:
+        self._require_open()
+        if self.progress is not None and self.progress.incentive_status == IncentiveStatus.released:
+            raise ApplicationError("the incentive was already released; a paid deal cannot be cancelled", type="DealNotOpen")
+
+    # --- signals ----------------------------------------------------------------------------
+
+    @workflow.signal
+    def pickup_status(self, pickup_id: str, status: str) -> None:
+        if self.progress is None:
+            return
+        self.progress.pickups = [p.model_copy(update={"status": status}) if p.id == pickup_id else p for p in self.progress.pickups]
+        self.dirty = True
+
+    # --- the process ------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: DealWorkflowInput) -> DealView:
+        if self.progress is None:
+            await self._book()
+        while not await self._step():
+            if workflow.info().is_continue_as_new_suggested():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(DealWorkflowInput(terms=self.terms, progress=self.progress))
+            await self._sleep_until_something_happens()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.view()
+
+    async def _book(self) -> None:
+        booked_at = workflow.now()
+        deadline = booked_at + timedelta(seconds=self.terms.return_window_seconds)
+        await _activity(TakebackActivities.confirm_booking, self.terms.deal_id, booked_at, deadline)
+        upfront = self.terms.mode == IncentiveMode.upfront
+        if upfront:
+            await self._ledger("applied")
+        self.progress = DealProgress(
+            status=DealStatus.awaiting_returns,
+            booked_at=booked_at,
+            deadline=deadline,
+            incentive_status=IncentiveStatus.applied if upfront else IncentiveStatus.held,
+            # An offset as long as the window itself has no meaningful moment to fire.
+            reminders_skipped=[o for o in self.terms.reminder_offsets_seconds if o >= self.terms.return_window_seconds],
+        )
+        self.is_booked = True
+        await self._project()
+
+    def _condition_met(self) -> bool:
+        return self.progress.received_units >= self.required
+
+    def _pending_reminders(self) -> list[float]:
+        done = set(self.progress.reminders_sent) | set(self.progress.reminders_skipped)
+        return [o for o in self.terms.reminder_offsets_seconds if o not in done]
+
+    async def _step(self) -> bool:
+        """Act on the current state; True when the deal has closed."""
+        p = self.progress
+        if p.cancel_reason is not None:
+            await self._ledger("cancelled")
+            p.incentive_status = IncentiveStatus.cancelled
+            await self._close(DealStatus.cancelled, f"cancelled: {p.cancel_reason}")
+            return True
+        if self._condition_met() and p.status == DealStatus.awaiting_returns:
+            if self.terms.mode == IncentiveMode.rebate:
+                await self._ledger("released")
+                p.incentive_status = IncentiveStatus.released
+            p.status = DealStatus.condition_met
+            self.dirty = True
+            if self.terms.mode == IncentiveMode.rebate:
+                await self._notify("released")
+        if p.received_units >= self.terms.committed_units:
+            await self._close(DealStatus.closed, "every committed unit returned")
+            return True
+        now = workflow.now()
+        if now >= p.deadline:
+            if self._condition_met():
+                await self._close(DealStatus.closed, "return window ended with the condition met")
+            else:
+                kind = "forfeited" if self.terms.mode == IncentiveMode.rebate else "clawed_back"
+                await self._ledger(kind)
+                p.incentive_status = IncentiveStatus(kind)
+                await self._notify(kind)
+                await self._close(DealStatus.expired, "return window ended short of the condition")
+            return True
+        if not self._condition_met():
+            due = [o for o in self._pending_reminders() if p.deadline - timedelta(seconds=o) <= now]
+            if due:
+                # After downtime several may be due: send the most urgent, skip the stale ones.
+                nearest = min(due)
+                await _activity(
+                    TakebackActivities.send_reminder,
+                    ReminderInput(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, offset_seconds=nearest, deadline=p.deadline, received_units=p.received_units, required_units=self.required),
+                )
+                p.reminders_sent.append(nearest)
+                p.reminders_skipped.extend(o for o in due if o != nearest)
+                self.dirty = True
+        if self.dirty:
+            self.dirty = False
+            await self._project()
+        return False
+
+    async def _sleep_until_something_happens(self) -> None:
+        p = self.progress
+        wake_at = [p.deadline]
+        if not self._condition_met():
+            wake_at += [p.deadline - timedelta(seconds=o) for o in self._pending_reminders()]
+        seconds = max((min(wake_at) - workflow.now()).total_seconds(), 0.001)
+        try:
+            await workflow.wait_condition(lambda: self.dirty, timeout=timedelta(seconds=seconds))
+        except TimeoutError:
+            pass
+
+    async def _ledger(self, kind: str) -> None:
+        amount = Decimal(0) if kind == "cancelled" and self.progress is not None and self.progress.incentive_status == IncentiveStatus.held else self.amount
+        await _activity(TakebackActivities.record_incentive, LedgerEntry(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, kind=kind, amount=amount))
+
+    async def _notify(self, kind: str) -> None:
+        p = self.progress
+        await _activity(
+            TakebackActivities.notify_settlement,
+            SettlementNotice(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, kind=kind, amount=self.amount, deadline=p.deadline, received_units=p.received_units, required_units=self.required),
+        )
+
+    async def _project(self) -> None:
+        await workflow.execute_local_activity_method(
+            TakebackActivities.project_deal, self.view(), start_to_close_timeout=SHORT, retry_policy=ACTIVITY_RETRY
+        )
+
+    async def _close(self, status: DealStatus, reason: str) -> None:
+        self.progress.status = status
+        self.progress.closed_reason = reason
+        await _activity(TakebackActivities.close_deal, self.view(), timeout=LONG)
