@@ -1,0 +1,34 @@
+# Two commands do all set-up: `make run` and `make test`. Both install into .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-slow bench histories clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/takeback dev --demo
+
+test: install
+	$(BIN)/pytest -q
+
+test-slow: install
+	$(BIN)/pytest -q -m slow
+
+bench: install
+	$(BIN)/python bench/run.py
+
+# Re-record the replay histories after an intended workflow change.
+histories: install
+	$(BIN)/python -m tests.record_histories
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache *.egg-info

@@ -1,0 +1,183 @@
+"""`takeback`: run the whole stack or one part of it, and manage API keys."""
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _temporal_binary() -> str:
+    candidate = Path(sys.executable).parent / "temporal"
+    found = str(candidate) if candidate.exists() else shutil.which("temporal")
+    if not found:
+        sys.exit("the `temporal` CLI is missing: install the package (`make run` does) or put temporal on PATH")
+    return found
+
+
+def _wait_for_port(port: int, name: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{name} exited with code {process.returncode} while starting")
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"{name} did not open port {port} within {timeout:.0f}s")
+
+
+def _stop(processes: list[tuple[str, subprocess.Popen]]) -> None:
+    # Reverse start order: API first, then the worker (finishes its tasks), the server last.
+    for name, process in reversed(processes):
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                print(f"{name} did not stop in 20s; killing it", flush=True)
+                process.kill()
+                process.wait()
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["TAKEBACK_DATA_DIR"] = str(data_dir)
+    env["TEMPORAL_ADDRESS"] = f"127.0.0.1:{args.temporal_port}"
+    if not args.keep_database_url:
+        env.pop("TAKEBACK_DATABASE_URL", None)  # dev keeps everything under --data-dir
+    ui_port = args.temporal_port + 1000
+    processes: list[tuple[str, subprocess.Popen]] = []
+    try:
+        server = subprocess.Popen(
+            [_temporal_binary(), "server", "start-dev", "--db-filename", str(data_dir / "temporal.db"), "--ip", "127.0.0.1",
+             "--port", str(args.temporal_port), "--ui-port", str(ui_port), "--log-level", "error"],
+            env=env,
+        )
+        processes.append(("temporal dev server", server))
+        _wait_for_port(args.temporal_port, "temporal dev server", server)
+        worker = subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=env)
+        processes.append(("worker", worker))
+        api = subprocess.Popen([sys.executable, "-m", "cli", "api", "--host", args.api_host, "--port", str(args.api_port)], env=env)
+        processes.append(("api", api))
+        _wait_for_port(args.api_port, "api", api)
+        os.environ["TAKEBACK_DATA_DIR"] = str(data_dir)
+        ops_key = _create_key("ops", None, data_dir)
+        print(
+            f"\ntakeback is running (data in {data_dir})\n"
+            f"  API docs:        http://{args.api_host}:{args.api_port}/docs\n"
+            f"  Temporal Web UI: http://127.0.0.1:{ui_port}\n"
+            f"  outbox:          {data_dir / 'outbox'}\n"
+            "  stop with Ctrl-C\n"
+            "a fresh ops API key:\n"
+            f"{ops_key}\n",
+            flush=True,
+        )
+        if args.demo:
+            demo = subprocess.Popen([sys.executable, "-m", "cli", "demo"], env=env)
+            processes.append(("demo", demo))
+        while all(process.poll() is None for name, process in processes if name != "demo"):
+            time.sleep(0.5)
+        for name, process in processes:
+            if process.poll() is not None and name != "demo":
+                print(f"{name} exited with code {process.returncode}; stopping the rest", flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping api, worker and temporal dev server ...", flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan children
+        _stop(processes)
+
+
+def cmd_worker(_args: argparse.Namespace) -> int:
+    import worker
+
+    worker.main()
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _create_key(role: str, partner_id: str | None, data_dir: Path | None) -> str:
+    from settings import Settings
+    from store.api_keys import create_api_key
+    from store.db import session_scope
+
+    settings = Settings(data_dir=data_dir, database_url="") if data_dir else Settings()
+    with session_scope(settings.effective_database_url) as session:
+        return create_api_key(session, role, partner_id)
+
+
+def cmd_apikey_create(args: argparse.Namespace) -> int:
+    try:
+        key = _create_key(args.role, args.partner_id, Path(args.data_dir).resolve() if args.data_dir else None)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    owner = f" for partner {args.partner_id}" if args.partner_id else ""
+    print(f"created a {args.role} key{owner}; it is shown once, store it now:")
+    print(key)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import demo
+
+    return asyncio.run(demo.run(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="takeback", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    dev = commands.add_parser("dev", help="Temporal dev server + worker + API in one command")
+    dev.add_argument("--data-dir", default=".data")
+    dev.add_argument("--api-port", type=int, default=8000)
+    dev.add_argument("--api-host", default="127.0.0.1")
+    dev.add_argument("--temporal-port", type=int, default=7233)
+    dev.add_argument("--demo", action="store_true", help="also book a demo deal with a 60s window and print its life")
+    dev.add_argument("--keep-database-url", action="store_true", help="use TAKEBACK_DATABASE_URL instead of D/takeback.db")
+    dev.set_defaults(func=cmd_dev)
+
+    commands.add_parser("worker", help="run a worker (TEMPORAL_ADDRESS, TAKEBACK_DATABASE_URL)").set_defaults(func=cmd_worker)
+
+    api = commands.add_parser("api", help="serve the HTTP API")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.set_defaults(func=cmd_api)
+
+    apikey = commands.add_parser("apikey", help="manage API keys").add_subparsers(dest="apikey_command", required=True)
+    create = apikey.add_parser("create", help="create a key; the key is the last line printed")
+    create.add_argument("--role", choices=["ops", "partner"], required=True)
+    create.add_argument("--partner-id")
+    create.add_argument("--data-dir", help="use D/takeback.db (default: TAKEBACK_DATABASE_URL)")
+    create.set_defaults(func=cmd_apikey_create)
+
+    demo = commands.add_parser("demo", help="book one deal with a short window on a running stack and print its life")
+    demo.add_argument("--window", default="60s")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
