@@ -5,6 +5,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from pydantic import BaseModel
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -211,7 +212,8 @@ class TakebackActivities:
     def send_reminder(self, reminder: ReminderInput) -> bool:
         """One reminder per (deal, offset): the unique row is written before the mail goes."""
         with session_scope(self.database_url) as session:
-            if not session.query(ReminderSent).filter_by(deal_id=reminder.deal_id, offset_seconds=reminder.offset_seconds).first():
+            already = select(ReminderSent).where(ReminderSent.deal_id == reminder.deal_id, ReminderSent.offset_seconds == reminder.offset_seconds)
+            if session.execute(already).first() is None:
                 session.add(ReminderSent(deal_id=reminder.deal_id, offset_seconds=reminder.offset_seconds, deadline=reminder.deadline))
                 try:
                     session.commit()
