@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     incentive_mode: IncentiveMode = Field(IncentiveMode.rebate, alias="TAKEBACK_INCENTIVE_MODE")
     refresh_max_age_years: float = Field(5.0, ge=0, alias="TAKEBACK_REFRESH_MAX_AGE_YEARS")
     sim_carrier_step: str = Field("0s", alias="TAKEBACK_SIM_CARRIER_STEP")
+    specialization_year: str = Field("365d", alias="TAKEBACK_SPECIALIZATION_YEAR")
+    specialization_reminder_offsets: str = Field("60d,30d", alias="TAKEBACK_SPECIALIZATION_REMINDER_OFFSETS")
     carrier_webhook_secret: str = Field("dev-carrier-secret", alias="TAKEBACK_CARRIER_WEBHOOK_SECRET")
 
     ops_email: str = Field("ops@takeback.example", alias="TAKEBACK_OPS_EMAIL")
@@ -40,13 +42,13 @@ class Settings(BaseSettings):
     sendgrid_api_key: str | None = Field(None, alias="SENDGRID_API_KEY")
     sendgrid_host: str = Field("https://api.sendgrid.com", alias="SENDGRID_HOST")
 
-    @field_validator("return_window")
+    @field_validator("return_window", "specialization_year")
     @classmethod
     def _window_is_a_duration(cls, value: str) -> str:
         parse_duration(value)
         return value
 
-    @field_validator("reminder_offsets")
+    @field_validator("reminder_offsets", "specialization_reminder_offsets")
     @classmethod
     def _offsets_are_durations(cls, value: str) -> str:
         parse_duration_list(value)
@@ -66,6 +68,14 @@ class Settings(BaseSettings):
     @property
     def reminder_offsets_seconds(self) -> list[float]:
         return [offset.total_seconds() for offset in parse_duration_list(self.reminder_offsets)]
+
+    @property
+    def specialization_year_seconds(self) -> float:
+        return parse_duration(self.specialization_year).total_seconds()
+
+    @property
+    def specialization_reminder_offsets_seconds(self) -> list[float]:
+        return [offset.total_seconds() for offset in parse_duration_list(self.specialization_reminder_offsets)]
 
     @property
     def sim_carrier_step_seconds(self) -> float:

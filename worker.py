@@ -9,12 +9,14 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.deal_activities import TakebackActivities
+from activities.partner_activities import PartnerActivities
 from settings import Settings, get_settings
 from temporal_client import connect
 from workflows.deal import TakebackDealWorkflow
 from workflows.pickup import PickupWorkflow
+from workflows.specialization import PartnerSpecializationWorkflow
 
-WORKFLOWS = [TakebackDealWorkflow, PickupWorkflow]
+WORKFLOWS = [TakebackDealWorkflow, PickupWorkflow, PartnerSpecializationWorkflow]
 log = logging.getLogger("takeback.worker")
 
 
@@ -24,7 +26,7 @@ def build_worker(client: Client, settings: Settings, activities: TakebackActivit
         client,
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
-        activities=activities.all(),
+        activities=activities.all() + PartnerActivities(activities).all(),
         # Store and mail activities are blocking calls: they run on threads.
         activity_executor=executor or ThreadPoolExecutor(max_workers=32),
         max_concurrent_activities=32,

@@ -8,6 +8,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
+import store.specialization  # noqa: F401  (registers its tables)
 import store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 _engines: dict[str, Engine] = {}

@@ -30,8 +30,10 @@ def binary(name: str) -> str:
     return found
 
 
-@pytest_asyncio.fixture(scope="session")
+@pytest_asyncio.fixture
 async def time_skipping_env():
+    """A fresh time-skipping server per test (0.1 s): workflows left waiting by one test
+    would otherwise hold the shared clock of the next."""
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter, test_server_existing_path=binary("temporal-test-server")
     )

@@ -7,3 +7,7 @@ def deal_workflow_id(deal_id: str) -> str:
 
 def pickup_workflow_id(tracking_number: str) -> str:
     return f"pickup-{tracking_number}"
+
+
+def partner_workflow_id(partner_id: str) -> str:
+    return f"partner-{partner_id}"

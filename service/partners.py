@@ -1,0 +1,86 @@
+"""Partner operations for callers: the store row, then the specialization workflow."""
+
+import asyncio
+import uuid
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from domain.specialization import ExamResult, SpecializationStatus, SpecializationView, TrainingRecord
+from settings import Settings
+from store import specialization as store
+from store.db import session_scope
+from workflows.ids import partner_workflow_id
+from workflows.specialization import PartnerSpecializationWorkflow, SpecializationInput
+
+
+class PartnerNotCertified(Exception):
+    def __init__(self, partner_id: str, status: str):
+        super().__init__(f"partner {partner_id} is {status.replace('_', ' ')}: it cannot book takeback incentive deals")
+        self.status = status
+
+
+def partner_handle(client: Client, partner_id: str) -> WorkflowHandle:
+    return client.get_workflow_handle_for(PartnerSpecializationWorkflow.run, partner_workflow_id(partner_id))
+
+
+async def start_specialization(client: Client, settings: Settings, partner_id: str) -> None:
+    """Start the partner's long-running workflow; a second start is a no-op."""
+    try:
+        await client.start_workflow(
+            PartnerSpecializationWorkflow.run,
+            SpecializationInput(
+                partner_id=partner_id,
+                year_seconds=settings.specialization_year_seconds,
+                reminder_offsets_seconds=settings.specialization_reminder_offsets_seconds,
+            ),
+            id=partner_workflow_id(partner_id),
+            task_queue=settings.task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        )
+    except WorkflowAlreadyStartedError:
+        pass
+
+
+async def specialization(client: Client, settings: Settings, partner_id: str) -> SpecializationView:
+    try:
+        return await partner_handle(client, partner_id).query(PartnerSpecializationWorkflow.view)
+    except Exception:
+        view = await asyncio.to_thread(_projected, settings, partner_id)
+        if view is None:
+            raise
+        return view
+
+
+def _projected(settings: Settings, partner_id: str) -> SpecializationView | None:
+    with session_scope(settings.effective_database_url) as session:
+        row = store.projection(session, partner_id)
+        return SpecializationView.model_validate_json(row.view_json) if row else None
+
+
+def ensure_may_book(settings: Settings, partner_id: str) -> None:
+    """Booking needs a certified, not lapsed partner (read from the workflow's projection)."""
+    view = _projected(settings, partner_id)
+    status = view.status.value if view else SpecializationStatus.not_certified.value
+    if status != SpecializationStatus.certified.value:
+        raise PartnerNotCertified(partner_id, status)
+
+
+async def record_training(client: Client, partner_id: str, training: TrainingRecord, request_id: str | None = None) -> SpecializationView:
+    request_id = request_id or uuid.uuid4().hex
+    return await partner_handle(client, partner_id).execute_update(
+        PartnerSpecializationWorkflow.record_training, args=[request_id, training], id=f"training-{request_id}"
+    )
+
+
+async def record_exam(client: Client, partner_id: str, result: ExamResult) -> SpecializationView:
+    return await partner_handle(client, partner_id).execute_update(PartnerSpecializationWorkflow.record_exam, result)
+
+
+async def sign_pledge(client: Client, partner_id: str) -> SpecializationView:
+    return await partner_handle(client, partner_id).execute_update(PartnerSpecializationWorkflow.sign_pledge)
+
+
+async def reinstate(client: Client, partner_id: str, reason: str) -> SpecializationView:
+    return await partner_handle(client, partner_id).execute_update(PartnerSpecializationWorkflow.reinstate, reason)

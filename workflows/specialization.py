@@ -1,0 +1,208 @@
+"""One partner's specialization: certification, then one specialization year after another."""
+
+from datetime import timedelta
+
+from pydantic import BaseModel
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.partner_activities import PartnerActivities, PartnerMail, TrainingInput, TrainingTotals
+    from domain.durations import format_duration
+    from domain.specialization import (
+        ExamResult,
+        SpecializationStatus,
+        SpecializationView,
+        TrainingRecord,
+        certification_complete,
+    )
+
+ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
+TIMEOUT = timedelta(seconds=30)
+
+
+class SpecializationInput(BaseModel):
+    partner_id: str
+    year_seconds: float
+    reminder_offsets_seconds: list[float]
+    state: SpecializationView | None = None  # carried across continue-as-new
+    deal_ids_this_year: list[str] = []
+    reminders_sent_this_year: list[float] = []
+
+
+def _activity(fn, *args):
+    return workflow.execute_activity_method(fn, args=list(args), start_to_close_timeout=TIMEOUT, retry_policy=ACTIVITY_RETRY)
+
+
+@workflow.defn
+class PartnerSpecializationWorkflow:
+    @workflow.init
+    def __init__(self, input: SpecializationInput) -> None:
+        self.input = input
+        self.state = input.state or SpecializationView()
+        self.deal_ids = list(input.deal_ids_this_year)
+        self.reminders_sent = list(input.reminders_sent_this_year)
+        self.dirty = False
+
+    @workflow.query
+    def view(self) -> SpecializationView:
+        return self.state.model_copy(
+            update={
+                "deals_this_year": len(self.deal_ids),
+                "reminders_sent_this_year": [format_duration(timedelta(seconds=o)) for o in self.reminders_sent],
+            }
+        )
+
+    # --- what ops (and the partner) record --------------------------------------------------
+
+    @workflow.update
+    async def record_training(self, request_id: str, training: TrainingRecord) -> SpecializationView:
+        totals: TrainingTotals = await _activity(
+            PartnerActivities.record_training,
+            TrainingInput(partner_id=self.input.partner_id, request_id=request_id, person_email=training.person_email, person_name=training.person_name, hours=training.hours),
+        )
+        self.state.training_hours = totals.training_hours
+        self.state.trainees = totals.trainees
+        self.state.trees_planted = totals.trees_planted
+        self.dirty = True
+        return self.view()
+
+    @workflow.update
+    async def record_exam(self, result: ExamResult) -> SpecializationView:
+        if result.passed and result.exam not in self.state.exams_passed:
+            self.state.exams_passed = sorted([*self.state.exams_passed, result.exam])
+        await _activity(
+            PartnerActivities.record_specialization_event,
+            self.input.partner_id,
+            f"exam-{result.exam}-{workflow.uuid4()}",
+            "exam",
+            f"exam {result.exam} {'passed' if result.passed else 'failed'}",
+        )
+        self.dirty = True
+        return self.view()
+
+    @workflow.update
+    async def sign_pledge(self) -> SpecializationView:
+        self.state.pledge_signed = True
+        self.dirty = True
+        return self.view()
+
+    @workflow.update
+    async def reinstate(self, reason: str) -> SpecializationView:
+        if self.state.status != SpecializationStatus.lapsed:
+            raise ApplicationError(f"partner {self.input.partner_id} is {self.state.status.value}, not lapsed", type="NotLapsed")
+        await _activity(PartnerActivities.record_specialization_event, self.input.partner_id, f"reinstated-{self.state.year_number}", "reinstated", reason)
+        self.state.status = SpecializationStatus.certified
+        self.state.lapsed_at = None
+        self._start_year(workflow.now())
+        self.dirty = True
+        return self.view()
+
+    @reinstate.validator
+    def _validate_reinstate(self, reason: str) -> None:
+        if self.state.status != SpecializationStatus.lapsed:
+            raise ApplicationError(f"partner {self.input.partner_id} is {self.state.status.value}, not lapsed", type="NotLapsed")
+
+    @workflow.signal
+    async def deal_booked(self, deal_id: str) -> None:
+        # Sent by the deal workflow when it books: counted in the current year, once.
+        if deal_id in self.deal_ids:
+            return
+        self.deal_ids.append(deal_id)
+        self.dirty = True
+        await _activity(PartnerActivities.count_deal, self.input.partner_id, self.state.year_number, deal_id)
+
+    # --- the process ------------------------------------------------------------------------
+
+    def _start_year(self, start) -> None:
+        self.state.year_number += 1
+        self.state.year_start = start
+        self.state.year_end = start + timedelta(seconds=self.input.year_seconds)
+        self.deal_ids = []
+        self.reminders_sent = []
+
+    async def _project(self) -> None:
+        view = self.view()
+        await workflow.execute_local_activity_method(
+            PartnerActivities.project_specialization,
+            args=[self.input.partner_id, view.status.value, view.model_dump_json()],
+            start_to_close_timeout=TIMEOUT,
+            retry_policy=ACTIVITY_RETRY,
+        )
+
+    async def _mail(self, key: str, subject: str, body: str, copy_ops: bool = False) -> None:
+        await _activity(PartnerActivities.mail_partner, PartnerMail(key=key, partner_id=self.input.partner_id, subject=subject, body=body, copy_ops=copy_ops))
+
+    def _next_wake(self):
+        if self.state.status != SpecializationStatus.certified:
+            return None
+        times = [self.state.year_end]
+        if not self.deal_ids:
+            times += [self.state.year_end - timedelta(seconds=o) for o in self.input.reminder_offsets_seconds if o not in self.reminders_sent]
+        return min(times)
+
+    async def _step(self) -> bool:
+        """Act on the state; True when the year rolled over and the workflow should continue as new."""
+        s = self.state
+        partner = self.input.partner_id
+        if s.status == SpecializationStatus.not_certified and certification_complete(s):
+            s.status = SpecializationStatus.certified
+            self._start_year(workflow.now())
+            await _activity(PartnerActivities.record_specialization_event, partner, "certified", "certified", "")
+            await self._mail(f"{partner}:certified", f"Partner {partner}: Environmental Sustainability Specialization certified",
+                             f"Partner {partner} is certified. Specialization year {s.year_number} ends {s.year_end.isoformat()}; book at least one takeback deal before then.")
+            self.dirty = True
+        if s.status == SpecializationStatus.certified:
+            now = workflow.now()
+            if now >= s.year_end:
+                if self.deal_ids:
+                    await _activity(PartnerActivities.record_specialization_event, partner, f"year-{s.year_number}-completed", "year_completed", f"{len(self.deal_ids)} deals")
+                    self._start_year(s.year_end)
+                    await self._project()
+                    return True
+                s.status = SpecializationStatus.lapsed
+                s.lapsed_at = now
+                await _activity(PartnerActivities.record_specialization_event, partner, f"lapsed-{s.year_number}", "lapsed", "no takeback deal in the specialization year")
+                await self._mail(f"{partner}:year-{s.year_number}:lapsed", f"Partner {partner}: specialization lapsed",
+                                 f"Partner {partner} booked no takeback deal in specialization year {s.year_number}, which ended {s.year_end.isoformat()}. "
+                                 "The specialization has lapsed: no new incentive deals are accepted until ops reinstates it.", copy_ops=True)
+                self.dirty = True
+            elif not self.deal_ids:
+                due = [o for o in self.input.reminder_offsets_seconds if o not in self.reminders_sent and s.year_end - timedelta(seconds=o) <= now]
+                if due:
+                    nearest = min(due)
+                    await self._mail(f"{partner}:year-{s.year_number}:reminder:{format_duration(timedelta(seconds=nearest))}",
+                                     f"Partner {partner}: book a takeback deal before {s.year_end:%Y-%m-%d}",
+                                     f"Specialization year {s.year_number} of partner {partner} ends {s.year_end.isoformat()} and no takeback deal was booked in it yet. "
+                                     "Book at least one to keep the Environmental Sustainability Specialization.")
+                    self.reminders_sent += due  # the stale ones after downtime are skipped, not sent
+                    self.dirty = True
+        if self.dirty:
+            self.dirty = False
+            await self._project()
+        return False
+
+    @workflow.run
+    async def run(self, input: SpecializationInput) -> None:
+        if input.state is None:
+            await self._project()
+        while True:
+            if await self._step() or workflow.info().is_continue_as_new_suggested():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(
+                    SpecializationInput(
+                        partner_id=input.partner_id,
+                        year_seconds=input.year_seconds,
+                        reminder_offsets_seconds=input.reminder_offsets_seconds,
+                        state=self.state,
+                        deal_ids_this_year=self.deal_ids,
+                        reminders_sent_this_year=self.reminders_sent,
+                    )
+                )
+            wake = self._next_wake()
+            timeout = None if wake is None else timedelta(seconds=max((wake - workflow.now()).total_seconds(), 0.001))
+            try:
+                await workflow.wait_condition(lambda: self.dirty, timeout=timeout)
+            except TimeoutError:
+                pass
