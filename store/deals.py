@@ -1,6 +1,5 @@
 """Store operations behind the activities and the API. Each is idempotent for its key."""
 
-import hashlib
 import json
 from collections import Counter
 from datetime import datetime
@@ -12,6 +11,7 @@ from sqlmodel import Session
 
 from domain import rules
 from domain.catalog import Catalog
+from domain.certificate import canonical_json, content_hash
 from domain.models import (
     BookingRequest,
     DealStatus,
@@ -355,8 +355,8 @@ def close_deal(session: Session, view: DealView) -> str:
     if existing is not None:
         return existing.content_hash
     content = certificate_content(session, view)
-    body = json.dumps(content, sort_keys=True, separators=(",", ":"))
-    digest = hashlib.sha256(body.encode()).hexdigest()
+    body = canonical_json(content)
+    digest = content_hash(content)
     session.add(Certificate(deal_id=view.id, content_json=body, content_hash=digest))
     try:
         session.commit()
