@@ -99,8 +99,9 @@ async def get_deal(client: Client, settings: Settings, deal_id: str) -> DealView
     return await asyncio.to_thread(read)
 
 
-async def request_pickup(client: Client, deal_id: str, request: PickupRequest) -> PickupView:
-    return await deal_handle(client, deal_id).execute_update(TakebackDealWorkflow.request_pickup, request)
+async def request_pickup(client: Client, deal_id: str, request: PickupRequest, request_id: str | None = None) -> PickupView:
+    """`request_id` makes a retried request book one pickup: Temporal dedupes updates by id."""
+    return await deal_handle(client, deal_id).execute_update(TakebackDealWorkflow.request_pickup, request, id=request_id or uuid.uuid4().hex)
 
 
 async def record_receipt(client: Client, settings: Settings, deal_id: str, items: list[ReceiptItem], batch_id: str | None = None) -> dict:
