@@ -17,6 +17,36 @@ from workflows.ids import deal_workflow_id, pickup_workflow_id
 from workflows.pickup import PickupWorkflow
 
 
+class DealNotOpen(Exception):
+    """The deal is closed, expired or cancelled (or paid, for a cancel): HTTP 409."""
+
+
+class DealNotFound(LookupError):
+    pass
+
+
+async def _update(handle: WorkflowHandle, update, *args, **kwargs):
+    """Run a workflow update, turning 'the deal has closed' into DealNotOpen however it shows."""
+    from temporalio.client import WorkflowUpdateFailedError
+    from temporalio.exceptions import ApplicationError
+    from temporalio.service import RPCError, RPCStatusCode
+
+    try:
+        return await handle.execute_update(update, *args, **kwargs)
+    except WorkflowUpdateFailedError as error:
+        if isinstance(error.cause, ApplicationError) and error.cause.type == "DealNotOpen":
+            raise DealNotOpen(error.cause.message) from error
+        raise
+    except RPCError as error:
+        if error.status != RPCStatusCode.NOT_FOUND:
+            raise
+        try:  # a closed run answers NOT_FOUND for new updates; a missing deal too
+            await handle.describe()
+        except RPCError:
+            raise DealNotFound(handle.id) from error
+        raise DealNotOpen(f"{handle.id} has closed") from error
+
+
 def new_deal_id() -> str:
     return f"D{uuid.uuid4().hex[:16].upper()}"
 
@@ -101,7 +131,7 @@ async def get_deal(client: Client, settings: Settings, deal_id: str) -> DealView
 
 async def request_pickup(client: Client, deal_id: str, request: PickupRequest, request_id: str | None = None) -> PickupView:
     """`request_id` makes a retried request book one pickup: Temporal dedupes updates by id."""
-    return await deal_handle(client, deal_id).execute_update(TakebackDealWorkflow.request_pickup, request, id=request_id or uuid.uuid4().hex)
+    return await _update(deal_handle(client, deal_id), TakebackDealWorkflow.request_pickup, request, id=request_id or uuid.uuid4().hex)
 
 
 async def record_receipt(client: Client, settings: Settings, deal_id: str, items: list[ReceiptItem], batch_id: str | None = None) -> dict:
@@ -113,7 +143,7 @@ async def record_receipt(client: Client, settings: Settings, deal_id: str, items
             store.stage_receipt(session, batch_id, deal_id, items)
 
     await asyncio.to_thread(stage)
-    await deal_handle(client, deal_id).execute_update(TakebackDealWorkflow.record_receipt, batch_id, id=f"receipt-{batch_id}")
+    await _update(deal_handle(client, deal_id), TakebackDealWorkflow.record_receipt, batch_id, id=f"receipt-{batch_id}")
 
     def result() -> dict:
         with session_scope(settings.effective_database_url) as session:
@@ -124,11 +154,11 @@ async def record_receipt(client: Client, settings: Settings, deal_id: str, items
 
 async def extend_deal(client: Client, deal_id: str, extend_by: str, reason: str) -> DealView:
     seconds = parse_duration(extend_by).total_seconds()
-    return await deal_handle(client, deal_id).execute_update(TakebackDealWorkflow.extend, ExtendCommand(extend_by_seconds=seconds, reason=reason))
+    return await _update(deal_handle(client, deal_id), TakebackDealWorkflow.extend, ExtendCommand(extend_by_seconds=seconds, reason=reason))
 
 
 async def cancel_deal(client: Client, deal_id: str, reason: str) -> DealView:
-    return await deal_handle(client, deal_id).execute_update(TakebackDealWorkflow.cancel, reason)
+    return await _update(deal_handle(client, deal_id), TakebackDealWorkflow.cancel, reason)
 
 
 async def send_carrier_event(client: Client, event: CarrierEvent) -> None:

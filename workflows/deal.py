@@ -84,6 +84,7 @@ class TakebackDealWorkflow:
         self.progress = input.progress
         self.is_booked = input.progress is not None
         self.dirty = False
+        self.pickup_runs: list = []  # child handles of this run
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -131,7 +132,7 @@ class TakebackDealWorkflow:
         booked: PickupView = await _activity(
             TakebackActivities.book_pickup, PickupBookingInput(deal_id=self.terms.deal_id, pickup_id=pickup_id, request=request)
         )
-        await workflow.start_child_workflow(
+        child = await workflow.start_child_workflow(
             PickupWorkflow.run,
             PickupInput(
                 deal_id=self.terms.deal_id,
@@ -145,6 +146,7 @@ class TakebackDealWorkflow:
             # Pickups outlive a continue-as-new of the deal and finish on their own.
             parent_close_policy=ParentClosePolicy.ABANDON,
         )
+        self.pickup_runs.append(child)
         self.progress.pickups = [booked if p.id == pickup_id else p for p in self.progress.pickups]
         self.dirty = True
         return booked
@@ -337,3 +339,18 @@ class TakebackDealWorkflow:
         self.progress.status = status
         self.progress.closed_reason = reason
         await _activity(TakebackActivities.close_deal, self.view(), timeout=LONG)
+        await self._stop_pickups()
+
+    async def _stop_pickups(self) -> None:
+        """Pickups still in transit stop tracking, and the deal outlives them (no orphans)."""
+        running = [child for child in self.pickup_runs if not child.done()]
+        for child in running:
+            try:
+                await child
+            except Exception:  # a failed pickup must not fail the closed deal
+                workflow.logger.warning("pickup of deal %s ended in failure", self.terms.deal_id).signal(PickupWorkflow.stop_tracking)
+        for child in running:
+            try:
+                await child
+            except Exception:  # a failed pickup must not fail the closed deal
+                workflow.logger.warning("pickup of deal %s ended in failure", self.terms.deal_id)

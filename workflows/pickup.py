@@ -57,10 +57,16 @@ class PickupWorkflow:
         self.seen_event_ids: set[str] = set()
         self.inbox: list[CarrierEvent] = []
         self.simulated_steps = 0
+        self.stopped = False
 
     @workflow.signal
     def carrier_event(self, event: CarrierEvent) -> None:
         self.inbox.append(event)
+
+    @workflow.signal
+    def stop_tracking(self) -> None:
+        """The deal closed: later carrier news can change nothing."""
+        self.stopped = True
 
     @workflow.query
     def state(self) -> PickupState:
@@ -109,13 +115,13 @@ class PickupWorkflow:
     @workflow.run
     async def run(self, pickup: PickupInput) -> PickupState:
         step = pickup.sim_carrier_step_seconds
-        while self.status not in FINAL_CARRIER_STATUSES:
+        while self.status not in FINAL_CARRIER_STATUSES and not self.stopped:
             remaining = (pickup.track_until - workflow.now()).total_seconds()
-            if remaining <= 0:
+            if remaining < 1:  # sub-second timers are not worth a wake-up (and stall the test server)
                 break
             timeout = min(step, remaining) if step > 0 else remaining
             try:
-                await workflow.wait_condition(lambda: bool(self.inbox), timeout=timedelta(seconds=timeout))
+                await workflow.wait_condition(lambda: bool(self.inbox) or self.stopped, timeout=timedelta(seconds=timeout))
             except TimeoutError:
                 if step > 0 and (event := self._next_simulated_event()):
                     self.inbox.append(event)
