@@ -192,7 +192,7 @@ class TakebackActivities:
     @non_retryable_on_bad_input
     def process_receipt(self, deal_id: str, batch_id: str) -> ReceiptCounts:
         with session_scope(self.database_url) as session:
-            return store.process_receipt(session, deal_id, batch_id, self.settings.refresh_max_age_years, self.catalog)
+            return store.process_receipt(session, deal_id, batch_id, self.settings.refresh_max_age_years, self.catalog, heartbeat=activity.heartbeat)
 
     # --- money ------------------------------------------------------------------------------
 
@@ -264,7 +264,7 @@ class TakebackActivities:
     @activity.defn
     def close_deal(self, view: DealView) -> str:
         with session_scope(self.database_url) as session:
-            return store.close_deal(session, view)
+            return store.close_deal(session, view, heartbeat=activity.heartbeat)
 
 
 def format_duration_seconds(seconds: float) -> str:

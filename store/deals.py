@@ -212,7 +212,7 @@ def _existing(session: Session, column, values: list[str], *where) -> set[str]:
     return found
 
 
-def process_receipt(session: Session, deal_id: str, batch_id: str, refresh_max_age_years: float, catalog: Catalog) -> ReceiptCounts:
+def process_receipt(session: Session, deal_id: str, batch_id: str, refresh_max_age_years: float, catalog: Catalog, heartbeat=lambda: None) -> ReceiptCounts:
     """Accept or reject each staged item, disposition and sanitize the accepted ones, once.
 
     The whole batch is one transaction marked processed; a retry returns the stored counts.
@@ -264,6 +264,7 @@ def process_receipt(session: Session, deal_id: str, batch_id: str, refresh_max_a
                 )
         try:
             for chunk in _chunks(accepted):
+                heartbeat()
                 session.execute(insert(ReturnedItem), chunk)
             for chunk in _chunks(rejections):
                 session.execute(insert(ReceiptRejection), chunk)
@@ -346,7 +347,7 @@ def deal_view_from_store(session: Session, deal_id: str) -> DealView | None:
     return DealView.model_validate_json(deal.view_json)
 
 
-def close_deal(session: Session, view: DealView) -> str:
+def close_deal(session: Session, view: DealView, heartbeat=lambda: None) -> str:
     """Free the deal's serial claims and issue its certificate of recycling; returns its hash."""
     project_deal(session, view)
     session.execute(delete(OpenSerialClaim).where(OpenSerialClaim.deal_id == view.id))
@@ -354,7 +355,9 @@ def close_deal(session: Session, view: DealView) -> str:
     existing = session.get(Certificate, view.id)
     if existing is not None:
         return existing.content_hash
+    heartbeat()
     content = certificate_content(session, view)
+    heartbeat()
     body = canonical_json(content)
     digest = content_hash(content)
     session.add(Certificate(deal_id=view.id, content_json=body, content_hash=digest))

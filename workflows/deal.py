@@ -37,8 +37,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.pickup import PickupInput, PickupWorkflow
 
 ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
-SHORT = timedelta(seconds=30)
-LONG = timedelta(minutes=5)  # receipts of thousands of items, certificates of 100,000
+SHORT = timedelta(seconds=10)
+LONG = timedelta(minutes=5)  # receipts of thousands of items, certificates of 100,000 ...
+HEARTBEAT = timedelta(seconds=15)  # ... which heartbeat, so a killed worker's attempt is retried soon
 
 
 class ExtendCommand(BaseModel):
@@ -71,7 +72,9 @@ class DealWorkflowInput(BaseModel):
 
 
 def _activity(fn, *args, timeout: timedelta = SHORT):
-    return workflow.execute_activity_method(fn, args=list(args), start_to_close_timeout=timeout, retry_policy=ACTIVITY_RETRY)
+    return workflow.execute_activity_method(
+        fn, args=list(args), start_to_close_timeout=timeout, heartbeat_timeout=HEARTBEAT if timeout > SHORT else None, retry_policy=ACTIVITY_RETRY
+    )
 
 
 @workflow.defn
