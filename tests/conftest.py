@@ -50,6 +50,33 @@ async def dev_server_env():
     await env.shutdown()
 
 
+@pytest.fixture(scope="session")
+def postgres_url():
+    """One throwaway PostgreSQL 15 cluster for the session, from the machine's binaries."""
+    from tests.postgres import postgres_bin, throwaway_postgres
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL binaries are not installed on this machine (apt-get install postgresql)")
+    with throwaway_postgres() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """Run a store test on SQLite and on PostgreSQL, each in a database of its own."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    base = request.getfixturevalue("postgres_url")
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return base.rsplit("/", 1)[0] + f"/{name}"
+
+
 def make_settings(tmp_path: Path, **overrides) -> Settings:
     values = {
         "data_dir": tmp_path,

@@ -1,0 +1,119 @@
+"""The store's exactly-once guarantees, on SQLite and on PostgreSQL."""
+
+import threading
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+
+from activities.deal_activities import TakebackActivities
+from activities.mailer import Mail, OutboxMailer
+from domain.catalog import default_catalog
+from service.deals import deal_terms
+from store import deals as store
+from store.db import session_scope
+from store.tables import IncentiveLedger, Partner, ReturnedItem, SanitizationRecord
+from tests.conftest import booking, make_settings
+
+NOW = datetime(2026, 11, 24, tzinfo=timezone.utc)
+
+
+def setup_store(url: str, tmp_path):
+    settings = make_settings(tmp_path, database_url=url)
+    with session_scope(url) as session:
+        session.add(Partner(id="P1", name="Partner", contact_email="p@example.com", country="CA"))
+        session.commit()
+    return settings
+
+
+def stage(url: str, settings, deal_id: str, request) -> bool:
+    with session_scope(url) as session:
+        staged = store.stage_booking(session, deal_id, request, deal_terms(deal_id, request, settings))
+        store.confirm_booking(session, deal_id, NOW, NOW)
+        return staged
+
+
+def receive(url: str, deal_id: str, batch_id: str, serials: list[str]) -> "store.ReceiptCounts":
+    from domain.models import ReceiptItem
+
+    items = [ReceiptItem(product_id="ISR4331/K9", serial_number=s, condition="working", age_years=2) for s in serials]
+    with session_scope(url) as session:
+        store.stage_receipt(session, batch_id, deal_id, items)
+        return store.process_receipt(session, deal_id, batch_id, 5, default_catalog())
+
+
+def test_a_listed_serial_can_be_held_by_one_open_deal_only(database_url, tmp_path):
+    settings = setup_store(database_url, tmp_path)
+    assert stage(database_url, settings, "D1", booking(2, serials=["A", "B"]))
+    assert not stage(database_url, settings, "D1", booking(2, serials=["A", "B"]))  # a retry is a no-op
+    with pytest.raises(store.SerialConflict) as conflict:
+        stage(database_url, settings, "D2", booking(2, serials=["B", "C"]))
+    assert conflict.value.serials == ["B"]
+    from domain.models import DealView, Dispositions, Incentive
+
+    with session_scope(database_url) as session:  # closing D1 frees its serials
+        view = DealView(id="D1", partner_id="P1", status="closed", booked_at=NOW, return_deadline=NOW, committed_units=2, required_units=2,
+                        incentive=Incentive(mode="rebate", rate=Decimal("0.05"), amount=Decimal("5000.00"), status="forfeited"), dispositions=Dispositions())
+        first_hash = store.close_deal(session, view)
+        assert store.close_deal(session, view) == first_hash  # one certificate, issued once
+    assert stage(database_url, settings, "D2", booking(2, serials=["B", "C"]))
+
+
+def test_receipts_count_each_serial_once_across_deals_and_retries(database_url, tmp_path):
+    settings = setup_store(database_url, tmp_path)
+    stage(database_url, settings, "D1", booking(5))
+    stage(database_url, settings, "D2", booking(5))
+    first = receive(database_url, "D1", "b1", ["S1", "S2", "S2", "S3"])
+    assert (first.accepted, first.rejected) == (3, 1)  # the repeated line is rejected
+    assert receive(database_url, "D1", "b1", ["ignored"]) == first  # processing a batch twice changes nothing
+    second = receive(database_url, "D2", "b2", ["S3", "S4"])
+    assert (second.accepted, second.rejected) == (1, 1)  # S3 came back on D1 already
+    with session_scope(database_url) as session:
+        assert store.receipt_result(session, "b2")["rejected"] == [{"serial_number": "S3", "reason": "serial already returned"}]
+        assert session.execute(select(func.count()).select_from(SanitizationRecord)).scalar_one() == 4  # ISR routers carry data
+
+
+def test_concurrent_receipts_of_one_serial_accept_it_once(database_url, tmp_path):
+    settings = setup_store(database_url, tmp_path)
+    for deal_id in ("D1", "D2", "D3", "D4"):
+        stage(database_url, settings, deal_id, booking(5))
+    results = []
+    barrier = threading.Barrier(4)
+
+    def race(deal_id: str):
+        barrier.wait()
+        results.append(receive(database_url, deal_id, f"b-{deal_id}", ["SAME", f"own-{deal_id}"]))
+
+    threads = [threading.Thread(target=race, args=(d,)) for d in ("D1", "D2", "D3", "D4")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(r.accepted for r in results) == 5 and sum(r.rejected for r in results) == 3
+    with session_scope(database_url) as session:
+        assert session.execute(select(func.count()).select_from(ReturnedItem).where(ReturnedItem.serial == "SAME")).scalar_one() == 1
+
+
+def test_money_moves_once_per_deal_and_kind(database_url, tmp_path):
+    setup_store(database_url, tmp_path)
+    with session_scope(database_url) as session:
+        assert store.record_incentive(session, "D1", "P1", "released", Decimal("700.00"))
+        assert not store.record_incentive(session, "D1", "P1", "released", Decimal("700.00"))
+        assert session.execute(select(func.sum(IncentiveLedger.amount))).scalar_one() == Decimal("700.00")
+
+
+def test_an_email_key_is_delivered_once(database_url, tmp_path):
+    settings = make_settings(tmp_path, database_url=database_url)
+    sent = []
+
+    class CountingMailer(OutboxMailer):
+        def send(self, mail, sender):
+            sent.append(mail.key)
+            return super().send(mail, sender)
+
+    activities = TakebackActivities(settings, mailer=CountingMailer(tmp_path / "outbox"))
+    mail = Mail(key="D1:reminder:7d", to="p@example.com", subject="s", body="b")
+    assert activities._send_once(mail) is True
+    assert activities._send_once(mail) is False
+    assert sent == ["D1:reminder:7d"]
