@@ -6,10 +6,11 @@ from pathlib import Path
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 import store.specialization  # noqa: F401  (registers its tables)
 import store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+from store import migrate
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -36,7 +37,7 @@ def get_engine(url: str) -> Engine:
                 event.listen(engine, "connect", _sqlite_pragmas)
             else:
                 engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-            SQLModel.metadata.create_all(engine)
+            migrate.upgrade(engine)
             _engines[url] = engine
         return engine
 
