@@ -5,10 +5,9 @@ from datetime import timedelta
 from decimal import Decimal
 
 from domain.models import BookingRequest, DealStatus, PickupRequest, ReceiptItem
-from service import deals
+from domain.specialization import ExamResult, TrainingRecord
+from service import deals, partners
 from settings import get_settings
-from store.db import session_scope
-from store.tables import Partner
 from temporal_client import connect
 
 DEMO_PARTNER = "DEMO-PARTNER"
@@ -27,11 +26,24 @@ async def run(args) -> int:
     settings = get_settings().model_copy(
         update={"return_window": args.window, "reminder_offsets": "40s,20s", "sim_carrier_step": "2s"}
     )
-    with session_scope(settings.effective_database_url) as session:
-        if session.get(Partner, DEMO_PARTNER) is None:
-            session.add(Partner(id=DEMO_PARTNER, name="Demo Partner Ltd", contact_email="demo-partner@example.com", country="CA"))
-            session.commit()
     client = await connect(settings)
+    try:
+        await partners.create_partner(client, settings, DEMO_PARTNER, "Demo Partner Ltd", "demo-partner@example.com", "CA")
+        print(f"[demo] partner {DEMO_PARTNER} created; certifying: training, two exams, the pledge", flush=True)
+        await partners.record_training(client, DEMO_PARTNER, TrainingRecord(person_email="ana@demo-partner.example", person_name="Ana", hours=6))
+        await partners.record_exam(client, DEMO_PARTNER, ExamResult(exam=1, passed=True))
+        await partners.record_exam(client, DEMO_PARTNER, ExamResult(exam=2, passed=True))
+        await partners.sign_pledge(client, DEMO_PARTNER)
+    except partners.PartnerExists:
+        pass
+    for _ in range(50):  # certification reaches the store projection a moment later
+        try:
+            partners.ensure_may_book(settings, DEMO_PARTNER)
+            break
+        except partners.PartnerNotCertified:
+            await asyncio.sleep(0.1)
+    view = await partners.specialization(client, settings, DEMO_PARTNER)
+    print(f"[demo] partner {DEMO_PARTNER}: {view.status.value}, {view.trees_planted} tree(s) planted, year ends {view.year_end:%Y-%m-%d}", flush=True)
     request = BookingRequest.model_validate(
         {
             "partner_id": DEMO_PARTNER,

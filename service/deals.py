@@ -9,6 +9,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from domain import rules
 from domain.durations import parse_duration
 from domain.models import BookingRequest, CarrierEvent, DealTerms, DealView, PickupRequest, PickupView, ReceiptItem
+from service.partners import ensure_may_book
 from settings import Settings
 from store import deals as store
 from store.db import session_scope
@@ -75,9 +76,10 @@ def deal_handle(client: Client, deal_id: str) -> WorkflowHandle:
 async def book_deal(client: Client, settings: Settings, request: BookingRequest, deal_id: str | None = None) -> DealView:
     """Validate, stage the booking (claiming listed serials), start the workflow, wait until booked.
 
-    Raises RuleViolation (422), store.UnknownPartner, store.SerialConflict (409).
+    Raises RuleViolation (422), PartnerNotCertified, store.UnknownPartner, store.SerialConflict (409).
     """
     rules.validate_incentive_rate(request.incentive_rate)
+    await asyncio.to_thread(ensure_may_book, settings, request.partner_id)
     deal_id = deal_id or new_deal_id()
     terms = deal_terms(deal_id, request, settings)
     rules.required_units(terms.committed_units, terms.return_threshold)

@@ -15,6 +15,10 @@ from workflows.ids import partner_workflow_id
 from workflows.specialization import PartnerSpecializationWorkflow, SpecializationInput
 
 
+class PartnerExists(Exception):
+    pass
+
+
 class PartnerNotCertified(Exception):
     def __init__(self, partner_id: str, status: str):
         super().__init__(f"partner {partner_id} is {status.replace('_', ' ')}: it cannot book takeback incentive deals")
@@ -23,6 +27,26 @@ class PartnerNotCertified(Exception):
 
 def partner_handle(client: Client, partner_id: str) -> WorkflowHandle:
     return client.get_workflow_handle_for(PartnerSpecializationWorkflow.run, partner_workflow_id(partner_id))
+
+
+async def create_partner(client: Client, settings: Settings, partner_id: str, name: str, contact_email: str, country: str) -> None:
+    """Store the partner and start its specialization workflow. Raises PartnerExists."""
+    from sqlalchemy.exc import IntegrityError
+
+    from store.tables import Partner
+
+    def insert() -> None:
+        with session_scope(settings.effective_database_url) as session:
+            if session.get(Partner, partner_id) is not None:
+                raise PartnerExists(partner_id)
+            session.add(Partner(id=partner_id, name=name, contact_email=contact_email, country=country))
+            try:
+                session.commit()
+            except IntegrityError:
+                raise PartnerExists(partner_id) from None
+
+    await asyncio.to_thread(insert)
+    await start_specialization(client, settings, partner_id)
 
 
 async def start_specialization(client: Client, settings: Settings, partner_id: str) -> None:

@@ -29,8 +29,9 @@ from domain.models import BookingRequest, CarrierEvent, DealStatus, IncentiveSta
 from service import deals
 from settings import Settings
 from store.db import session_scope
-from store.tables import EmailMessage, IncentiveLedger, Partner, ReminderSent, ReturnedItem
+from store.tables import EmailMessage, IncentiveLedger, ReminderSent, ReturnedItem
 from temporal_client import connect
+from tests.conftest import add_partner
 
 BIN = Path(sys.executable).parent
 PARTNER = "CHAOS-PARTNER"
@@ -215,9 +216,7 @@ async def run(deals_count: int, kill_every: float, max_kills: int, concurrency: 
     settings = Settings(
         data_dir=data_dir, database_url="", temporal_address=f"127.0.0.1:{port}", return_window=window, reminder_offsets=_offsets(window), sim_carrier_step="0s"
     )
-    with session_scope(settings.effective_database_url) as session:
-        session.add(Partner(id=PARTNER, name="Chaos Partner", contact_email="chaos@example.com", country="DE"))
-        session.commit()
+    add_partner(settings, PARTNER, "chaos@example.com")
     stack = Stack(data_dir=data_dir, port=port, env=env)
     started = time.monotonic()
     try:

@@ -89,11 +89,18 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
     return Settings(**values)
 
 
-def add_partner(settings: Settings, partner_id: str = "P1", email: str = "partner@example.com") -> None:
+def add_partner(settings: Settings, partner_id: str = "P1", email: str = "partner@example.com", certified: bool = True) -> None:
+    """A partner row; `certified` also records a certified specialization, as booking needs."""
+    from domain.specialization import SpecializationStatus, SpecializationView
+    from store import specialization
+
     with session_scope(settings.effective_database_url) as session:
         if session.get(Partner, partner_id) is None:
             session.add(Partner(id=partner_id, name=f"Partner {partner_id}", contact_email=email, country="CA"))
             session.commit()
+        if certified:
+            view = SpecializationView(status=SpecializationStatus.certified, training_hours=4, exams_passed=[1, 2], pledge_signed=True)
+            specialization.project(session, partner_id, view.status.value, view.model_dump_json())
 
 
 @asynccontextmanager

@@ -140,3 +140,24 @@ async def test_continue_as_new_across_three_years_keeps_state(time_skipping_env,
             assert view.year_number == year + 1 and view.status == SpecializationStatus.certified
     assert len(runs) == 3  # a new run every year: history stays bounded
     assert (view.trainees, view.trees_planted, view.training_hours, view.exams_passed, view.pledge_signed) == (2, 2, 8, [1, 2], True)
+
+
+async def test_booking_needs_a_certified_partner_and_counts_in_its_year(time_skipping_env, tmp_path, pid):
+    from service import deals
+    from tests.conftest import booking
+
+    env = time_skipping_env
+    settings = make_settings(tmp_path)
+    async with running_worker(env.client, settings):
+        await partners.create_partner(env.client, settings, pid, "Partner", "contact@partner.example", "CA")
+        with pytest.raises(partners.PartnerExists):
+            await partners.create_partner(env.client, settings, pid, "Partner", "contact@partner.example", "CA")
+        with pytest.raises(partners.PartnerNotCertified):
+            await deals.book_deal(env.client, settings, booking(4, partner_id=pid))
+        await certify(env.client, pid)
+        await settle(env, pid)
+        deal = await deals.book_deal(env.client, settings, booking(4, partner_id=pid))
+        view = await settle(env, pid)
+    assert view.deals_this_year == 1
+    with session_scope(settings.effective_database_url) as session:
+        assert session.execute(select(YearDeal.deal_id).where(YearDeal.partner_id == pid)).scalars().all() == [deal.id]
