@@ -20,24 +20,32 @@ WORKFLOWS = [TakebackDealWorkflow, PickupWorkflow, PartnerSpecializationWorkflow
 log = logging.getLogger("takeback.worker")
 
 
-def build_worker(client: Client, settings: Settings, activities: TakebackActivities | None = None, executor: ThreadPoolExecutor | None = None) -> Worker:
+def build_worker(
+    client: Client,
+    settings: Settings,
+    activities: TakebackActivities | None = None,
+    executor: ThreadPoolExecutor | None = None,
+    extra_workflows: list | None = None,
+    extra_activities: list | None = None,
+) -> Worker:
+    """`extra_*` let benchmarks run a baseline workflow on the very same worker."""
     activities = activities or TakebackActivities(settings)
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=WORKFLOWS,
-        activities=activities.all() + PartnerActivities(activities).all(),
+        workflows=WORKFLOWS + (extra_workflows or []),
+        activities=activities.all() + PartnerActivities(activities).all() + (extra_activities or []),
         # Store and mail activities are blocking calls: they run on threads.
         activity_executor=executor or ThreadPoolExecutor(max_workers=32),
         max_concurrent_activities=32,
     )
 
 
-async def run_worker(settings: Settings | None = None) -> None:
+async def run_worker(settings: Settings | None = None, **extras) -> None:
     settings = settings or get_settings()
     client = await connect(settings)
     with ThreadPoolExecutor(max_workers=32) as executor:
-        worker = build_worker(client, settings, executor=executor)
+        worker = build_worker(client, settings, executor=executor, **extras)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
