@@ -207,7 +207,11 @@ class TakebackDealWorkflow:
         self._validate_cancel(reason)
         self.progress.cancel_reason = reason
         self.dirty = True
-        await workflow.wait_condition(lambda: self.progress.status == DealStatus.cancelled)
+        # The deal may close another way first (its deadline passed while this waited):
+        # then this cancel must end too, or the deal could never finish its handlers.
+        await workflow.wait_condition(lambda: self.progress.status not in OPEN_DEAL_STATUSES)
+        if self.progress.status != DealStatus.cancelled:
+            raise ApplicationError(f"deal {self.terms.deal_id} is {self.progress.status.value}", type="DealNotOpen")
         return self.view()
 
     @cancel.validator
@@ -275,6 +279,9 @@ class TakebackDealWorkflow:
     async def _step(self) -> bool:
         """Act on the current state; True when the deal has closed."""
         p = self.progress
+        # A handler that changes the deal while this step awaits sets `dirty` again, so the
+        # loop wakes at once instead of sleeping on a change it has not acted on.
+        changed, self.dirty = self.dirty, False
         if p.cancel_reason is not None:
             await self._ledger("cancelled")
             p.incentive_status = IncentiveStatus.cancelled
@@ -285,7 +292,7 @@ class TakebackDealWorkflow:
                 await self._ledger("released")
                 p.incentive_status = IncentiveStatus.released
             p.status = DealStatus.condition_met
-            self.dirty = True
+            changed = True
             if self.terms.mode == IncentiveMode.rebate:
                 await self._notify("released")
         if p.received_units >= self.terms.committed_units:
@@ -313,9 +320,8 @@ class TakebackDealWorkflow:
                 )
                 p.reminders_sent.append(nearest)
                 p.reminders_skipped.extend(o for o in due if o != nearest)
-                self.dirty = True
-        if self.dirty:
-            self.dirty = False
+                changed = True
+        if changed:
             await self._project()
         return False
 
@@ -357,9 +363,9 @@ class TakebackDealWorkflow:
         running = [child for child in self.pickup_runs if not child.done()]
         for child in running:
             try:
-                await child
-            except Exception:  # a failed pickup must not fail the closed deal
-                workflow.logger.warning("pickup of deal %s ended in failure", self.terms.deal_id).signal(PickupWorkflow.stop_tracking)
+                await child.signal(PickupWorkflow.stop_tracking)
+            except Exception:  # the pickup ended meanwhile: nothing to stop
+                workflow.logger.info("pickup of deal %s already ended", self.terms.deal_id)
         for child in running:
             try:
                 await child
