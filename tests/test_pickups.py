@@ -1,0 +1,169 @@
+"""Pickups: carrier events deduplicated and never backwards, escalations, the simulated carrier."""
+
+from datetime import timedelta
+
+from sqlalchemy import select
+from temporalio.client import WorkflowExecutionStatus
+
+from domain.models import DealStatus
+from service import deals
+from store.db import session_scope
+from store.tables import EmailMessage, Pickup, ShipmentEvent
+from tests.conftest import booking, make_settings, running_worker
+from tests.deal_helpers import PICKUP, count, event, mail, outbox, settle
+from workflows.ids import pickup_workflow_id
+from workflows.pickup import PickupWorkflow
+
+
+def pickup_handle(client, tracking: str):
+    return client.get_workflow_handle_for(PickupWorkflow.run, pickup_workflow_id(tracking))
+
+
+def shipment_events(settings, tracking: str) -> list[tuple[str, str, bool]]:
+    with session_scope(settings.effective_database_url) as session:
+        rows = session.execute(select(ShipmentEvent.event_id, ShipmentEvent.status, ShipmentEvent.applied).where(ShipmentEvent.tracking_number == tracking)).all()
+    return sorted(tuple(row) for row in rows)
+
+
+def stored_pickup(settings, pickup_id: str) -> Pickup:
+    with session_scope(settings.effective_database_url) as session:
+        return session.get(Pickup, pickup_id)
+
+
+async def test_repeated_and_backward_carrier_events_are_ignored(time_skipping_env, tmp_path):
+    env = time_skipping_env
+    settings = make_settings(tmp_path)
+    async with running_worker(env.client, settings):
+        deal = await deals.book_deal(env.client, settings, booking(10))
+        pickup = await deals.request_pickup(env.client, deal.id, PICKUP)
+        assert pickup.id == f"{deal.id}-p1" and pickup.status == "scheduled" and pickup.tracking_number.startswith("SIM")
+        tracking = pickup.tracking_number
+        handle = pickup_handle(env.client, tracking)
+        await env.sleep(timedelta(days=3))
+        assert (await handle.query(PickupWorkflow.state)).status == "scheduled"  # no step configured: it waits for the carrier
+
+        for e in [
+            event("e1", tracking, "pre_transit"),
+            event("e2", tracking, "in_transit"),
+            event("e2", tracking, "in_transit"),  # webhook redelivered
+            event("e3", tracking, "out_for_delivery"),
+            event("e4", tracking, "in_transit"),  # late, older news: never backwards
+            event("e1", tracking, "pre_transit"),  # redelivered once more
+        ]:
+            await deals.send_carrier_event(env.client, e)
+        await env.sleep(timedelta(seconds=1))
+        state = await handle.query(PickupWorkflow.state)
+        assert state.status == "out_for_delivery" and state.events_seen == 4
+        view = await deals.get_deal(env.client, settings, deal.id)
+        assert view.pickups[0].status == "out_for_delivery"
+        assert stored_pickup(settings, pickup.id).status == "out_for_delivery"
+
+        await deals.send_carrier_event(env.client, event("e5", tracking, "delivered"))
+        final = await handle.result()
+        view = await settle(env, settings, deal.id)
+
+    assert final.status == "delivered" and final.events_seen == 5
+    assert view.pickups[0].status == "delivered" and stored_pickup(settings, pickup.id).status == "delivered"
+    assert shipment_events(settings, tracking) == [
+        ("e1", "pre_transit", True),
+        ("e2", "in_transit", True),
+        ("e3", "out_for_delivery", True),
+        ("e4", "in_transit", False),
+        ("e5", "delivered", True),
+    ]
+    assert [name for name in outbox(settings) if "escalation" in name] == []  # nothing went wrong
+
+
+async def test_failure_and_return_to_sender_escalate_by_mail_with_ops_in_cc(time_skipping_env, tmp_path):
+    env = time_skipping_env
+    settings = make_settings(tmp_path)
+    async with running_worker(env.client, settings):
+        deal = await deals.book_deal(env.client, settings, booking(10))
+        first = await deals.request_pickup(env.client, deal.id, PICKUP)
+        second = await deals.request_pickup(env.client, deal.id, PICKUP)
+        assert second.id == f"{deal.id}-p2" and second.tracking_number != first.tracking_number
+
+        for e in [
+            event("f1", first.tracking_number, "in_transit"),
+            event("f2", first.tracking_number, "failure"),
+            event("f2", first.tracking_number, "failure"),  # the same news twice: one e-mail
+            event("f3", first.tracking_number, "failure"),  # a second failure report: no new state, no new mail
+            event("f4", first.tracking_number, "delivered"),  # the carrier recovers
+            event("r1", second.tracking_number, "pre_transit"),
+            event("r2", second.tracking_number, "return_to_sender"),
+        ]:
+            await deals.send_carrier_event(env.client, e)
+        first_final = await pickup_handle(env.client, first.tracking_number).result()
+        second_final = await pickup_handle(env.client, second.tracking_number).result()
+        view = await settle(env, settings, deal.id)
+
+    assert first_final.status == "delivered" and second_final.status == "return_to_sender"
+    assert [p.status for p in view.pickups] == ["delivered", "return_to_sender"]
+    assert view.status == DealStatus.awaiting_returns  # pickups alone change no money
+    escalations = [name for name in outbox(settings) if "escalation" in name]
+    assert escalations == [f"{deal.id}_{first.id}_escalation_failure.eml", f"{deal.id}_{second.id}_escalation_return_to_sender.eml"]
+    for name in escalations:
+        message = mail(settings, name)
+        assert message["To"] == "partner@example.com" and message["Cc"] == settings.ops_email
+    assert first.tracking_number in mail(settings, escalations[0]).get_content()
+    with session_scope(settings.effective_database_url) as session:
+        keys = session.execute(select(EmailMessage.key).where(EmailMessage.key.like("%escalation%"))).scalars().all()
+    assert len(keys) == 2
+    assert ("f3", "failure", False) in shipment_events(settings, first.tracking_number)
+
+
+async def test_the_simulated_carrier_advances_by_itself(time_skipping_env, tmp_path):
+    env = time_skipping_env
+    settings = make_settings(tmp_path, sim_carrier_step="1h")
+    async with running_worker(env.client, settings):
+        deal = await deals.book_deal(env.client, settings, booking(10))
+        pickup = await deals.request_pickup(env.client, deal.id, PICKUP)
+        handle = pickup_handle(env.client, pickup.tracking_number)
+        await env.sleep(timedelta(minutes=30))
+        assert (await handle.query(PickupWorkflow.state)).status == "scheduled"
+        await env.sleep(timedelta(minutes=45))  # one step
+        assert (await handle.query(PickupWorkflow.state)).status == "pre_transit"
+        await env.sleep(timedelta(hours=1))
+        assert (await handle.query(PickupWorkflow.state)).status == "in_transit"
+        await env.sleep(timedelta(hours=3))
+        final = await handle.result()
+        view = await settle(env, settings, deal.id)
+
+    assert final.status == "delivered"
+    assert view.pickups[0].status == "delivered" and stored_pickup(settings, pickup.id).status == "delivered"
+    assert shipment_events(settings, pickup.tracking_number) == [
+        (f"{pickup.id}-sim-1", "pre_transit", True),
+        (f"{pickup.id}-sim-2", "in_transit", True),
+        (f"{pickup.id}-sim-3", "out_for_delivery", True),
+        (f"{pickup.id}-sim-4", "delivered", True),
+    ]
+
+
+async def test_a_retried_pickup_request_books_one_pickup(time_skipping_env, tmp_path):
+    env = time_skipping_env
+    settings = make_settings(tmp_path)
+    async with running_worker(env.client, settings):
+        deal = await deals.book_deal(env.client, settings, booking(10))
+        a = await deals.request_pickup(env.client, deal.id, PICKUP, request_id="req-1")
+        b = await deals.request_pickup(env.client, deal.id, PICKUP, request_id="req-1")
+        view = await deals.get_deal(env.client, settings, deal.id)
+    assert a == b and len(view.pickups) == 1
+    assert count(settings, Pickup, deal_id=deal.id) == 1
+
+
+async def test_closing_a_deal_stops_its_pickups_and_the_deal_does_not_wait_for_them(time_skipping_env, tmp_path):
+    env = time_skipping_env
+    settings = make_settings(tmp_path)
+    async with running_worker(env.client, settings):
+        deal = await deals.book_deal(env.client, settings, booking(10))
+        pickup = await deals.request_pickup(env.client, deal.id, PICKUP)
+        await deals.send_carrier_event(env.client, event("t1", pickup.tracking_number, "in_transit"))
+        await env.sleep(timedelta(days=1))
+        await deals.cancel_deal(env.client, deal.id, "customer withdrew")
+        await env.sleep(timedelta(seconds=5))
+        deal_status = (await deals.deal_handle(env.client, deal.id).describe()).status
+        handle = pickup_handle(env.client, pickup.tracking_number)
+        pickup_status = (await handle.describe()).status
+        stopped = await handle.result()
+    assert deal_status == WorkflowExecutionStatus.COMPLETED  # not held open by a pickup still in transit
+    assert pickup_status == WorkflowExecutionStatus.COMPLETED and stopped.status == "in_transit"
