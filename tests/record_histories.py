@@ -1,0 +1,123 @@
+"""Record the replay histories of tests/test_replay.py: `python -m tests.record_histories` (make histories).
+
+Runs each scenario on a fresh time-skipping server and saves the finished workflows'
+histories as tests/histories/<name>.json. Re-record only after an intended workflow change
+that is made safe for running deals (e.g. with workflow.patched); test_replay.py then checks
+that every later change still replays them.
+"""
+
+import argparse
+import asyncio
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from service import deals
+from tests.conftest import binary, booking, make_settings, running_worker
+from tests.deal_helpers import PICKUP, event, items
+from workflows.ids import pickup_workflow_id
+
+HISTORIES = Path(__file__).with_name("histories")
+YEAR = timedelta(days=365)
+
+
+async def rebate_released(env, settings) -> dict:
+    """Pickup tracked with a duplicate and a backward event; release at 8/10; returns after release; closed at the deadline."""
+    deal = await deals.book_deal(env.client, settings, booking(10), deal_id="H-REBATE")
+    pickup = await deals.request_pickup(env.client, deal.id, PICKUP, request_id="pickup-1")
+    t = pickup.tracking_number
+    for e in [event("e1", t, "pre_transit"), event("e2", t, "in_transit"), event("e2", t, "in_transit"), event("e0", t, "pre_transit"), event("e3", t, "delivered")]:
+        await deals.send_carrier_event(env.client, e)
+    await env.sleep(timedelta(days=30))
+    await deals.record_receipt(env.client, settings, deal.id, items("H", 8), batch_id="H-REBATE-r1")
+    await env.sleep(timedelta(days=30))
+    await deals.record_receipt(env.client, settings, deal.id, items("H", 1, start=8), batch_id="H-REBATE-r2")
+    await env.sleep(YEAR)
+    await deals.deal_handle(env.client, deal.id).result()
+    return {"deal_rebate_released": f"deal-{deal.id}", "pickup_events_deduplicated": pickup_workflow_id(t)}
+
+
+async def shortfall_forfeited(env, settings) -> dict:
+    """Three reminders, an extension, a failure escalation, then forfeited at the deadline."""
+    deal = await deals.book_deal(env.client, settings, booking(10), deal_id="H-SHORT")
+    pickup = await deals.request_pickup(env.client, deal.id, PICKUP, request_id="pickup-1")
+    t = pickup.tracking_number
+    for e in [event("f1", t, "in_transit"), event("f2", t, "failure"), event("f3", t, "return_to_sender")]:
+        await deals.send_carrier_event(env.client, e)
+    await deals.record_receipt(env.client, settings, deal.id, items("S", 3), batch_id="H-SHORT-r1")
+    await env.sleep(timedelta(days=100))
+    await deals.extend_deal(env.client, deal.id, "30d", "customer asked for more time")
+    await env.sleep(YEAR)
+    await deals.deal_handle(env.client, deal.id).result()
+    return {"deal_shortfall_forfeited": f"deal-{deal.id}", "pickup_escalated": pickup_workflow_id(t)}
+
+
+async def upfront_clawed_back(env, settings) -> dict:
+    deal = await deals.book_deal(env.client, settings, booking(10), deal_id="H-UPFRONT")
+    await deals.record_receipt(env.client, settings, deal.id, items("U", 2), batch_id="H-UPFRONT-r1")
+    await env.sleep(YEAR + timedelta(days=1))
+    await deals.deal_handle(env.client, deal.id).result()
+    return {"deal_upfront_clawed_back": f"deal-{deal.id}"}
+
+
+async def cancelled_in_transit(env, settings) -> dict:
+    """Cancel while a simulated-carrier pickup is on its way: the deal stops the pickup."""
+    deal = await deals.book_deal(env.client, settings, booking(10), deal_id="H-CANCEL")
+    pickup = await deals.request_pickup(env.client, deal.id, PICKUP, request_id="pickup-1")
+    await env.sleep(timedelta(hours=2, minutes=30))  # two simulated steps
+    await deals.cancel_deal(env.client, deal.id, "customer withdrew")
+    await deals.deal_handle(env.client, deal.id).result()
+    await env.client.get_workflow_handle(pickup_workflow_id(pickup.tracking_number)).result()
+    return {"deal_cancelled": f"deal-{deal.id}", "pickup_simulated_then_stopped": pickup_workflow_id(pickup.tracking_number)}
+
+
+async def all_returned_early(env, settings) -> dict:
+    deal = await deals.book_deal(env.client, settings, booking(4, serials=[f"E-{i}" for i in range(4)]), deal_id="H-EARLY")
+    await env.sleep(timedelta(days=300))  # past the 90-day reminder
+    await deals.record_receipt(env.client, settings, deal.id, items("E", 4) + items("GREY", 1), batch_id="H-EARLY-r1")
+    await deals.deal_handle(env.client, deal.id).result()
+    return {"deal_all_returned_early": f"deal-{deal.id}"}
+
+
+SCENARIOS = [
+    (rebate_released, {}),
+    (shortfall_forfeited, {}),
+    (upfront_clawed_back, {"incentive_mode": "upfront"}),
+    (cancelled_in_transit, {"sim_carrier_step": "1h"}),
+    (all_returned_early, {}),
+]
+
+
+async def record(out_dir: Path = HISTORIES) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for scenario, overrides in SCENARIOS:
+        env = await WorkflowEnvironment.start_time_skipping(data_converter=pydantic_data_converter, test_server_existing_path=binary("temporal-test-server"))
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                settings = make_settings(Path(tmp), **overrides)
+                async with running_worker(env.client, settings):
+                    workflows = await scenario(env, settings)
+                    for name, workflow_id in workflows.items():
+                        history = await env.client.get_workflow_handle(workflow_id).fetch_history()
+                        path = out_dir / f"{name}.json"
+                        path.write_text(history.to_json())
+                        written.append(path)
+        finally:
+            await env.shutdown()
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HISTORIES)
+    args = parser.parse_args()
+    for path in asyncio.run(record(args.out)):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
