@@ -82,12 +82,44 @@ async def all_returned_early(env, settings) -> dict:
     return {"deal_all_returned_early": f"deal-{deal.id}"}
 
 
+async def partner_years(env, settings) -> dict:
+    """Certified; year 1 with a deal rolls over; year 2 without one reminds, lapses and is reinstated."""
+    from domain.specialization import ExamResult, TrainingRecord
+    from service import partners
+    from workflows.ids import partner_workflow_id
+
+    await partners.create_partner(env.client, settings, "H-PARTNER", "History Partner", "h@partner.example", "CA")
+    await partners.record_training(env.client, "H-PARTNER", TrainingRecord(person_email="a@h.example", person_name="A", hours=5), request_id="t1")
+    await partners.record_training(env.client, "H-PARTNER", TrainingRecord(person_email="a@h.example", person_name="A", hours=2), request_id="t2")
+    await partners.record_exam(env.client, "H-PARTNER", ExamResult(exam=1, passed=True))
+    await partners.record_exam(env.client, "H-PARTNER", ExamResult(exam=2, passed=False))
+    await partners.record_exam(env.client, "H-PARTNER", ExamResult(exam=2, passed=True))
+    await partners.sign_pledge(env.client, "H-PARTNER")
+    await env.sleep(timedelta(days=10))
+    handle = env.client.get_workflow_handle(partner_workflow_id("H-PARTNER"))
+    first_run = (await handle.describe()).run_id
+    await handle.signal("deal_booked", "H-DEAL-1")
+    await env.sleep(YEAR)  # rolls over: continue-as-new
+    second_run = (await handle.describe()).run_id
+    await env.sleep(YEAR)  # no deal: reminders, then lapsed
+    await partners.reinstate(env.client, "H-PARTNER", "late deal approved by ops")
+    await handle.signal("deal_booked", "H-DEAL-2")
+    await env.sleep(YEAR)  # the reinstated year had its deal: continue-as-new
+    from temporalio.client import WorkflowExecutionStatus
+
+    while (await env.client.get_workflow_handle(partner_workflow_id("H-PARTNER"), run_id=second_run).describe()).status == WorkflowExecutionStatus.RUNNING:
+        await asyncio.sleep(0.05)
+    return {"partner_certified_year_rolled_over": (partner_workflow_id("H-PARTNER"), first_run),
+            "partner_reminded_lapsed_reinstated": (partner_workflow_id("H-PARTNER"), second_run)}
+
+
 SCENARIOS = [
     (rebate_released, {}),
     (shortfall_forfeited, {}),
     (upfront_clawed_back, {"incentive_mode": "upfront"}),
     (cancelled_in_transit, {"sim_carrier_step": "1h"}),
     (all_returned_early, {}),
+    (partner_years, {}),
 ]
 
 
@@ -102,7 +134,8 @@ async def record(out_dir: Path = HISTORIES) -> list[Path]:
                 async with running_worker(env.client, settings):
                     workflows = await scenario(env, settings)
                     for name, workflow_id in workflows.items():
-                        history = await env.client.get_workflow_handle(workflow_id).fetch_history()
+                        workflow_id, run_id = workflow_id if isinstance(workflow_id, tuple) else (workflow_id, None)
+                        history = await env.client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
                         path = out_dir / f"{name}.json"
                         path.write_text(history.to_json())
                         written.append(path)
