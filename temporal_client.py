@@ -6,7 +6,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from settings import Settings
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, **options) -> Client:
     tls: TLSConfig | bool = settings.temporal_tls or bool(settings.temporal_api_key)
     if settings.temporal_tls_cert and settings.temporal_tls_key:
         tls = TLSConfig(client_cert=settings.temporal_tls_cert.read_bytes(), client_private_key=settings.temporal_tls_key.read_bytes())
@@ -16,4 +16,5 @@ async def connect(settings: Settings) -> Client:
         api_key=settings.temporal_api_key,
         tls=tls,
         data_converter=pydantic_data_converter,
+        **options,
     )

@@ -154,6 +154,12 @@ async def record_receipt(client: Client, settings: Settings, deal_id: str, items
     return await asyncio.to_thread(result)
 
 
+def parse_extension(extend_by: str) -> str:
+    """Check an `extend_by` duration before any workflow sees it (ValueError if it is none)."""
+    parse_duration(extend_by)
+    return extend_by
+
+
 async def extend_deal(client: Client, deal_id: str, extend_by: str, reason: str) -> DealView:
     seconds = parse_duration(extend_by).total_seconds()
     return await _update(deal_handle(client, deal_id), TakebackDealWorkflow.extend, ExtendCommand(extend_by_seconds=seconds, reason=reason))

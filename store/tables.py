@@ -196,3 +196,25 @@ class ApiKey(SQLModel, table=True):
     partner_id: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     revoked_at: datetime | None = None
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """`Idempotency-Key` of a booking, scoped per API key: same key and body, same answer."""
+
+    __table_args__ = (UniqueConstraint("api_key_id", "key"),)
+    id: int | None = Field(default=None, primary_key=True)
+    api_key_id: int = Field(index=True)
+    key: str = Field(max_length=200)
+    request_hash: str
+    deal_id: str
+    status_code: int | None = None
+    response_json: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class CarrierWebhookEvent(SQLModel, table=True):
+    """Webhook deliveries by event id: a redelivered event is accepted and ignored."""
+
+    event_id: str = Field(primary_key=True, max_length=200)
+    tracking_number: str = Field(index=True)
+    received_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,103 @@
+"""Dependencies in one place: settings, the Temporal client, the caller's identity and role."""
+
+import asyncio
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from temporalio.client import Client
+
+from api.problems import Problem, not_found
+from settings import Settings
+from store.api_keys import find_api_key
+from store.db import session_scope
+from store.tables import Deal
+
+TEMPORAL_TIMEOUT = 4.5  # seconds: an unreachable engine answers 503 before a client gives up
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_client(request: Request) -> Client:
+    client = request.app.state.temporal
+    if client is None:
+        raise Problem(503, "the workflow engine is unreachable", "temporal-unavailable", headers={"Retry-After": "5"})
+    return client
+
+
+ClientDep = Annotated[Client, Depends(get_client)]
+
+
+async def temporal(call, timeout: float = TEMPORAL_TIMEOUT):
+    """Await a Temporal call with a deadline: a down engine is a 503, never a hang."""
+    try:
+        return await asyncio.wait_for(call, timeout)
+    except TimeoutError:
+        raise Problem(503, f"the workflow engine did not answer within {timeout:g} s", "temporal-unavailable", headers={"Retry-After": "5"}) from None
+
+
+@dataclass(frozen=True)
+class Caller:
+    key_id: int
+    role: str
+    partner_id: str | None
+
+    @property
+    def is_ops(self) -> bool:
+        return self.role == "ops"
+
+    def may_see_partner(self, partner_id: str) -> bool:
+        return self.is_ops or self.partner_id == partner_id
+
+
+def _unauthorized(detail: str) -> Problem:
+    return Problem(401, detail, "unauthorized", headers={"WWW-Authenticate": 'Bearer realm="takeback"'})
+
+
+async def get_caller(request: Request, settings: SettingsDep) -> Caller:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise _unauthorized("send an API key: Authorization: Bearer <key>")
+
+    def lookup():
+        with session_scope(settings.effective_database_url) as session:
+            row = find_api_key(session, key.strip())
+            return Caller(key_id=row.id, role=row.role, partner_id=row.partner_id) if row else None
+
+    caller = await asyncio.to_thread(lookup)
+    if caller is None:
+        raise _unauthorized("unknown or revoked API key")
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def require_ops(caller: Caller, what: str = "this action") -> None:
+    if not caller.is_ops:
+        raise Problem(403, f"{what} needs an ops key", "forbidden")
+
+
+def require_partner_access(caller: Caller, partner_id: str) -> None:
+    """A partner sees only itself: anything else does not exist for it."""
+    if not caller.may_see_partner(partner_id):
+        raise not_found(f"partner {partner_id}")
+
+
+async def owned_deal(settings: Settings, caller: Caller, deal_id: str) -> Deal:
+    """The deal's store row if the caller may see it, else 404 (also for other partners' deals)."""
+
+    def load():
+        with session_scope(settings.effective_database_url) as session:
+            return session.get(Deal, deal_id)
+
+    deal = await asyncio.to_thread(load)
+    if deal is None or deal.status == "booking" or not caller.may_see_partner(deal.partner_id):
+        raise not_found(f"deal {deal_id}")
+    return deal

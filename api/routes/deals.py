@@ -1,0 +1,184 @@
+import asyncio
+import base64
+import hashlib
+import json
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
+
+from api.deps import CallerDep, ClientDep, SettingsDep, owned_deal, require_ops, require_partner_access, temporal
+from api.problems import Problem, not_found
+from domain import rules
+from domain.certificate import render_html
+from domain.models import BookingRequest, CancelRequest, DealStatus, DealView, ExtendRequest
+from service import deals as service
+from service.partners import PartnerNotCertified
+from store import deals as store
+from store.db import session_scope
+from store.tables import Deal, IdempotencyRecord
+
+router = APIRouter(prefix="/v1/deals", tags=["deals"])
+
+
+class DealPage(BaseModel):
+    items: list[DealView]
+    next_cursor: str | None
+
+
+def _request_hash(body: BookingRequest) -> str:
+    return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+
+
+def _claim_idempotency_key(settings, key_id: int, key: str, request_hash: str) -> IdempotencyRecord:
+    """The first request with a key claims it; later ones get the same record back."""
+    deal_id = "D" + hashlib.sha256(f"{key_id}:{key}".encode()).hexdigest()[:16].upper()  # a retry books the same deal
+    with session_scope(settings.effective_database_url) as session:
+        session.add(IdempotencyRecord(api_key_id=key_id, key=key, request_hash=request_hash, deal_id=deal_id))
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+        return session.execute(select(IdempotencyRecord).where(IdempotencyRecord.api_key_id == key_id, IdempotencyRecord.key == key)).scalar_one()
+
+
+def _remember_answer(settings, record_id: int, status_code: int, body: dict) -> None:
+    with session_scope(settings.effective_database_url) as session:
+        record = session.get(IdempotencyRecord, record_id)
+        record.status_code, record.response_json = status_code, json.dumps(body)
+        session.add(record)
+        session.commit()
+
+
+@router.post("", status_code=201, response_model=DealView, summary="Book a takeback deal (ops, or a partner for itself)")
+async def book_deal(
+    body: BookingRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+):
+    require_partner_access(caller, body.partner_id)
+    record = None
+    if idempotency_key:
+        record = await asyncio.to_thread(_claim_idempotency_key, settings, caller.key_id, idempotency_key, _request_hash(body))
+        if record.request_hash != _request_hash(body):
+            raise Problem(422, "this Idempotency-Key was used with another request body", "idempotency-key-reused")
+        if record.response_json is not None:
+            return JSONResponse(json.loads(record.response_json), status_code=record.status_code)
+    try:
+        view = await temporal(service.book_deal(client, settings, body, deal_id=record.deal_id if record else None), timeout=20)
+    except rules.RuleViolation as error:
+        raise Problem(422, str(error), "rule-violation") from None
+    except PartnerNotCertified as error:
+        raise Problem(409, str(error), "partner-not-certified") from None
+    except store.UnknownPartner:
+        raise not_found(f"partner {body.partner_id}") from None
+    except store.SerialConflict as error:
+        raise Problem(409, str(error), "serial-committed-elsewhere", serials=error.serials[:100]) from None
+    answer = json.loads(view.model_dump_json())
+    if record is not None:
+        await asyncio.to_thread(_remember_answer, settings, record.id, 201, answer)
+    return JSONResponse(answer, status_code=201)
+
+
+def _encode_cursor(deal: Deal) -> str:
+    return base64.urlsafe_b64encode(json.dumps([deal.created_at.isoformat(), deal.id]).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, deal_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(created), str(deal_id)
+    except Exception:
+        raise Problem(422, "cursor is not one this API issued", "invalid-cursor") from None
+
+
+def _view_of(deal: Deal) -> DealView | None:
+    return DealView.model_validate_json(deal.view_json) if deal.view_json else None
+
+
+@router.get("", response_model=DealPage, summary="List deals, newest first, with cursor pagination")
+async def list_deals(
+    caller: CallerDep, settings: SettingsDep,
+    status: DealStatus | None = None,
+    partner_id: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> DealPage:
+    if not caller.is_ops:
+        if partner_id not in (None, caller.partner_id):
+            return DealPage(items=[], next_cursor=None)
+        partner_id = caller.partner_id
+    after = _decode_cursor(cursor) if cursor else None
+
+    def page():
+        query = select(Deal).where(Deal.view_json.is_not(None))
+        if status:
+            query = query.where(Deal.status == status.value)
+        if partner_id:
+            query = query.where(Deal.partner_id == partner_id)
+        if after:
+            created, deal_id = after
+            query = query.where(or_(Deal.created_at < created, and_(Deal.created_at == created, Deal.id < deal_id)))
+        with session_scope(settings.effective_database_url) as session:
+            return session.execute(query.order_by(Deal.created_at.desc(), Deal.id.desc()).limit(limit + 1)).scalars().all()
+
+    rows = await asyncio.to_thread(page)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return DealPage(items=[v for v in map(_view_of, rows) if v], next_cursor=_encode_cursor(rows[-1]) if more and rows else None)
+
+
+@router.get("/{deal_id}", response_model=DealView, summary="A deal, live from its workflow (the store's copy once closed)")
+async def get_deal(deal_id: str, caller: CallerDep, settings: SettingsDep, client: ClientDep) -> DealView:
+    await owned_deal(settings, caller, deal_id)
+    view = await temporal(service.get_deal(client, settings, deal_id))
+    if view is None:
+        raise not_found(f"deal {deal_id}")
+    return view
+
+
+async def _deal_update(call):
+    try:
+        return await temporal(call, timeout=30)
+    except service.DealNotOpen as error:
+        raise Problem(409, str(error), "deal-not-open") from None
+    except service.DealNotFound as error:
+        raise not_found(f"deal {error}") from None
+
+
+@router.post("/{deal_id}/extend", response_model=DealView, summary="Extend the return window, with a reason (ops)")
+async def extend(deal_id: str, body: ExtendRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep) -> DealView:
+    await owned_deal(settings, caller, deal_id)
+    require_ops(caller, "extending a deal")
+    try:
+        extend_by = service.parse_extension(body.extend_by)
+    except ValueError as error:
+        raise Problem(422, str(error), "invalid-duration") from None
+    return await _deal_update(service.extend_deal(client, deal_id, extend_by, body.reason))
+
+
+@router.post("/{deal_id}/cancel", response_model=DealView, summary="Cancel a deal: nothing is paid (ops)")
+async def cancel(deal_id: str, body: CancelRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep) -> DealView:
+    await owned_deal(settings, caller, deal_id)
+    require_ops(caller, "cancelling a deal")
+    return await _deal_update(service.cancel_deal(client, deal_id, body.reason))
+
+
+@router.get("/{deal_id}/certificate", summary="The certificate of recycling: JSON, or HTML with ?format=html")
+async def certificate(deal_id: str, caller: CallerDep, settings: SettingsDep, request: Request, format: Annotated[str, Query(pattern="^(json|html)$")] = "json"):
+    await owned_deal(settings, caller, deal_id)
+
+    def load():
+        with session_scope(settings.effective_database_url) as session:
+            return store.get_certificate(session, deal_id)
+
+    row = await asyncio.to_thread(load)
+    if row is None:
+        raise Problem(404, f"deal {deal_id} has no certificate yet: it is issued when the deal closes", "certificate-not-issued")
+    content = json.loads(row.content_json)
+    if format == "html" or "text/html" in request.headers.get("accept", ""):
+        return HTMLResponse(render_html(content, row.content_hash), headers={"X-Content-Hash": row.content_hash})
+    return {"deal_id": deal_id, "issued_at": row.issued_at.isoformat(), "content_hash": row.content_hash, "hash_algorithm": "sha256 of the canonical JSON of `certificate`", "certificate": content}

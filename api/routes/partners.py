@@ -1,0 +1,111 @@
+import asyncio
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header
+from pydantic import BaseModel, StringConstraints
+from temporalio.client import WorkflowUpdateFailedError
+
+from api.deps import CallerDep, ClientDep, SettingsDep, require_ops, require_partner_access, temporal
+from api.problems import Problem, not_found
+from domain.specialization import ExamResult, ReinstateRequest, SpecializationView, TrainingRecord
+from service import partners
+from store.db import session_scope
+from store.tables import Partner
+
+router = APIRouter(prefix="/v1/partners", tags=["partners"])
+
+PartnerId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+class PartnerCreate(BaseModel):
+    id: PartnerId
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+    contact_email: Annotated[str, StringConstraints(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")]
+    country: Annotated[str, StringConstraints(min_length=2, max_length=56, strip_whitespace=True)]
+
+
+class PartnerOut(BaseModel):
+    id: str
+    name: str
+    contact_email: str
+    country: str
+    specialization: SpecializationView
+
+
+async def _partner_row(settings, partner_id: str) -> Partner:
+    def load():
+        with session_scope(settings.effective_database_url) as session:
+            return session.get(Partner, partner_id)
+
+    row = await asyncio.to_thread(load)
+    if row is None:
+        raise not_found(f"partner {partner_id}")
+    return row
+
+
+async def _out(settings, client, row: Partner, view: SpecializationView | None = None) -> PartnerOut:
+    if view is None:
+        try:
+            view = await temporal(partners.specialization(client, settings, row.id))
+        except Problem:
+            raise
+        except Exception:
+            view = SpecializationView()  # workflow not started yet (partner stored moments ago)
+    return PartnerOut(id=row.id, name=row.name, contact_email=row.contact_email, country=row.country, specialization=view)
+
+
+@router.post("", status_code=201, response_model=PartnerOut, summary="Register a partner (ops)")
+async def create_partner(body: PartnerCreate, caller: CallerDep, settings: SettingsDep, client: ClientDep) -> PartnerOut:
+    require_ops(caller, "registering a partner")
+    try:
+        await temporal(partners.create_partner(client, settings, body.id, body.name, body.contact_email, body.country))
+    except partners.PartnerExists:
+        raise Problem(409, f"partner {body.id} exists already", "partner-exists") from None
+    return await _out(settings, client, await _partner_row(settings, body.id), SpecializationView())
+
+
+@router.get("/{partner_id}", response_model=PartnerOut, summary="A partner and its specialization")
+async def get_partner(partner_id: str, caller: CallerDep, settings: SettingsDep, client: ClientDep) -> PartnerOut:
+    require_partner_access(caller, partner_id)
+    return await _out(settings, client, await _partner_row(settings, partner_id))
+
+
+async def _specialization_update(settings, client, caller, partner_id: str, call) -> SpecializationView:
+    require_partner_access(caller, partner_id)
+    await _partner_row(settings, partner_id)
+    await temporal(partners.start_specialization(client, settings, partner_id))  # partners stored before the workflow existed
+    try:
+        return await temporal(call(), timeout=15)
+    except WorkflowUpdateFailedError as error:
+        raise Problem(409, str(getattr(error.cause, "message", error)), "conflict") from None
+
+
+@router.post("/{partner_id}/trainings", status_code=201, response_model=SpecializationView, summary="Record a person's training (ops)")
+async def record_training(
+    partner_id: str, body: TrainingRecord, caller: CallerDep, settings: SettingsDep, client: ClientDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> SpecializationView:
+    require_partner_access(caller, partner_id)
+    require_ops(caller, "recording training")
+    request_id = f"{caller.key_id}:{idempotency_key}" if idempotency_key else uuid.uuid4().hex
+    return await _specialization_update(settings, client, caller, partner_id, lambda: partners.record_training(client, partner_id, body, request_id))
+
+
+@router.post("/{partner_id}/exams", status_code=201, response_model=SpecializationView, summary="Record an exam result (ops)")
+async def record_exam(partner_id: str, body: ExamResult, caller: CallerDep, settings: SettingsDep, client: ClientDep) -> SpecializationView:
+    require_partner_access(caller, partner_id)
+    require_ops(caller, "recording exams")
+    return await _specialization_update(settings, client, caller, partner_id, lambda: partners.record_exam(client, partner_id, body))
+
+
+@router.post("/{partner_id}/pledge", status_code=201, response_model=SpecializationView, summary="Sign the sustainability pledge (ops or the partner)")
+async def sign_pledge(partner_id: str, caller: CallerDep, settings: SettingsDep, client: ClientDep) -> SpecializationView:
+    return await _specialization_update(settings, client, caller, partner_id, lambda: partners.sign_pledge(client, partner_id))
+
+
+@router.post("/{partner_id}/reinstate", response_model=SpecializationView, summary="Restore a lapsed specialization (ops)")
+async def reinstate(partner_id: str, body: ReinstateRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep) -> SpecializationView:
+    require_partner_access(caller, partner_id)
+    require_ops(caller, "reinstating a partner")
+    return await _specialization_update(settings, client, caller, partner_id, lambda: partners.reinstate(client, partner_id, body.reason))
