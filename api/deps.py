@@ -33,12 +33,24 @@ def get_client(request: Request) -> Client:
 ClientDep = Annotated[Client, Depends(get_client)]
 
 
+def engine_unreachable(error: BaseException) -> bool:
+    from temporalio.service import RPCError, RPCStatusCode
+
+    if isinstance(error, RPCError):
+        return error.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED)
+    return isinstance(error, ConnectionError) or (isinstance(error, RuntimeError) and "client connect" in str(error).lower())
+
+
 async def temporal(call, timeout: float = TEMPORAL_TIMEOUT):
     """Await a Temporal call with a deadline: a down engine is a 503, never a hang."""
     try:
         return await asyncio.wait_for(call, timeout)
     except TimeoutError:
         raise Problem(503, f"the workflow engine did not answer within {timeout:g} s", "temporal-unavailable", headers={"Retry-After": "5"}) from None
+    except Exception as error:
+        if engine_unreachable(error):
+            raise Problem(503, "the workflow engine is unreachable; retry shortly", "temporal-unavailable", headers={"Retry-After": "5"}) from None
+        raise
 
 
 @dataclass(frozen=True)

@@ -50,12 +50,5 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception):
-        from temporalio.service import RPCError, RPCStatusCode
-
-        engine_down = isinstance(error, (TimeoutError, ConnectionError)) or (
-            isinstance(error, RPCError) and error.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED)
-        ) or (isinstance(error, RuntimeError) and "connect" in str(error).lower())
-        if engine_down:
-            return problem_response(503, f"the workflow engine is unreachable: {error}", "temporal-unavailable", headers={"Retry-After": "5"})
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return problem_response(500, "an unexpected error occurred; it was logged", "internal-error")

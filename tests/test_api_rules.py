@@ -1,0 +1,185 @@
+"""Authorization, idempotency, webhook signatures, problem+json and 503s of the API."""
+
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from api.app import create_app
+from store.db import session_scope
+from store.tables import Deal
+from tests.api_helpers import PICKUP, WEBHOOK_SECRET, api_client, booking_body, certified_partner, key, signed
+from tests.conftest import make_settings, running_worker
+
+PROBLEM_KEYS = {"type", "title", "status", "detail"}
+
+
+def assert_problem(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert PROBLEM_KEYS <= body.keys() and body["status"] == status
+    return body
+
+
+@pytest.fixture
+async def two_partners(time_skipping_env, tmp_path):
+    """Partners A and B, certified, a deal of each with a pickup; yields (http, settings, keys, deals)."""
+    env = time_skipping_env
+    settings = make_settings(tmp_path, carrier_webhook_secret=WEBHOOK_SECRET, temporal_address=env.client.service_client.config.target_host)
+    async with running_worker(env.client, settings), api_client(settings) as http:
+        ops = key(settings)
+        for partner in ("A", "B"):
+            await certified_partner(http, ops, partner)
+        keys = {"ops": ops, "A": key(settings, "partner", "A"), "B": key(settings, "partner", "B"), "bad": {"Authorization": "Bearer tbk_nope"}, "none": {}}
+        deals = {}
+        for partner in ("A", "B"):
+            deals[partner] = (await http.post("/v1/deals", json=booking_body(partner, 10), headers=keys[partner])).json()["id"]
+            await http.post(f"/v1/deals/{deals[partner]}/pickups", json=PICKUP, headers=keys[partner])
+        yield http, settings, keys, deals
+
+
+# Every route, with a valid request, and what an own partner key gets (ops-only actions: 403).
+def route_table(deals: dict, partner: str) -> dict:
+    deal = deals[partner]
+    items = {"items": [{"product_id": "C9300-48P", "serial_number": f"M-{time.monotonic_ns()}", "condition": "working", "age_years": 1}]}
+    return {
+        ("POST", "/v1/partners"): ({"id": f"N{time.monotonic_ns()}", "name": "New", "contact_email": "n@p.example", "country": "CA"}, 403),
+        ("GET", "/v1/partners/{partner_id}"): (None, 200),
+        ("POST", "/v1/partners/{partner_id}/trainings"): ({"person_email": "x@p.example", "person_name": "X", "hours": 1}, 403),
+        ("POST", "/v1/partners/{partner_id}/exams"): ({"exam": 1, "passed": True}, 403),
+        ("POST", "/v1/partners/{partner_id}/pledge"): (None, 201),
+        ("POST", "/v1/partners/{partner_id}/reinstate"): ({"reason": "r"}, 403),
+        ("POST", "/v1/deals"): (booking_body(partner, 2), 201),
+        ("GET", "/v1/deals"): (None, 200),
+        ("GET", "/v1/deals/{deal_id}"): (None, 200),
+        ("GET", "/v1/deals/{deal_id}/certificate"): (None, 404),  # not issued while the deal is open
+        ("POST", "/v1/deals/{deal_id}/extend"): ({"extend_by": "30d", "reason": "r"}, 403),
+        ("POST", "/v1/deals/{deal_id}/pickups"): (PICKUP, 201),
+        ("POST", "/v1/deals/{deal_id}/receipts"): (items, 403),
+        ("POST", "/v1/deals/{deal_id}/cancel"): ({"reason": "r"}, 403),
+        ("GET", "/v1/reports/impact"): (None, 200),
+        ("GET", "/healthz"): (None, 200),
+        ("POST", "/v1/carrier-events"): (None, None),  # signed, not keyed: tested below
+    }
+
+
+def app_routes(settings) -> set[tuple[str, str]]:
+    """Every operation the app serves, read from its OpenAPI document."""
+    return {(method.upper(), path) for path, operations in create_app(settings).openapi()["paths"].items() for method in operations}
+
+
+def fill(path: str, partner: str, deals: dict) -> str:
+    return path.replace("{partner_id}", partner).replace("{deal_id}", deals[partner])
+
+
+async def test_authorization_matrix_covers_every_route(two_partners):
+    http, settings, keys, deals = two_partners
+    table = route_table(deals, "A")
+    assert app_routes(settings) == set(table), "a route was added or removed: give it a row in route_table"
+    for (method, path), (body, own_status) in table.items():
+        if own_status is None or path == "/healthz":
+            continue
+        scoped = "{" in path or path == "/v1/deals" and method == "POST"
+        call = lambda who, owner: http.request(method, fill(path, owner, deals), json=body if owner == "A" else route_table(deals, owner)[(method, path)][0], headers=keys[who])  # noqa: E731
+        assert_problem(await call("none", "A"), 401)
+        assert_problem(await call("bad", "A"), 401)
+        if scoped:  # another partner's resource does not exist for A
+            assert_problem(await call("A", "B"), 404)
+        own = await call("A", "A")
+        assert own.status_code == own_status, (method, path, own.text)
+        table = route_table(deals, "A")  # fresh ids for the ops call
+        ops = await http.request(method, fill(path, "A", deals), json=table[(method, path)][0], headers=keys["ops"])
+        assert ops.status_code not in (401, 403) and (ops.status_code != 404 or path.endswith("certificate")), (method, path, ops.text)
+
+
+async def test_partner_lists_and_reports_show_only_its_own(two_partners):
+    http, settings, keys, deals = two_partners
+    listed = (await http.get("/v1/deals?limit=200", headers=keys["A"])).json()["items"]
+    assert {d["partner_id"] for d in listed} == {"A"}
+    assert (await http.get("/v1/deals?partner_id=B", headers=keys["A"])).json()["items"] == []
+    assert_problem(await http.get("/v1/reports/impact?partner_id=B", headers=keys["A"]), 404)
+    everything = (await http.get("/v1/deals?limit=1", headers=keys["ops"])).json()
+    second = (await http.get(f"/v1/deals?limit=1&cursor={everything['next_cursor']}", headers=keys["ops"])).json()
+    assert everything["items"][0]["id"] != second["items"][0]["id"]
+
+
+async def test_booking_idempotency_key(two_partners):
+    http, settings, keys, deals = two_partners
+    headers = {**keys["A"], "Idempotency-Key": "order-42"}
+    first = await http.post("/v1/deals", json=booking_body("A", 3), headers=headers)
+    again = await http.post("/v1/deals", json=booking_body("A", 3), headers=headers)
+    assert first.status_code == again.status_code == 201 and first.json()["id"] == again.json()["id"]
+    assert_problem(await http.post("/v1/deals", json=booking_body("A", 4), headers=headers), 422)
+    other_key = await http.post("/v1/deals", json=booking_body("A", 3), headers={**keys["ops"], "Idempotency-Key": "order-42"})
+    assert other_key.json()["id"] != first.json()["id"]  # keys are scoped per API key
+    with session_scope(settings.effective_database_url) as session:
+        assert session.execute(select(func.count()).select_from(Deal).where(Deal.id == first.json()["id"])).scalar_one() == 1
+
+
+async def test_booking_rules_answer_with_problems(two_partners):
+    http, settings, keys, deals = two_partners
+    assert_problem(await http.post("/v1/deals", json=booking_body("A", 3, rate="0.08"), headers=keys["A"]), 422)
+    assert_problem(await http.post("/v1/deals", json=booking_body("A", 3, rate="0"), headers=keys["A"]), 422)
+    ok = await http.post("/v1/deals", json=booking_body("A", 2, serials=["X1", "X2"]), headers=keys["A"])
+    assert ok.status_code == 201
+    conflict = assert_problem(await http.post("/v1/deals", json=booking_body("B", 2, serials=["X2", "X3"]), headers=keys["B"]), 409)
+    assert conflict["serials"] == ["X2"]
+    r = await http.post("/v1/partners", json={"id": "C", "name": "C", "contact_email": "c@p.example", "country": "CA"}, headers=keys["ops"])
+    assert r.status_code == 201
+    assert_problem(await http.post("/v1/partners", json={"id": "C", "name": "C", "contact_email": "c@p.example", "country": "CA"}, headers=keys["ops"]), 409)
+    assert_problem(await http.post("/v1/deals", json=booking_body("C", 2), headers=keys["ops"]), 409)  # not certified
+    validation = assert_problem(await http.post("/v1/deals", content=b"{not json", headers={**keys["A"], "Content-Type": "application/json"}), 422)
+    assert validation["errors"]
+    assert_problem(await http.post("/v1/deals", json={"partner_id": "A"}, headers=keys["A"]), 422)
+    assert_problem(await http.get("/v1/nothing-here", headers=keys["A"]), 404)
+    assert_problem(await http.delete("/v1/deals", headers=keys["A"]), 405)
+    assert_problem(await http.get("/v1/deals?limit=1000", headers=keys["A"]), 422)
+    assert_problem(await http.get("/v1/deals?cursor=garbage", headers=keys["A"]), 422)
+
+
+async def test_closed_deals_refuse_pickups_and_receipts(two_partners):
+    http, settings, keys, deals = two_partners
+    r = await http.post(f"/v1/deals/{deals['A']}/cancel", json={"reason": "customer withdrew"}, headers=keys["ops"])
+    assert r.status_code == 200 and r.json()["status"] == "cancelled" and r.json()["incentive"]["status"] == "cancelled"
+    assert_problem(await http.post(f"/v1/deals/{deals['A']}/pickups", json=PICKUP, headers=keys["A"]), 409)
+    items = {"items": [{"product_id": "C9300-48P", "serial_number": "LATE", "condition": "working", "age_years": 1}]}
+    assert_problem(await http.post(f"/v1/deals/{deals['A']}/receipts", json=items, headers=keys["ops"]), 409)
+    assert_problem(await http.post(f"/v1/deals/{deals['A']}/extend", json={"extend_by": "soon", "reason": "r"}, headers=keys["ops"]), 422)
+
+
+async def test_webhook_signatures_and_replays(two_partners):
+    http, settings, keys, deals = two_partners
+    tracking = (await http.get(f"/v1/deals/{deals['A']}", headers=keys["A"])).json()["pickups"][0]["tracking_number"]
+    event = {"event_id": "w-1", "tracking_number": tracking, "status": "in_transit", "occurred_at": "2026-12-02T10:00:00Z"}
+    raw, headers = signed(event)
+    assert_problem(await http.post("/v1/carrier-events", content=raw, headers={"Content-Type": "application/json"}), 401)
+    assert_problem(await http.post("/v1/carrier-events", content=raw, headers={**headers, "Takeback-Signature": "garbage"}), 401)
+    assert_problem(await http.post("/v1/carrier-events", content=raw, headers=signed(event, secret="wrong")[1]), 401)
+    assert_problem(await http.post("/v1/carrier-events", content=raw, headers=signed(event, at=time.time() - 301)[1]), 401)
+    tampered = raw.replace(b"in_transit", b"delivered")
+    assert_problem(await http.post("/v1/carrier-events", content=tampered, headers=headers), 401)
+    first = await http.post("/v1/carrier-events", content=raw, headers=headers)
+    assert first.status_code == 202 and first.json()["status"] == "accepted"
+    replay = await http.post("/v1/carrier-events", content=raw, headers=headers)
+    assert replay.status_code == 202 and replay.json()["status"] == "ignored"
+    unknown = {**event, "event_id": "w-2", "tracking_number": "NOPE"}
+    assert_problem(await http.post("/v1/carrier-events", content=signed(unknown)[0], headers=signed(unknown)[1]), 404)
+    bad = {**event, "event_id": "w-3", "status": "teleported"}
+    assert_problem(await http.post("/v1/carrier-events", content=signed(bad)[0], headers=signed(bad)[1]), 422)
+
+
+async def test_temporal_down_is_a_503_within_five_seconds(tmp_path):
+    from tests.postgres import _free_port
+
+    settings = make_settings(tmp_path, temporal_address=f"127.0.0.1:{_free_port()}")
+    async with api_client(settings) as http:
+        from tests.conftest import add_partner
+
+        add_partner(settings, "A")
+        ops = key(settings)
+        for method, path, body in (("POST", "/v1/deals", booking_body("A", 2)), ("GET", "/healthz", None), ("POST", "/v1/partners", {"id": "Z", "name": "Z", "contact_email": "z@p.example", "country": "CA"})):
+            started = time.monotonic()
+            response = await http.request(method, path, json=body, headers=ops)
+            assert time.monotonic() - started < 5
+            assert_problem(response, 503)
