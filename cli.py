@@ -45,7 +45,12 @@ def _stop(processes: list[tuple[str, subprocess.Popen]]) -> None:
                 process.wait()
 
 
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops `takeback dev` as Ctrl-C does: children first
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
