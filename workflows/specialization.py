@@ -66,6 +66,7 @@ class PartnerSpecializationWorkflow:
         self.state.trainees = totals.trainees
         self.state.trees_planted = totals.trees_planted
         self.dirty = True
+        await self._certify_if_complete()
         return self.view()
 
     @workflow.update
@@ -80,12 +81,14 @@ class PartnerSpecializationWorkflow:
             f"exam {result.exam} {'passed' if result.passed else 'failed'}",
         )
         self.dirty = True
+        await self._certify_if_complete()
         return self.view()
 
     @workflow.update
     async def sign_pledge(self) -> SpecializationView:
         self.state.pledge_signed = True
         self.dirty = True
+        await self._certify_if_complete()
         return self.view()
 
     @workflow.update
@@ -114,6 +117,20 @@ class PartnerSpecializationWorkflow:
         await _activity(PartnerActivities.count_deal, self.input.partner_id, self.state.year_number, deal_id)
 
     # --- the process ------------------------------------------------------------------------
+
+    async def _certify_if_complete(self) -> None:
+        """Runs in the update that completes the requirements, so its caller sees `certified`."""
+        s = self.state
+        if s.status != SpecializationStatus.not_certified or not certification_complete(s):
+            return
+        s.status = SpecializationStatus.certified  # before any await: a concurrent update cannot certify twice
+        self._start_year(workflow.now())
+        partner = self.input.partner_id
+        await _activity(PartnerActivities.record_specialization_event, partner, "certified", "certified", "")
+        await self._project()  # booking reads this projection
+        await self._mail(f"{partner}:certified", f"Partner {partner}: Environmental Sustainability Specialization certified",
+                         f"Partner {partner} is certified. Specialization year {s.year_number} ends {s.year_end.isoformat()}; book at least one takeback deal before then.")
+        self.dirty = True
 
     def _start_year(self, start) -> None:
         self.state.year_number += 1
@@ -146,13 +163,7 @@ class PartnerSpecializationWorkflow:
         """Act on the state; True when the year rolled over and the workflow should continue as new."""
         s = self.state
         partner = self.input.partner_id
-        if s.status == SpecializationStatus.not_certified and certification_complete(s):
-            s.status = SpecializationStatus.certified
-            self._start_year(workflow.now())
-            await _activity(PartnerActivities.record_specialization_event, partner, "certified", "certified", "")
-            await self._mail(f"{partner}:certified", f"Partner {partner}: Environmental Sustainability Specialization certified",
-                             f"Partner {partner} is certified. Specialization year {s.year_number} ends {s.year_end.isoformat()}; book at least one takeback deal before then.")
-            self.dirty = True
+        await self._certify_if_complete()
         if s.status == SpecializationStatus.certified:
             now = workflow.now()
             if now >= s.year_end:
