@@ -1,6 +1,8 @@
 """E-mail transports: SendGrid in production, `.eml` files in an outbox folder by default."""
 
 import re
+import time
+from datetime import timedelta
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -55,10 +57,11 @@ class OutboxMailer(Mailer):
 class SendGridMailer(Mailer):
     """The real SendGrid v3 client; `host` points it at another base URL (tests, proxies)."""
 
-    def __init__(self, api_key: str, host: str = "https://api.sendgrid.com"):
+    def __init__(self, api_key: str, host: str = "https://api.sendgrid.com", timeout_seconds: float = 10):
         from sendgrid import SendGridAPIClient
 
         self.client = SendGridAPIClient(api_key=api_key, host=host)
+        self.client.client.timeout = timeout_seconds  # copied into every request the client builds
 
     def send(self, mail: Mail, sender: str) -> str:
         from python_http_client.exceptions import HTTPError
@@ -66,9 +69,11 @@ class SendGridMailer(Mailer):
 
         message = SendGridMail(from_email=sender, to_emails=mail.to, subject=mail.subject, plain_text_content=mail.body)
         if mail.cc:
-            message.personalization[0].add_cc(Cc(mail.cc))
+            message.add_cc(Cc(mail.cc))
         try:
             response = self.client.send(message)
+        except (TimeoutError, OSError) as error:
+            raise ApplicationError(f"SendGrid did not answer: {error}", type="MailTemporarilyUnavailable") from error
         except HTTPError as error:
             status = getattr(error, "status_code", 0)
             detail = getattr(error, "body", b"")
@@ -76,11 +81,8 @@ class SendGridMailer(Mailer):
                 retry_after = None
                 headers = getattr(error, "headers", None) or {}
                 reset = headers.get("X-RateLimit-Reset") if hasattr(headers, "get") else None
-                if reset and str(reset).isdigit():
-                    import time
-                    from datetime import timedelta
-
-                    retry_after = timedelta(seconds=max(1, int(reset) - int(time.time())))
+                if reset and str(reset).isdigit():  # unix time when the rate limit resets
+                    retry_after = timedelta(seconds=min(3600, max(1, int(reset) - int(time.time()))))
                 raise ApplicationError(f"SendGrid answered {status}; will retry", type="MailTemporarilyUnavailable", next_retry_delay=retry_after) from error
             raise ApplicationError(f"SendGrid refused the message ({status}): {detail!r}", type="MailRejected", non_retryable=True) from error
         headers = response.headers or {}
