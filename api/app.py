@@ -44,5 +44,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await call_next(request)
 
     for module in (health, partners, deals, pickups, receipts, carrier_events, reports):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=problems.COMMON_RESPONSES)
     return app

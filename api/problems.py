@@ -5,12 +5,31 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("takeback.api")
 PROBLEM_JSON = "application/problem+json"
 TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed", 409: "Conflict",
           413: "Payload too large", 415: "Unsupported media type", 422: "Unprocessable content", 500: "Internal server error", 503: "Service unavailable"}
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details (extension members may follow)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+def _documented(*statuses: int) -> dict:
+    return {status: {"model": ProblemDetails, "description": TITLES[status], "content": {PROBLEM_JSON: {}}} for status in statuses}
+
+
+# Every route may answer these; the OpenAPI document says so, and schema fuzzing holds it to it.
+COMMON_RESPONSES = _documented(401, 403, 404, 409, 413, 422, 503)
 
 
 class Problem(Exception):
