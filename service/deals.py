@@ -8,7 +8,7 @@ from temporalio.common import WorkflowIDReusePolicy
 
 from domain import rules
 from domain.durations import parse_duration
-from domain.models import BookingRequest, CarrierEvent, DealTerms, DealView, PickupRequest, PickupView, ReceiptItem
+from domain.models import OPEN_DEAL_STATUSES, BookingRequest, CarrierEvent, DealTerms, DealView, PickupRequest, PickupView, ReceiptItem
 from service.partners import ensure_may_book
 from settings import Settings
 from store import deals as store
@@ -113,22 +113,28 @@ def _discard(settings: Settings, deal_id: str) -> None:
 
 
 async def get_deal(client: Client, settings: Settings, deal_id: str) -> DealView | None:
-    """The live view from the workflow's query; the store's copy once the workflow has closed."""
-    from temporalio.service import RPCError, RPCStatusCode
+    """A closed deal from the store (it no longer changes); an open one live from its workflow.
 
-    try:
-        return await deal_handle(client, deal_id).query(TakebackDealWorkflow.view)
-    except RPCError as error:
-        if error.status != RPCStatusCode.NOT_FOUND:
-            raise
-    except Exception:  # closed workflow whose query cannot run, or still booking
-        pass
+    If the query cannot be answered (no worker, engine down) the store's copy, a moment old,
+    answers instead; with neither, the engine's error stands.
+    """
+    from datetime import timedelta
 
     def read() -> DealView | None:
         with session_scope(settings.effective_database_url) as session:
             return store.deal_view_from_store(session, deal_id)
 
-    return await asyncio.to_thread(read)
+    stored = await asyncio.to_thread(read)
+    if stored is not None and stored.status not in OPEN_DEAL_STATUSES:
+        return stored
+    try:
+        return await deal_handle(client, deal_id).query(TakebackDealWorkflow.view, rpc_timeout=timedelta(seconds=3))
+    except Exception:
+        if stored is None:
+            stored = await asyncio.to_thread(read)  # it may have closed meanwhile
+        if stored is None:
+            raise
+        return stored
 
 
 async def request_pickup(client: Client, deal_id: str, request: PickupRequest, request_id: str | None = None) -> PickupView:

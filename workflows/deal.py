@@ -1,5 +1,6 @@
 """One takeback deal from booking to certificate (rules: shared/domain.md)."""
 
+import asyncio
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -88,6 +89,8 @@ class TakebackDealWorkflow:
         self.is_booked = input.progress is not None
         self.dirty = False
         self.pickup_runs: list = []  # child handles of this run
+        self.timer: asyncio.Future | None = None  # the pending wake-up, see _sleep_until_something_happens
+        self.timer_target: datetime | None = None
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -246,7 +249,10 @@ class TakebackDealWorkflow:
     async def _book(self) -> None:
         booked_at = workflow.now()
         deadline = booked_at + timedelta(seconds=self.terms.return_window_seconds)
-        await _activity(TakebackActivities.confirm_booking, self.terms.deal_id, booked_at, deadline)
+        # Local activities: quick store writes that need no task of their own (history stays small).
+        await workflow.execute_local_activity_method(
+            TakebackActivities.confirm_booking, args=[self.terms.deal_id, booked_at, deadline], start_to_close_timeout=SHORT, retry_policy=ACTIVITY_RETRY
+        )
         upfront = self.terms.mode == IncentiveMode.upfront
         if upfront:
             await self._ledger("applied")
@@ -258,8 +264,8 @@ class TakebackDealWorkflow:
             # An offset as long as the window itself has no meaningful moment to fire.
             reminders_skipped=[o for o in self.terms.reminder_offsets_seconds if o >= self.terms.return_window_seconds],
         )
-        self.is_booked = True
         await self._project()
+        self.is_booked = True
         await self._count_in_partner_year()
 
     async def _count_in_partner_year(self) -> None:
@@ -326,15 +332,23 @@ class TakebackDealWorkflow:
         return False
 
     async def _sleep_until_something_happens(self) -> None:
+        """Wait for a message or the next reminder or deadline.
+
+        One timer per wake-up moment, kept across messages: restarting it on every message
+        would add two history events each time.
+        """
         p = self.progress
         wake_at = [p.deadline]
         if not self._condition_met():
             wake_at += [p.deadline - timedelta(seconds=o) for o in self._pending_reminders()]
-        seconds = max((min(wake_at) - workflow.now()).total_seconds(), 0.001)
-        try:
-            await workflow.wait_condition(lambda: self.dirty, timeout=timedelta(seconds=seconds))
-        except TimeoutError:
-            pass
+        target = min(wake_at)
+        if self.timer is None or self.timer_target != target or self.timer.done():
+            if self.timer is not None and not self.timer.done():
+                self.timer.cancel()
+            seconds = max((target - workflow.now()).total_seconds(), 0.001)
+            self.timer = asyncio.ensure_future(workflow.sleep(timedelta(seconds=seconds)))
+            self.timer_target = target
+        await workflow.wait_condition(lambda: self.dirty or self.timer.done())
 
     async def _ledger(self, kind: str) -> None:
         amount = Decimal(0) if kind == "cancelled" and self.progress is not None and self.progress.incentive_status == IncentiveStatus.held else self.amount

@@ -90,7 +90,7 @@ class PickupWorkflow:
             return  # carriers redeliver webhooks
         self.seen_event_ids.add(event.event_id)
         applied = moves_forward(self.status, event.status)
-        await workflow.execute_activity_method(
+        await workflow.execute_local_activity_method(  # a quick store write (and maybe a mail): no task of its own
             TakebackActivities.record_shipment_event,
             ShipmentEventInput(
                 deal_id=self.pickup.deal_id,
