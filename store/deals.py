@@ -9,6 +9,8 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from store.once import insert_once
+
 from domain import rules
 from domain.catalog import Catalog
 from domain.certificate import canonical_json, content_hash
@@ -297,21 +299,11 @@ def receipt_result(session: Session, batch_id: str) -> dict:
 
 def record_incentive(session: Session, deal_id: str, partner_id: str, kind: str, amount: Decimal) -> bool:
     """Write the (deal, kind) ledger row; False if it was written before."""
-    session.add(IncentiveLedger(deal_id=deal_id, partner_id=partner_id, kind=kind, amount=amount))
-    try:
-        session.commit()
-        return True
-    except IntegrityError:
-        session.rollback()
-        return False
+    return insert_once(session, IncentiveLedger(deal_id=deal_id, partner_id=partner_id, kind=kind, amount=amount))
 
 
 def record_extension(session: Session, deal_id: str, sequence: int, extend_by_seconds: float, reason: str, new_deadline: datetime) -> None:
-    session.add(DealExtension(deal_id=deal_id, sequence=sequence, extend_by_seconds=extend_by_seconds, reason=reason, new_deadline=new_deadline))
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
+    insert_once(session, DealExtension(deal_id=deal_id, sequence=sequence, extend_by_seconds=extend_by_seconds, reason=reason, new_deadline=new_deadline))
 
 
 # --- read model and closing ------------------------------------------------------------------

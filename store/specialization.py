@@ -3,9 +3,9 @@
 from datetime import datetime
 
 from sqlalchemy import UniqueConstraint, select
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel
 
+from store.once import insert_once
 from store.tables import utcnow
 
 
@@ -71,37 +71,27 @@ class SpecializationProjection(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
-def _insert_once(session: Session, row) -> bool:
-    session.add(row)
-    try:
-        session.commit()
-        return True
-    except IntegrityError:
-        session.rollback()
-        return False
-
-
 def record_training(session: Session, partner_id: str, request_id: str, email: str, name: str, hours: float) -> tuple[bool, bool]:
     """Returns (session newly recorded, person new: a tree planted)."""
     email = email.strip().lower()
-    new_session = _insert_once(session, TrainingSession(partner_id=partner_id, request_id=request_id, person_email=email, hours=hours))
-    new_person = _insert_once(session, Trainee(partner_id=partner_id, person_email=email, person_name=name))
+    new_session = insert_once(session, TrainingSession(partner_id=partner_id, request_id=request_id, person_email=email, hours=hours))
+    new_person = insert_once(session, Trainee(partner_id=partner_id, person_email=email, person_name=name))
     if new_person:
-        _insert_once(session, TreePlanted(partner_id=partner_id, person_email=email))
+        insert_once(session, TreePlanted(partner_id=partner_id, person_email=email))
     else:
         # A retry after the trainee row landed must still plant the tree, once.
         planted = session.execute(select(TreePlanted).where(TreePlanted.partner_id == partner_id, TreePlanted.person_email == email)).first()
         if planted is None:
-            new_person = _insert_once(session, TreePlanted(partner_id=partner_id, person_email=email))
+            new_person = insert_once(session, TreePlanted(partner_id=partner_id, person_email=email))
     return new_session, new_person
 
 
 def count_deal(session: Session, partner_id: str, year_number: int, deal_id: str) -> bool:
-    return _insert_once(session, YearDeal(partner_id=partner_id, year_number=year_number, deal_id=deal_id))
+    return insert_once(session, YearDeal(partner_id=partner_id, year_number=year_number, deal_id=deal_id))
 
 
 def record_event(session: Session, partner_id: str, event_key: str, kind: str, detail: str = "") -> bool:
-    return _insert_once(session, SpecializationEvent(partner_id=partner_id, event_key=event_key, kind=kind, detail=detail))
+    return insert_once(session, SpecializationEvent(partner_id=partner_id, event_key=event_key, kind=kind, detail=detail))
 
 
 def project(session: Session, partner_id: str, status: str, view_json: str) -> None:
