@@ -129,6 +129,7 @@ async def test_booking_rules_answer_with_problems(two_partners):
     assert r.status_code == 201
     assert_problem(await http.post("/v1/partners", json={"id": "C", "name": "C", "contact_email": "c@p.example", "country": "CA"}, headers=keys["ops"]), 409)
     assert_problem(await http.post("/v1/deals", json=booking_body("C", 2), headers=keys["ops"]), 409)  # not certified
+    assert_problem(await http.post("/v1/deals", json=booking_body("NOBODY", 2), headers=keys["ops"]), 404)
     validation = assert_problem(await http.post("/v1/deals", content=b"{not json", headers={**keys["A"], "Content-Type": "application/json"}), 422)
     assert validation["errors"]
     assert_problem(await http.post("/v1/deals", json={"partner_id": "A"}, headers=keys["A"]), 422)
@@ -183,3 +184,39 @@ async def test_temporal_down_is_a_503_within_five_seconds(tmp_path):
             response = await http.request(method, path, json=body, headers=ops)
             assert time.monotonic() - started < 5
             assert_problem(response, 503)
+
+
+async def test_concurrent_retries_with_one_idempotency_key_book_one_deal(two_partners):
+    import asyncio
+
+    http, settings, keys, deals = two_partners
+    headers = {**keys["A"], "Idempotency-Key": "burst-1"}
+    answers = await asyncio.gather(*(http.post("/v1/deals", json=booking_body("A", 3, serials=["BURST-1", "BURST-2"]), headers=headers) for _ in range(4)))
+    assert [a.status_code for a in answers] == [201] * 4, [a.text for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 1
+
+
+async def test_api_started_while_temporal_is_down_reconnects_when_it_comes_up(tmp_path):
+    """The lazy client: 503 while the engine is away, then the same app serves workflow routes."""
+    from temporalio.contrib.pydantic import pydantic_data_converter
+    from temporalio.testing import WorkflowEnvironment
+
+    from tests.conftest import binary
+    from tests.postgres import _free_port
+
+    port = _free_port()
+    settings = make_settings(tmp_path, temporal_address=f"127.0.0.1:{port}")
+    async with api_client(settings) as http:
+        ops = key(settings)
+        assert_problem(await http.get("/healthz"), 503)
+        assert_problem(await http.post("/v1/partners", json={"id": "LATE", "name": "L", "contact_email": "l@p.example", "country": "CA"}, headers=ops), 503)
+        env = await WorkflowEnvironment.start_local(port=port, data_converter=pydantic_data_converter, dev_server_existing_path=binary("temporal"), dev_server_log_level="error")
+        try:
+            async with running_worker(env.client, settings):
+                assert (await http.get("/healthz")).status_code == 200
+                r = await http.post("/v1/partners", json={"id": "LATE", "name": "L", "contact_email": "l@p.example", "country": "CA"}, headers=ops)
+                assert r.status_code == 201, r.text
+                r = await http.post("/v1/deals", json=booking_body("P1", 2), headers=ops)  # P1: certified by running_worker
+                assert r.status_code == 201, r.text
+        finally:
+            await env.shutdown()

@@ -54,6 +54,25 @@ def _remember_answer(settings, record_id: int, status_code: int, body: dict) -> 
         session.commit()
 
 
+def _partner_exists(settings, partner_id: str) -> bool:
+    from store.tables import Partner
+
+    with session_scope(settings.effective_database_url) as session:
+        return session.get(Partner, partner_id) is not None
+
+
+async def _book(client, settings, body: BookingRequest, deal_id: str | None) -> DealView:
+    try:
+        return await service.book_deal(client, settings, body, deal_id=deal_id)
+    except IntegrityError:
+        if deal_id is None:
+            raise
+        # A concurrent retry with the same Idempotency-Key staged this deal id a moment
+        # earlier: join it (staging is then a no-op, the workflow start and the "booked"
+        # update are deduplicated by id), so every retry gets the one deal.
+        return await service.book_deal(client, settings, body, deal_id=deal_id)
+
+
 @router.post("", status_code=201, response_model=DealView, summary="Book a takeback deal (ops, or a partner for itself)")
 async def book_deal(
     body: BookingRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep,
@@ -68,10 +87,12 @@ async def book_deal(
         if record.response_json is not None:
             return JSONResponse(json.loads(record.response_json), status_code=record.status_code)
     try:
-        view = await temporal(service.book_deal(client, settings, body, deal_id=record.deal_id if record else None), timeout=20)
+        view = await temporal(_book(client, settings, body, record.deal_id if record else None), timeout=20)
     except rules.RuleViolation as error:
         raise Problem(422, str(error), "rule-violation") from None
     except PartnerNotCertified as error:
+        if not await asyncio.to_thread(_partner_exists, settings, body.partner_id):
+            raise not_found(f"partner {body.partner_id}") from None
         raise Problem(409, str(error), "partner-not-certified") from None
     except store.UnknownPartner:
         raise not_found(f"partner {body.partner_id}") from None

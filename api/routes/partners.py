@@ -55,13 +55,32 @@ async def _out(settings, client, row: Partner, view: SpecializationView | None =
     return PartnerOut(id=row.id, name=row.name, contact_email=row.contact_email, country=row.country, specialization=view)
 
 
+async def _unfinished_retry(settings, client, body: PartnerCreate) -> bool:
+    """The same registration again, whose first attempt never started the partner's workflow."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    row = await _partner_row(settings, body.id)
+    if (row.name, row.contact_email, row.country) != (body.name, body.contact_email, body.country):
+        return False
+    try:
+        await temporal(partners.partner_handle(client, body.id).describe())
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            return True
+        raise
+    return False
+
+
 @router.post("", status_code=201, response_model=PartnerOut, summary="Register a partner (ops)")
 async def create_partner(body: PartnerCreate, caller: CallerDep, settings: SettingsDep, client: ClientDep) -> PartnerOut:
     require_ops(caller, "registering a partner")
     try:
         await temporal(partners.create_partner(client, settings, body.id, body.name, body.contact_email, body.country))
     except partners.PartnerExists:
-        raise Problem(409, f"partner {body.id} exists already", "partner-exists") from None
+        if not await _unfinished_retry(settings, client, body):
+            raise Problem(409, f"partner {body.id} exists already", "partner-exists") from None
+        # The first attempt stored the row, then lost the engine (503): finish it now.
+        await temporal(partners.start_specialization(client, settings, body.id))
     return await _out(settings, client, await _partner_row(settings, body.id), SpecializationView())
 
 
