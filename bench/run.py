@@ -218,7 +218,11 @@ async def scale_of_one_deal(client, settings, http, stack, serials: int) -> dict
     from service import deals as service
 
     body = booking_body(serials)
-    body["equipment"] = [{"product_id": "C9300-48P", "quantity": serials, "serial_numbers": [f"BIG-{n}" for n in range(serials)]}]
+    per_line = 50_000  # a line lists at most 50,000 serials
+    body["equipment"] = [
+        {"product_id": "C9300-48P", "quantity": min(per_line, serials - start), "serial_numbers": [f"BIG-{n}" for n in range(start, min(serials, start + per_line))]}
+        for start in range(0, serials, per_line)
+    ]
     # More serials than one API booking takes: booked through the service layer the API uses.
     view = await service.book_deal(client, settings, BookingRequest.model_validate(body))
     started = time.perf_counter()
