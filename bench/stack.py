@@ -80,7 +80,7 @@ class Stack:
         self.processes["worker"] = subprocess.Popen([sys.executable, "-m", "bench.baseline"], env=self.env, cwd=ROOT)
         if api:
             self.processes["api"] = subprocess.Popen(
-                [sys.executable, "-m", "cli", "api", "--port", str(self.api_port)], env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                [sys.executable, "-m", "cli", "api", "--port", str(self.api_port)], env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(self.data_dir.parent / f"{self.data_dir.name}-api.log", "w")
             )
             wait_port(self.api_port, self.processes["api"])
         time.sleep(1.0)  # let the worker start polling
