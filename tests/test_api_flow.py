@@ -81,6 +81,8 @@ async def test_book_pickup_track_receive_release_and_a_second_deal_forfeited(dev
         report = (await http.get("/v1/reports/impact", headers=partner)).json()
         assert report["units_returned"] == 9 and report["incentives_released"] == "5000.00" and report["incentives_forfeited"] == "5000.00"
         assert report["trees_planted"] == 1
+        # by hand: 9 Catalyst 9300 at 7.9 kg; 6 working and young -> refresh, 3 dead -> recycle
+        assert (report["kg_returned"], report["refresh_share"], report["recycle_share"], report["other_share"]) == (71.1, 0.6667, 0.3333, 0.0)
 
     outbox = sorted(p.name for p in settings.effective_outbox_dir.glob("*.eml"))
     assert f"{short['id']}_reminder_6s.eml" in outbox and f"{short['id']}_reminder_3s.eml" in outbox

@@ -1,5 +1,6 @@
 """Authorization, idempotency, webhook signatures, problem+json and 503s of the API."""
 
+import asyncio
 import time
 
 import pytest
@@ -23,10 +24,12 @@ def assert_problem(response, status: int) -> dict:
 
 
 @pytest.fixture
-async def two_partners(time_skipping_env, tmp_path):
-    """Partners A and B, certified, a deal of each with a pickup; yields (http, settings, keys, deals)."""
+async def two_partners(time_skipping_env, tmp_path, database_url):
+    """Partners A and B, certified, a deal of each with a pickup; yields (http, settings, keys, deals).
+
+    Every test using it runs on SQLite and on PostgreSQL (`database_url`)."""
     env = time_skipping_env
-    settings = make_settings(tmp_path, carrier_webhook_secret=WEBHOOK_SECRET, temporal_address=env.client.service_client.config.target_host)
+    settings = make_settings(tmp_path, carrier_webhook_secret=WEBHOOK_SECRET, temporal_address=env.client.service_client.config.target_host, database_url=database_url)
     async with running_worker(env.client, settings), api_client(settings) as http:
         ops = key(settings)
         for partner in ("A", "B"):
@@ -220,3 +223,23 @@ async def test_api_started_while_temporal_is_down_reconnects_when_it_comes_up(tm
                 assert r.status_code == 201, r.text
         finally:
             await env.shutdown()
+
+
+async def test_a_lapsed_partner_cannot_book_until_reinstated(two_partners, time_skipping_env):
+    from datetime import timedelta
+
+    http, settings, keys, deals = two_partners
+    await certified_partner(http, keys["ops"], "LAPSING")
+    lapsing = key(settings, "partner", "LAPSING")
+    await time_skipping_env.sleep(timedelta(days=366))  # a specialization year without a deal
+    for _ in range(100):
+        status = (await http.get("/v1/partners/LAPSING", headers=lapsing)).json()["specialization"]["status"]
+        if status == "lapsed":
+            break
+        await asyncio.sleep(0.05)
+    assert status == "lapsed"
+    assert_problem(await http.post("/v1/deals", json=booking_body("LAPSING", 2), headers=lapsing), 409)
+    assert_problem(await http.post("/v1/partners/LAPSING/reinstate", json={"reason": "r"}, headers=lapsing), 403)
+    r = await http.post("/v1/partners/LAPSING/reinstate", json={"reason": "late deal approved"}, headers=keys["ops"])
+    assert r.status_code == 200 and r.json()["status"] == "certified"
+    assert (await http.post("/v1/deals", json=booking_body("LAPSING", 2), headers=lapsing)).status_code == 201
