@@ -69,8 +69,9 @@ def test_the_real_client_sends_a_v3_payload(sendgrid):
     assert payload["content"] == [{"type": "text/plain", "value": MAIL.body}]
 
 
-@pytest.mark.parametrize("status, headers, retryable", [(429, {"X-RateLimit-Reset": str(int(time.time()) + 30)}, True), (500, {}, True), (503, {}, True), (400, {}, False), (401, {}, False)])
-def test_failures_are_retryable_or_not(sendgrid, status, headers, retryable):
+@pytest.mark.parametrize("status, retryable", [(429, True), (500, True), (503, True), (400, False), (401, False)])
+def test_failures_are_retryable_or_not(sendgrid, status, retryable):
+    headers = {"X-RateLimit-Reset": str(int(time.time()) + 30)} if status == 429 else {}  # the limit resets in 30 s
     sendgrid.answers.append((status, headers, 0))
     with pytest.raises(ApplicationError) as failure:
         SendGridMailer("SG.k", host=sendgrid.url).send(MAIL, "t@v.example")
