@@ -32,7 +32,11 @@ async def test_worker_reconnects_after_the_server_restarts():
         client = await connect(settings)
         items = [ReceiptItem(product_id="C9300-48P", serial_number=f"R-{n}", condition="working", age_years=1) for n in range(8)]
         result = await asyncio.wait_for(deals.record_receipt(client, settings, deal.id, items), timeout=60)
-        view = await deals.get_deal(client, settings, deal.id)
+        for _ in range(100):  # the release follows the receipt within moments
+            view = await deals.get_deal(client, settings, deal.id)
+            if view.incentive.status.value == "released":
+                break
+            await asyncio.sleep(0.1)
         assert stack.worker.poll() is None and stack.worker.pid == worker_pid  # the same worker process did it
     finally:
         stack.stop()
