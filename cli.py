@@ -51,6 +51,7 @@ def _interrupt(_signum, _frame) -> None:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # even where SIGINT was inherited as ignored (background jobs)
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
