@@ -102,17 +102,19 @@ def stage_booking(session: Session, deal_id: str, request: BookingRequest, terms
             serials_listed=bool(serial_rows),
         )
     )
-    session.execute(
-        insert(CommittedLine),
-        [{"deal_id": deal_id, "product_id": line.product_id, "quantity": line.quantity} for line in request.equipment],
-    )
     try:
+        session.execute(
+            insert(CommittedLine),
+            [{"deal_id": deal_id, "product_id": line.product_id, "quantity": line.quantity} for line in request.equipment],
+        )
         for chunk in _chunks(serial_rows):
             session.execute(insert(CommittedSerial), chunk)
             session.execute(insert(OpenSerialClaim), [{"serial": r["serial"], "deal_id": deal_id} for r in chunk])
         session.commit()
     except IntegrityError:
         session.rollback()
+        if session.get(Deal, deal_id) is not None:
+            return False  # a concurrent retry staged this very deal first
         wanted = [r["serial"] for r in serial_rows]
         held = []
         for start in range(0, len(wanted), INSERT_CHUNK):

@@ -61,18 +61,6 @@ def _partner_exists(settings, partner_id: str) -> bool:
         return session.get(Partner, partner_id) is not None
 
 
-async def _book(client, settings, body: BookingRequest, deal_id: str | None) -> DealView:
-    try:
-        return await service.book_deal(client, settings, body, deal_id=deal_id)
-    except IntegrityError:
-        if deal_id is None:
-            raise
-        # A concurrent retry with the same Idempotency-Key staged this deal id a moment
-        # earlier: join it (staging is then a no-op, the workflow start and the "booked"
-        # update are deduplicated by id), so every retry gets the one deal.
-        return await service.book_deal(client, settings, body, deal_id=deal_id)
-
-
 @router.post("", status_code=201, response_model=DealView, summary="Book a takeback deal (ops, or a partner for itself)")
 async def book_deal(
     body: BookingRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep,
@@ -87,7 +75,7 @@ async def book_deal(
         if record.response_json is not None:
             return JSONResponse(json.loads(record.response_json), status_code=record.status_code)
     try:
-        view = await temporal(_book(client, settings, body, record.deal_id if record else None), timeout=20)
+        view = await temporal(service.book_deal(client, settings, body, deal_id=record.deal_id if record else None), timeout=20)
     except rules.RuleViolation as error:
         raise Problem(422, str(error), "rule-violation") from None
     except PartnerNotCertified as error:
