@@ -1,5 +1,7 @@
 """E-mail transports: SendGrid in production, `.eml` files in an outbox folder by default."""
 
+import http.client
+import math
 import re
 import time
 from datetime import timedelta
@@ -54,14 +56,47 @@ class OutboxMailer(Mailer):
         return path.name
 
 
+# 408 (request timeout), 429 (rate limited) and any 5xx may succeed later; other answers will not.
+RETRYABLE_STATUS = {408, 429}
+MAX_RETRY_DELAY_SECONDS = 3600
+
+
+def retry_delay(headers, now: float | None = None) -> timedelta | None:
+    """How long SendGrid asks us to wait: `X-RateLimit-Reset` (unix time of the reset) or `Retry-After` (seconds)."""
+    if headers is None or not hasattr(headers, "get"):
+        return None
+    now = time.time() if now is None else now
+    for name, absolute in (("X-RateLimit-Reset", True), ("Retry-After", False)):
+        value = headers.get(name)
+        try:
+            seconds = float(str(value).strip())
+        except (TypeError, ValueError):
+            continue  # absent, or an HTTP date we do not bother to parse: use the retry policy
+        if not math.isfinite(seconds):
+            continue
+        if absolute:
+            seconds -= now
+        return timedelta(seconds=min(MAX_RETRY_DELAY_SECONDS, max(1.0, seconds)))
+    return None
+
+
 class SendGridMailer(Mailer):
-    """The real SendGrid v3 client; `host` points it at another base URL (tests, proxies)."""
+    """The real SendGrid v3 client; `host` points it at another base URL (tests, proxies).
+
+    Errors become Temporal ApplicationErrors: retryable for timeouts, connection failures, 408, 429
+    (with `next_retry_delay` from the rate-limit headers) and 5xx; non-retryable for other 4xx.
+    """
 
     def __init__(self, api_key: str, host: str = "https://api.sendgrid.com", timeout_seconds: float = 10):
         from sendgrid import SendGridAPIClient
 
-        self.client = SendGridAPIClient(api_key=api_key, host=host)
-        self.client.client.timeout = timeout_seconds  # copied into every request the client builds
+        if not timeout_seconds or timeout_seconds <= 0:
+            raise ValueError("SendGridMailer needs a positive timeout: an unbounded request would hang the activity")
+        self.timeout_seconds = timeout_seconds
+        self.client = SendGridAPIClient(api_key=api_key, host=host.rstrip("/"))
+        # python_http_client copies `timeout` into every Client it builds (client.mail.send...) and
+        # hands it to urllib's opener.open(): it bounds the connect and each socket read.
+        self.client.client.timeout = timeout_seconds
 
     def send(self, mail: Mail, sender: str) -> str:
         from python_http_client.exceptions import HTTPError
@@ -72,21 +107,27 @@ class SendGridMailer(Mailer):
             message.add_cc(Cc(mail.cc))
         try:
             response = self.client.send(message)
-        except (TimeoutError, OSError) as error:
-            raise ApplicationError(f"SendGrid did not answer: {error}", type="MailTemporarilyUnavailable") from error
-        except HTTPError as error:
-            status = getattr(error, "status_code", 0)
-            detail = getattr(error, "body", b"")
-            if status == 429 or status >= 500:
-                retry_after = None
-                headers = getattr(error, "headers", None) or {}
-                reset = headers.get("X-RateLimit-Reset") if hasattr(headers, "get") else None
-                if reset and str(reset).isdigit():  # unix time when the rate limit resets
-                    retry_after = timedelta(seconds=min(3600, max(1, int(reset) - int(time.time()))))
-                raise ApplicationError(f"SendGrid answered {status}; will retry", type="MailTemporarilyUnavailable", next_retry_delay=retry_after) from error
-            raise ApplicationError(f"SendGrid refused the message ({status}): {detail!r}", type="MailRejected", non_retryable=True) from error
+        except HTTPError as error:  # python_http_client's: status_code, reason, body (bytes), headers (HTTPMessage)
+            status = int(getattr(error, "status_code", 0) or 0)
+            detail = _text(getattr(error, "body", b""))
+            if status in RETRYABLE_STATUS or status >= 500:
+                raise ApplicationError(
+                    f"SendGrid answered {status}; will retry: {detail}",
+                    type="MailTemporarilyUnavailable",
+                    next_retry_delay=retry_delay(getattr(error, "headers", None)),
+                ) from error
+            raise ApplicationError(f"SendGrid refused the message ({status}): {detail}", type="MailRejected", non_retryable=True) from error
+        except (OSError, http.client.HTTPException) as error:
+            # TimeoutError (socket.timeout), URLError (refused, DNS), resets, truncated answers: try again later.
+            raise ApplicationError(f"SendGrid did not answer: {error!r}", type="MailTemporarilyUnavailable") from error
         headers = response.headers or {}
-        return str(headers.get("X-Message-Id", "")) or f"sendgrid-{response.status_code}"
+        return str(headers.get("X-Message-Id") or "") or f"sendgrid-{response.status_code}"
+
+
+def _text(body, limit: int = 500) -> str:
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    return str(body or "")[:limit]
 
 
 def mailer_from_settings(settings) -> Mailer:
