@@ -1,10 +1,17 @@
 # The takeback API and worker image (docker-compose.yml runs it twice, with different commands).
 FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 
+# Dependencies first: this layer is rebuilt only when pyproject.toml changes.
 COPY pyproject.toml README.md ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
+
 COPY domain ./domain
 COPY store ./store
 COPY service ./service
@@ -12,7 +19,13 @@ COPY workflows ./workflows
 COPY activities ./activities
 COPY api ./api
 COPY cli.py worker.py settings.py temporal_client.py demo.py ./
-RUN pip install . && useradd --create-home --uid 10001 takeback && mkdir /outbox && chown takeback /outbox
+# `pip install .` provides the `takeback` console script. PYTHONPATH makes the code run from /app, the
+# tree copied above: it holds what the wheel may leave out (api/routes, store/migrations).
+RUN pip install --no-deps . \
+    && useradd --create-home --uid 10001 takeback \
+    && mkdir -p /data/outbox && chown -R takeback /data
+ENV PYTHONPATH=/app \
+    TAKEBACK_DATA_DIR=/data
 
 USER takeback
 EXPOSE 8000

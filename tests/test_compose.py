@@ -1,6 +1,10 @@
-"""docker-compose.yml and the Dockerfile, checked by parsing (no Docker engine runs here)."""
+"""docker-compose.yml, the Dockerfile and deploy/ scripts, checked by parsing (no Docker engine runs here)."""
 
 import re
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -9,68 +13,363 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
+APP_SERVICES = ("api", "worker")
+ONE_SHOT_JOBS = ("temporal-admin-tools", "temporal-create-namespace")
 
 
 def env_of(name: str) -> dict:
     env = SERVICES[name].get("environment", {})
-    return env if isinstance(env, dict) else dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in (env.items() if isinstance(env, dict) else (item.split("=", 1) for item in env))}
 
 
-def container_port(name: str) -> set[int]:
-    ports = {int(str(p).split(":")[-1]) for p in SERVICES[name].get("ports", [])}
-    return ports | ({7233} if name == "temporal" else set())
+def resolve(value: str) -> str:
+    """What compose makes of `${NAME:-default}` when NAME is unset."""
+    return re.sub(r"\$\{[A-Z0-9_]+:?-([^}]*)\}", r"\1", value)
+
+
+def depends_of(name: str) -> dict:
+    depends = SERVICES[name].get("depends_on", {})
+    return depends if isinstance(depends, dict) else {target: {"condition": "service_started"} for target in depends}
+
+
+def port_mappings(name: str) -> list[tuple[str, int, int]]:
+    """(host ip, host port, container port) of each published port."""
+    result = []
+    for spec in SERVICES[name].get("ports", []):
+        parts = str(spec).split("/")[0].split(":")
+        host_ip = parts[0] if len(parts) == 3 else "0.0.0.0"
+        result.append((host_ip, int(parts[-2]), int(parts[-1])))
+    return result
+
+
+def listens_on(name: str) -> set[int]:
+    """Container ports a service listens on: published ones, plus the frontend port of the Temporal server."""
+    ports = {container for _, _, container in port_mappings(name)}
+    image = SERVICES[name].get("image", "")
+    return ports | ({7233} if image.startswith("temporalio/server:") else set())
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", path.read_text())  # join continued lines
+    lines = [line.strip() for line in text.splitlines()]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines if line and not line.startswith("#")]
+
+
+DOCKERFILE = dockerfile_instructions(ROOT / "Dockerfile")
+
+
+def instructions(keyword: str) -> list[str]:
+    return [argument for name, argument in DOCKERFILE if name == keyword]
+
+
+def host_mounts(name: str) -> list[tuple[Path, str]]:
+    mounts = []
+    for volume in SERVICES[name].get("volumes", []):
+        source, target = str(volume).split(":")[:2]
+        if source.startswith((".", "/")):
+            mounts.append((ROOT / source, target))
+    return mounts
+
+
+# --- the graph -------------------------------------------------------------------------------
 
 
 def test_every_dependency_exists_and_waits_for_the_right_condition():
-    for name, service in SERVICES.items():
-        depends = service.get("depends_on", {})
-        for target in depends:
+    for name in SERVICES:
+        for target, rule in depends_of(name).items():
             assert target in SERVICES, f"{name} depends on missing {target}"
-        if isinstance(depends, dict):
-            for target, rule in depends.items():
-                if rule.get("condition") == "service_healthy":
-                    assert "healthcheck" in SERVICES[target], f"{name} waits for {target} to be healthy, but it has no healthcheck"
-                if rule.get("condition") == "service_completed_successfully":
-                    assert SERVICES[target].get("restart") == "no", f"{target} is a one-shot job"
+            condition = rule.get("condition", "service_started")
+            assert condition in ("service_started", "service_healthy", "service_completed_successfully")
+            if condition == "service_healthy":
+                assert "healthcheck" in SERVICES[target], f"{name} waits for {target} to be healthy, but it has no healthcheck"
+            if condition == "service_completed_successfully":
+                assert SERVICES[target].get("restart") == "no", f"{target} is a one-shot job and must not restart"
+
+
+def test_the_dependency_graph_has_no_cycle_and_starts_in_order():
+    order: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        assert name not in visiting, f"dependency cycle through {name}"
+        if name in order:
+            return
+        visiting.add(name)
+        for target in depends_of(name):
+            visit(target)
+        visiting.discard(name)
+        order.append(name)
+
+    for name in SERVICES:
+        visit(name)
+    before = order.index
+    assert before("postgresql") < before("temporal-admin-tools") < before("temporal") < before("temporal-create-namespace") < before("api")
+    for name in APP_SERVICES:
+        assert depends_of(name)["temporal-create-namespace"]["condition"] == "service_completed_successfully"
+        assert depends_of(name)["postgresql"]["condition"] == "service_healthy"
+
+
+def test_long_running_services_restart_and_jobs_do_not():
+    for name, service in SERVICES.items():
+        if name in ONE_SHOT_JOBS:
+            assert service["restart"] == "no"
+        else:
+            assert service.get("restart") in ("always", "unless-stopped", "on-failure"), f"{name} does not come back after a crash"
+
+
+# --- the app's configuration --------------------------------------------------------------
 
 
 def test_api_and_worker_reach_temporal_and_the_database():
-    for name in ("api", "worker"):
+    for name in APP_SERVICES:
         env = env_of(name)
         host, port = env["TEMPORAL_ADDRESS"].split(":")
-        assert host in SERVICES and int(port) in container_port(host)
-        url = urlparse(env["TAKEBACK_DATABASE_URL"])
-        assert url.scheme == "postgresql+psycopg" and url.hostname in SERVICES and SERVICES[url.hostname]["image"].startswith("postgres:")
-        assert url.path.lstrip("/") in (ROOT / "deploy/postgres-init.sql").read_text()  # the database is created
-        assert env["TEMPORAL_NAMESPACE"] == "default" and "TAKEBACK_CARRIER_WEBHOOK_SECRET" in env
-    assert env_of("temporal-ui")["TEMPORAL_ADDRESS"].split(":")[0] == "temporal"
+        assert host == "temporal" and int(port) in listens_on(host)
+        assert env["TEMPORAL_NAMESPACE"] == env_of("temporal-create-namespace")["NAMESPACE"] == "default"
+        url = urlparse(resolve(env["TAKEBACK_DATABASE_URL"]))
+        assert url.scheme == "postgresql+psycopg" and url.hostname in SERVICES and url.port == 5432
+        assert SERVICES[url.hostname]["image"].startswith("postgres:")
+        postgres = env_of(url.hostname)
+        # The init script creates this role, password and database.
+        assert (url.username, url.password, url.path.lstrip("/")) == (
+            postgres["TAKEBACK_DB_USER"], resolve(postgres["TAKEBACK_DB_PASSWORD"]), postgres["TAKEBACK_DB_NAME"]
+        )
+        assert "TAKEBACK_CARRIER_WEBHOOK_SECRET" in env
+        assert "SENDGRID_API_KEY" in env and env["SENDGRID_API_KEY"].startswith("${SENDGRID_API_KEY")  # passed through
+    assert env_of("api") == env_of("worker")
+
+
+def test_the_app_environment_is_what_settings_read():
+    from settings import Settings
+
+    aliases = {field.alias for field in Settings.model_fields.values()}
+    for name in APP_SERVICES:
+        unknown = set(env_of(name)) - aliases
+        assert not unknown, f"{name} sets variables takeback does not read: {unknown}"
+    settings = Settings.model_validate({key: resolve(value) for key, value in env_of("worker").items()})
+    assert settings.temporal_address == "temporal:7233" and settings.effective_database_url.startswith("postgresql+psycopg://")
+    assert settings.sendgrid_api_key in (None, "")  # empty: the outbox, not SendGrid
+
+
+def test_the_ui_and_the_namespace_job_point_at_temporal():
+    for name in ("temporal-ui", "temporal-create-namespace"):
+        host, port = env_of(name)["TEMPORAL_ADDRESS"].split(":")
+        assert host == "temporal" and int(port) in listens_on("temporal")
+    assert ("0.0.0.0", 8080, 8080) in port_mappings("temporal-ui")
 
 
 def test_schema_job_precedes_the_server_and_uses_the_same_database():
-    assert SERVICES["temporal"]["depends_on"]["temporal-admin-tools"]["condition"] == "service_completed_successfully"
-    admin, server = env_of("temporal-admin-tools"), env_of("temporal")
+    assert depends_of("temporal")["temporal-admin-tools"]["condition"] == "service_completed_successfully"
+    admin, server, postgres = env_of("temporal-admin-tools"), env_of("temporal"), env_of("postgresql")
+    assert admin["SQL_PLUGIN"] == server["DB"] == "postgres12"
     assert admin["SQL_HOST"] == server["POSTGRES_SEEDS"] == "postgresql"
-    assert admin["SQL_USER"] == server["POSTGRES_USER"] and admin["SQL_PASSWORD"] == server["POSTGRES_PWD"]
-    assert "temporal_visibility" in " ".join(SERVICES["temporal-admin-tools"]["command"])
+    assert admin["SQL_PORT"] == server["DB_PORT"] == "5432"
+    assert admin["SQL_USER"] == server["POSTGRES_USER"] == postgres["POSTGRES_USER"]
+    assert admin["SQL_PASSWORD"] == server["POSTGRES_PWD"] == postgres["POSTGRES_PASSWORD"]
+    assert (admin["TEMPORAL_DB"], admin["TEMPORAL_VISIBILITY_DB"]) == (server["DBNAME"], server["VISIBILITY_DBNAME"])
+    assert server["DBNAME"] != postgres["TAKEBACK_DB_NAME"] != server["VISIBILITY_DBNAME"]
+
+
+def test_temporal_server_and_admin_tools_are_the_same_release():
+    server = SERVICES["temporal"]["image"].split(":")[1]
+    for job in ONE_SHOT_JOBS:
+        assert SERVICES[job]["image"].split(":")[1].split("-")[0] == server
+
+
+# --- ports and images -------------------------------------------------------------------------
 
 
 def test_published_ports_are_unique_and_images_pinned():
-    published = [str(p).split(":")[0] for s in SERVICES.values() for p in s.get("ports", [])]
-    assert len(published) == len(set(published))
+    published = [(host_ip, host_port) for name in SERVICES for host_ip, host_port, _ in port_mappings(name)]
+    assert len({port for _, port in published}) == len(published), f"a host port is published twice: {published}"
+    assert ("0.0.0.0", 8000, 8000) in port_mappings("api")
     for name, service in SERVICES.items():
         if "build" in service:
             continue
         image = service["image"]
         assert ":" in image and not image.endswith(":latest"), f"{name} image {image} is not pinned"
-        assert re.search(r":\d", image), f"{name} image {image} has no version tag"
+        assert re.search(r":\d+\.\d+", image), f"{name} image {image} has no version tag"
+    assert SERVICES["postgresql"]["image"].startswith("postgres:15")
+
+
+def test_healthchecks_probe_the_service_itself():
+    assert "pg_isready" in " ".join(SERVICES["postgresql"]["healthcheck"]["test"])
+    assert "7233" in " ".join(SERVICES["temporal"]["healthcheck"]["test"])
+    assert "/healthz" in " ".join(SERVICES["api"]["healthcheck"]["test"])
+    from api.app import create_app
+
+    assert "/healthz" in create_app().openapi()["paths"]
+
+
+# --- deploy/ scripts mounted into the containers -------------------------------------------
+
+
+def test_mounted_scripts_exist_and_are_valid_shell():
+    mounted = [(name, source, target) for name in SERVICES for source, target in host_mounts(name)]
+    assert mounted
+    for name, source, target in mounted:
+        assert source.is_file(), f"{name} mounts {source}, which does not exist"
+        if source.suffix == ".sh":
+            subprocess.run(["sh", "-n", str(source)], check=True)
+        command = SERVICES[name].get("command")
+        if name in ONE_SHOT_JOBS:
+            assert command == [target], f"{name} runs {command}, not its mounted script {target}"
+    init_targets = [target for _, target in host_mounts("postgresql")]
+    assert any(target.startswith("/docker-entrypoint-initdb.d/") and target.endswith((".sh", ".sql")) for target in init_targets)
+
+
+def fake_cli(folder: Path, name: str, script: str) -> None:
+    """A stand-in for a CLI of the admin-tools image: records its arguments in folder/calls, then runs `script`."""
+    path = folder / name
+    path.write_text(f'#!/bin/sh\necho "$@" >> {folder}/calls\nn=$(wc -l < {folder}/calls)\n{script}\n')
+    path.chmod(0o755)
+
+
+def run_script(script: str, folder: Path, service: str) -> subprocess.CompletedProcess:
+    env = {"PATH": f"{folder}:/usr/bin:/bin", **{key: resolve(value) for key, value in env_of(service).items()}}
+    return subprocess.run(["sh", str(ROOT / "deploy" / script)], env=env, capture_output=True, text=True, timeout=20)
+
+
+def test_the_schema_script_migrates_both_temporal_databases(tmp_path):
+    fake_cli(tmp_path, "temporal-sql-tool", "exit 0")
+    run = run_script("temporal-setup-schema.sh", tmp_path, "temporal-admin-tools")
+    assert run.returncode == 0, run.stderr
+    schema = "/etc/temporal/schema/postgresql/v12"
+    assert (tmp_path / "calls").read_text().splitlines() == [
+        "--database temporal create-database",
+        "--database temporal setup-schema -v 0.0",
+        f"--database temporal update-schema -d {schema}/temporal/versioned",
+        "--database temporal_visibility create-database",
+        "--database temporal_visibility setup-schema -v 0.0",
+        f"--database temporal_visibility update-schema -d {schema}/visibility/versioned",
+    ]
+
+
+def test_the_schema_script_stops_at_the_first_failure(tmp_path):
+    fake_cli(tmp_path, "temporal-sql-tool", '[ "$n" -ge 2 ] && exit 1\nexit 0')
+    run = run_script("temporal-setup-schema.sh", tmp_path, "temporal-admin-tools")
+    assert run.returncode != 0  # the server then does not start on a half-made schema
+    assert len((tmp_path / "calls").read_text().splitlines()) == 2
+
+
+def test_the_init_script_creates_the_app_role_and_database():
+    script = (ROOT / "deploy/postgres-init.sh").read_text()
+    assert "CREATE ROLE" in script and "CREATE DATABASE" in script and "OWNER" in script
+    for variable in ("TAKEBACK_DB_USER", "TAKEBACK_DB_PASSWORD", "TAKEBACK_DB_NAME"):
+        assert variable in script and variable in env_of("postgresql")
+
+
+def test_the_namespace_script_retries_until_the_namespace_exists(tmp_path):
+    """The frontend fails the first calls, then serves: the script keeps trying, then creates the namespace."""
+    fake_cli(tmp_path, "temporal", '[ "$3" = create ] && [ "$n" -ge 4 ] && exit 0\nexit 1')
+    fake_cli(tmp_path, "sleep", "exit 0")
+    run = run_script("temporal-create-namespace.sh", tmp_path, "temporal-create-namespace")
+    assert run.returncode == 0, run.stderr
+    calls = [line for line in (tmp_path / "calls").read_text().splitlines() if line.startswith("operator")]
+    assert calls[-1].startswith("operator namespace create --namespace default") and "--address temporal:7233" in calls[-1]
+
+
+def test_the_namespace_script_leaves_an_existing_namespace_alone(tmp_path):
+    fake_cli(tmp_path, "temporal", '[ "$3" = describe ] && exit 0\nexit 1')
+    run = run_script("temporal-create-namespace.sh", tmp_path, "temporal-create-namespace")
+    assert run.returncode == 0, run.stderr
+    assert [line.split()[2] for line in (tmp_path / "calls").read_text().splitlines()] == ["describe"]
+
+
+def test_the_namespace_script_gives_up_in_the_end(tmp_path):
+    fake_cli(tmp_path, "temporal", "exit 1")
+    fake_cli(tmp_path, "sleep", "exit 0")
+    run = run_script("temporal-create-namespace.sh", tmp_path, "temporal-create-namespace")
+    assert run.returncode == 1 and "could not register namespace default" in run.stderr
+
+
+# --- the image ---------------------------------------------------------------------------------
+
+
+def copy_sources() -> list[tuple[list[str], str]]:
+    result = []
+    for argument in instructions("COPY"):
+        if argument.startswith("--from"):
+            continue
+        words = json_or_shell(argument)
+        words = [word for word in words if not word.startswith("--")]
+        result.append((words[:-1], words[-1]))
+    return result
+
+
+def json_or_shell(argument: str) -> list[str]:
+    import json
+
+    return json.loads(argument) if argument.startswith("[") else shlex.split(argument)
 
 
 def test_dockerfile_builds_what_compose_runs():
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    for name in ("api", "worker"):
-        assert SERVICES[name]["build"] in (".", {"context": "."})
-    for source in re.findall(r"^COPY\s+(.+?)\s+\S+$", dockerfile, flags=re.M):
-        for path in source.split():
-            assert (ROOT / path).exists(), f"COPY source {path} does not exist"
-    assert 'ENTRYPOINT ["takeback"]' in dockerfile and "USER takeback" in dockerfile
-    assert SERVICES["api"]["command"][0] == "api" and SERVICES["worker"]["command"] == ["worker"]
+    assert instructions("FROM") == ["python:3.11-slim"]
+    for name in APP_SERVICES:
+        build = SERVICES[name]["build"]
+        context = build if isinstance(build, str) else build["context"]
+        assert (ROOT / context / (build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile")).is_file()
+        assert SERVICES[name]["image"] == SERVICES["api"]["image"]  # one image, two commands
+    for sources, _destination in copy_sources():
+        for source in sources:
+            assert (ROOT / source).exists(), f"COPY source {source} does not exist"
+    assert json_or_shell(instructions("ENTRYPOINT")[-1]) == ["takeback"]
+    assert instructions("USER") == ["takeback"] and any("useradd" in run and "takeback" in run for run in instructions("RUN"))
+    assert any(re.search(r"pip install .*\.(\s|$)", run) for run in instructions("RUN")), "the project itself is not installed"
+    assert SERVICES["api"]["command"][:1] == ["api"] and SERVICES["worker"]["command"] == ["worker"]
+    assert json_or_shell(instructions("CMD")[-1])[0] in ("api", "worker")
+    from cli import build_parser
+
+    for name in APP_SERVICES:  # the commands parse with the real CLI
+        build_parser().parse_args(SERVICES[name]["command"])
+
+
+def project_modules() -> set[str]:
+    """Top-level packages and modules pyproject.toml declares."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    return set(project["packages"]) | set(project["py-modules"])
+
+
+def test_the_image_copies_every_module_of_the_project():
+    """pyproject's packages and py-modules all reach WORKDIR, which is on PYTHONPATH."""
+    copied = {source.rstrip("/") for sources, _ in copy_sources() for source in sources}
+    wanted = {name if (ROOT / name).is_dir() else f"{name}.py" for name in project_modules()}
+    assert wanted <= copied, f"not copied into the image: {wanted - copied}"
+    workdir = instructions("WORKDIR")[-1]
+    assert any(f"PYTHONPATH={workdir}" in env for env in instructions("ENV"))
+    assert all(destination.startswith(("./", workdir)) for _, destination in copy_sources())
+    dockerignore = (ROOT / ".dockerignore").read_text().split()
+    assert not wanted & set(dockerignore), "a copied source is excluded by .dockerignore"
+
+
+def test_the_copied_tree_runs_on_its_own(tmp_path):
+    """Lay out /app as the Dockerfile does, then import the app and migrate a database from it alone."""
+    app = tmp_path / "app"
+    app.mkdir()
+    for sources, destination in copy_sources():
+        for source in sources:
+            path = ROOT / source
+            into_folder = destination.endswith("/") or len(sources) > 1
+            target = (app / destination / path.name) if into_folder else app / destination
+            if path.is_dir():
+                shutil.copytree(path, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, target)
+    code = (
+        "import sys, api.app, store.db, worker, cli\n"
+        "import api.routes, demo, service.deals, temporal_client, workflows.deal\n"
+        f"ours = {sorted(project_modules())!r}\n"
+        "loaded = {name: m for name, m in sys.modules.items() if name.split('.')[0] in ours and getattr(m, '__file__', None)}\n"
+        f"stray = [m.__file__ for m in loaded.values() if not m.__file__.startswith({str(app)!r})]\n"
+        "assert not stray and len(loaded) > 20, (stray, len(loaded))\n"
+        "from api.app import create_app; create_app()\n"
+        "from store.db import get_engine\n"
+        f"engine = get_engine('sqlite:///{tmp_path}/image.db')\n"
+        "from sqlalchemy import inspect; from store.tables import EmailMessage\n"
+        "assert EmailMessage.__tablename__ in inspect(engine).get_table_names()\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(app), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]

@@ -1,0 +1,17 @@
+#!/bin/sh
+# One-shot job (temporalio/admin-tools): register the namespace the API and worker use.
+# The frontend may accept connections before it serves requests, so it tries for up to ~2 minutes.
+set -eu
+namespace=${NAMESPACE:-default}
+address=${TEMPORAL_ADDRESS:?TEMPORAL_ADDRESS is required}
+attempt=0
+until temporal operator namespace describe --namespace "$namespace" --address "$address" >/dev/null 2>&1 \
+    || temporal operator namespace create --namespace "$namespace" --retention "${NAMESPACE_RETENTION:-30d}" --address "$address"; do
+    attempt=$((attempt + 1))
+    if [ "$attempt" -ge 60 ]; then
+        echo "could not register namespace ${namespace} at ${address}" >&2
+        exit 1
+    fi
+    sleep 2
+done
+echo "namespace ${namespace} is registered at ${address}"
