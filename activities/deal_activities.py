@@ -19,7 +19,8 @@ from domain.rules import RuleViolation
 from settings import Settings
 from store import deals as store
 from store.db import session_scope
-from store.tables import EmailMessage, Pickup, ReminderSent, ShipmentEvent, utcnow
+from store.deals import CarrierEventOutcome
+from store.tables import EmailMessage, Pickup, ReminderSent, utcnow
 
 
 class ReminderInput(BaseModel):
@@ -62,13 +63,11 @@ class PickupBookingInput(BaseModel):
     request: PickupRequest
 
 
-class ShipmentEventInput(BaseModel):
+class PickupEscalation(BaseModel):
     deal_id: str
     partner_id: str
     pickup_id: str
-    event: CarrierEvent
-    applied: bool
-    escalate: bool
+    status: str
 
 
 def non_retryable_on_bad_input(fn):
@@ -96,7 +95,8 @@ class TakebackActivities:
         return [
             self.confirm_booking,
             self.book_pickup,
-            self.record_shipment_event,
+            self.record_carrier_event,
+            self.escalate_pickup,
             self.process_receipt,
             self.record_incentive,
             self.record_extension,
@@ -135,9 +135,9 @@ class TakebackActivities:
 
     @activity.defn
     @non_retryable_on_bad_input
-    def confirm_booking(self, deal_id: str, booked_at: datetime, deadline: datetime) -> None:
+    def confirm_booking(self, view: DealView) -> None:
         with session_scope(self.database_url) as session:
-            store.confirm_booking(session, deal_id, booked_at, deadline)
+            store.confirm_booking(session, view)
 
     # --- pickups ----------------------------------------------------------------------------
 
@@ -152,35 +152,30 @@ class TakebackActivities:
             return PickupView(id=existing.id, status=existing.status, carrier=existing.carrier, tracking_number=existing.tracking_number)
 
     @activity.defn
-    def record_shipment_event(self, data: ShipmentEventInput) -> None:
-        event = data.event
+    def record_carrier_event(self, event: CarrierEvent) -> CarrierEventOutcome:
+        """The simulated carrier's event, recorded as a webhook's would be."""
         with session_scope(self.database_url) as session:
-            if session.get(ShipmentEvent, event.event_id) is None:
-                session.add(
-                    ShipmentEvent(event_id=event.event_id, tracking_number=event.tracking_number, status=event.status.value, occurred_at=event.occurred_at, applied=data.applied)
-                )
-                try:
-                    session.commit()
-                except IntegrityError:
-                    session.rollback()
-            if data.applied:
-                pickup = session.get(Pickup, data.pickup_id)
-                if pickup is not None:
-                    pickup.status = event.status.value
-                    session.add(pickup)
-                    session.commit()
-            if not data.escalate:
-                return
-            contact = self._contact(session, data.partner_id)
-        self._send_once(
+            outcome = store.record_carrier_event(session, event)
+        if outcome is None:
+            raise ApplicationError(f"no pickup has tracking number {event.tracking_number}", type="UnknownTracking", non_retryable=True)
+        return outcome
+
+    @activity.defn
+    def escalate_pickup(self, escalation: PickupEscalation) -> bool:
+        """Tell the partner (ops in copy) that a pickup went wrong; once per (pickup, status)."""
+        with session_scope(self.database_url) as session:
+            contact = self._contact(session, escalation.partner_id)
+            pickup = session.get(Pickup, escalation.pickup_id)
+            tracking = pickup.tracking_number if pickup is not None else "unknown"
+        return self._send_once(
             Mail(
-                key=f"{data.deal_id}:{data.pickup_id}:escalation:{event.status.value}",
+                key=f"{escalation.deal_id}:{escalation.pickup_id}:escalation:{escalation.status}",
                 to=contact,
                 cc=self.settings.ops_email,
-                subject=f"Takeback deal {data.deal_id}: pickup {data.pickup_id} reported {event.status.value}",
+                subject=f"Takeback deal {escalation.deal_id}: pickup {escalation.pickup_id} reported {escalation.status}",
                 body=(
-                    f"The carrier reported '{event.status.value}' for pickup {data.pickup_id} "
-                    f"(tracking {event.tracking_number}) of takeback deal {data.deal_id} at {event.occurred_at.isoformat()}.\n"
+                    f"The carrier reported '{escalation.status}' for pickup {escalation.pickup_id} "
+                    f"(tracking {tracking}) of takeback deal {escalation.deal_id}.\n"
                     "Ops will contact the carrier; please check the pickup address and contact details."
                 ),
             )
@@ -192,7 +187,9 @@ class TakebackActivities:
     @non_retryable_on_bad_input
     def process_receipt(self, deal_id: str, batch_id: str) -> ReceiptCounts:
         with session_scope(self.database_url) as session:
-            return store.process_receipt(session, deal_id, batch_id, self.settings.refresh_max_age_years, self.catalog, heartbeat=activity.heartbeat)
+            # A local activity cannot heartbeat: its workflow task keeps it alive instead.
+            heartbeat = (lambda: None) if activity.info().is_local else activity.heartbeat
+            return store.process_receipt(session, deal_id, batch_id, self.settings.refresh_max_age_years, self.catalog, heartbeat=heartbeat)
 
     # --- money ------------------------------------------------------------------------------
 

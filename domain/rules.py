@@ -3,7 +3,7 @@
 import math
 from decimal import ROUND_HALF_UP, Decimal
 
-from domain.models import Condition, Disposition, SanitizationMethod
+from domain.models import CARRIER_PROGRESS, ESCALATED_CARRIER_STATUSES, FINAL_CARRIER_STATUSES, CarrierStatus, Condition, Disposition, SanitizationMethod
 
 MAX_INCENTIVE_RATE = Decimal("0.07")
 CENTS = Decimal("0.01")
@@ -46,3 +46,19 @@ def disposition_for(condition: Condition, age_years: float, refresh_max_age_year
 def sanitization_for(disposition: Disposition) -> SanitizationMethod:
     """NIST SP 800-88: resold media are purged (reusable), recycled media are destroyed."""
     return SanitizationMethod.purge if disposition == Disposition.refresh else SanitizationMethod.destroy
+
+
+def moves_forward(current: str, new: CarrierStatus) -> bool:
+    """Never move a shipment backwards; a problem status may follow one of the same rank."""
+    if current in FINAL_CARRIER_STATUSES:
+        return False
+    if current == "scheduled":
+        return True
+    current_rank = CARRIER_PROGRESS[CarrierStatus(current)]
+    new_rank = CARRIER_PROGRESS[new]
+    return new_rank > current_rank or (new_rank == current_rank and new in ESCALATED_CARRIER_STATUSES and new.value != current)
+
+
+def statuses_moving_forward_to(new: CarrierStatus) -> list[str]:
+    """The pickup statuses from which `new` is a step forward: the guard of an atomic status update."""
+    return [status for status in ["scheduled", *(s.value for s in CarrierStatus)] if moves_forward(status, new)]

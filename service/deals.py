@@ -3,8 +3,10 @@
 import asyncio
 import uuid
 
-from temporalio.client import Client, WorkflowHandle
-from temporalio.common import WorkflowIDReusePolicy
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from domain import rules
 from domain.durations import parse_duration
@@ -14,8 +16,7 @@ from settings import Settings
 from store import deals as store
 from store.db import session_scope
 from workflows.deal import DealWorkflowInput, ExtendCommand, TakebackDealWorkflow
-from workflows.ids import deal_workflow_id, pickup_workflow_id
-from workflows.pickup import PickupWorkflow
+from workflows.ids import deal_workflow_id
 
 
 class DealNotOpen(Exception):
@@ -30,7 +31,6 @@ async def _update(handle: WorkflowHandle, update, *args, **kwargs):
     """Run a workflow update, turning 'the deal has closed' into DealNotOpen however it shows."""
     from temporalio.client import WorkflowUpdateFailedError
     from temporalio.exceptions import ApplicationError
-    from temporalio.service import RPCError, RPCStatusCode
 
     try:
         return await handle.execute_update(update, *args, **kwargs)
@@ -89,22 +89,36 @@ async def book_deal(client: Client, settings: Settings, request: BookingRequest,
             store.stage_booking(session, deal_id, request, terms)
 
     await asyncio.to_thread(stage)
+    # Update-with-start: one call starts the workflow and waits for its first task to confirm the
+    # booking. A retry (same deal id) joins the running workflow; the update id makes it answer once.
+    start = WithStartWorkflowOperation(
+        TakebackDealWorkflow.run,
+        DealWorkflowInput(terms=terms),
+        id=deal_workflow_id(deal_id),
+        task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+    )
     try:
-        handle = await client.start_workflow(
-            TakebackDealWorkflow.run,
-            DealWorkflowInput(terms=terms),
-            id=deal_workflow_id(deal_id),
-            task_queue=settings.task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        )
-    except Exception as error:
-        from temporalio.exceptions import WorkflowAlreadyStartedError
-
-        if not isinstance(error, WorkflowAlreadyStartedError):
-            await asyncio.to_thread(_discard, settings, deal_id)
+        return await client.execute_update_with_start_workflow(TakebackDealWorkflow.booked, start_workflow_operation=start, id="booked")
+    except WorkflowAlreadyStartedError:  # a retry of a booking whose deal has already closed
+        view = await get_deal(client, settings, deal_id)
+        if view is None:
             raise
-        handle = deal_handle(client, deal_id)
-    return await handle.execute_update(TakebackDealWorkflow.booked, id="booked")
+        return view
+    except RPCError as error:
+        if await _never_started(client, deal_id):
+            await asyncio.to_thread(_discard, settings, deal_id)  # frees its serials for another try
+        raise error
+
+
+async def _never_started(client: Client, deal_id: str) -> bool:
+    """True only when the engine says so: a deal it may have started keeps its staged rows."""
+    try:
+        await deal_handle(client, deal_id).describe()
+    except RPCError as error:
+        return error.status == RPCStatusCode.NOT_FOUND
+    return False
 
 
 def _discard(settings: Settings, deal_id: str) -> None:
@@ -120,21 +134,22 @@ async def get_deal(client: Client, settings: Settings, deal_id: str) -> DealView
     """
     from datetime import timedelta
 
-    def read() -> DealView | None:
+    def read() -> tuple[DealView | None, dict[str, str]]:
         with session_scope(settings.effective_database_url) as session:
-            return store.deal_view_from_store(session, deal_id)
+            return store.deal_view_from_store(session, deal_id), store.pickup_statuses(session, [deal_id])
 
-    stored = await asyncio.to_thread(read)
+    stored, statuses = await asyncio.to_thread(read)
     if stored is not None and stored.status not in OPEN_DEAL_STATUSES:
-        return stored
+        return store.with_pickup_statuses(stored, statuses)
     try:
-        return await deal_handle(client, deal_id).query(TakebackDealWorkflow.view, rpc_timeout=timedelta(seconds=3))
+        live = await deal_handle(client, deal_id).query(TakebackDealWorkflow.view, rpc_timeout=timedelta(seconds=3))
+        return store.with_pickup_statuses(live, statuses)
     except Exception:
         if stored is None:
-            stored = await asyncio.to_thread(read)  # it may have closed meanwhile
+            stored, statuses = await asyncio.to_thread(read)  # it may have closed meanwhile
         if stored is None:
             raise
-        return stored
+        return store.with_pickup_statuses(stored, statuses)
 
 
 async def request_pickup(client: Client, deal_id: str, request: PickupRequest, request_id: str | None = None) -> PickupView:
@@ -175,6 +190,25 @@ async def cancel_deal(client: Client, deal_id: str, reason: str) -> DealView:
     return await _update(deal_handle(client, deal_id), TakebackDealWorkflow.cancel, reason)
 
 
-async def send_carrier_event(client: Client, event: CarrierEvent) -> None:
-    handle = client.get_workflow_handle_for(PickupWorkflow.run, pickup_workflow_id(event.tracking_number))
-    await handle.signal(PickupWorkflow.carrier_event, event)
+class UnknownTracking(LookupError):
+    pass
+
+
+async def send_carrier_event(client: Client, settings: Settings, event: CarrierEvent) -> store.CarrierEventOutcome:
+    """Record a carrier event in the store (once per event id, never backwards); tell the deal
+    only what it must act on. A failed signal raises, so the carrier's retry tells it again."""
+
+    def record() -> store.CarrierEventOutcome | None:
+        with session_scope(settings.effective_database_url) as session:
+            return store.record_carrier_event(session, event)
+
+    outcome = await asyncio.to_thread(record)
+    if outcome is None:
+        raise UnknownTracking(event.tracking_number)
+    if outcome.escalate:
+        try:
+            await deal_handle(client, outcome.deal_id).signal(TakebackDealWorkflow.pickup_status, args=[outcome.pickup_id, outcome.status])
+        except RPCError as error:
+            if error.status != RPCStatusCode.NOT_FOUND:  # NOT_FOUND: the deal closed, the pickup no longer matters
+                raise
+    return outcome

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from pydantic import BaseModel
 from sqlmodel import Session
 
 from store.once import insert_once
@@ -15,7 +16,9 @@ from domain import rules
 from domain.catalog import Catalog
 from domain.certificate import canonical_json, content_hash
 from domain.models import (
+    ESCALATED_CARRIER_STATUSES,
     BookingRequest,
+    CarrierEvent,
     DealStatus,
     DealTerms,
     DealView,
@@ -39,6 +42,7 @@ from store.tables import (
     ReceiptRejection,
     ReturnedItem,
     SanitizationRecord,
+    ShipmentEvent,
     utcnow,
 )
 
@@ -136,17 +140,11 @@ def discard_staged_booking(session: Session, deal_id: str) -> None:
     session.commit()
 
 
-def confirm_booking(session: Session, deal_id: str, booked_at: datetime, deadline: datetime) -> None:
-    deal = session.get(Deal, deal_id)
-    if deal is None:
-        raise rules.RuleViolation(f"deal {deal_id} was never staged")
-    if deal.status == BOOKING:
-        deal.status = DealStatus.awaiting_returns.value
-        deal.booked_at = booked_at
-        deal.return_deadline = deadline
-        deal.updated_at = utcnow()
-        session.add(deal)
-        session.commit()
+def confirm_booking(session: Session, view: DealView) -> None:
+    """The workflow took the staged deal: it becomes visible, with its first view."""
+    if session.get(Deal, view.id) is None:
+        raise rules.RuleViolation(f"deal {view.id} was never staged")
+    project_deal(session, view)
 
 
 def partner_contact(session: Session, partner_id: str) -> str | None:
@@ -179,6 +177,60 @@ def save_pickup(session: Session, pickup_id: str, deal_id: str, carrier: str, tr
 
 def find_pickup_by_tracking(session: Session, tracking_number: str) -> Pickup | None:
     return session.execute(select(Pickup).where(Pickup.tracking_number == tracking_number)).scalars().first()
+
+
+class CarrierEventOutcome(BaseModel):
+    deal_id: str
+    pickup_id: str
+    status: str  # the pickup's status after the event
+    applied: bool  # the event moved the shipment (when it was first received)
+    repeated: bool  # the event id was received before
+    escalate: bool  # an escalation status that moved the shipment: the deal tells the partner and ops
+
+
+def record_carrier_event(session: Session, event: CarrierEvent) -> CarrierEventOutcome | None:
+    """Record a carrier event once by its id and move the pickup forward; None for an unknown tracking number.
+
+    The status moves in one guarded UPDATE, so two events racing on one pickup can never move it
+    backwards, on SQLite or PostgreSQL.
+    """
+    pickup = find_pickup_by_tracking(session, event.tracking_number)
+    if pickup is None:
+        return None
+    seen = session.get(ShipmentEvent, event.event_id)
+    if seen is None:
+        moved = session.execute(
+            update(Pickup).where(Pickup.id == pickup.id, Pickup.status.in_(rules.statuses_moving_forward_to(event.status))).values(status=event.status.value)
+        ).rowcount == 1
+        session.add(ShipmentEvent(event_id=event.event_id, tracking_number=event.tracking_number, status=event.status.value, occurred_at=event.occurred_at, applied=moved))
+        try:
+            session.commit()
+        except IntegrityError:  # the same event, delivered twice at once: the other delivery recorded it
+            session.rollback()
+            seen = session.get(ShipmentEvent, event.event_id)
+    applied = seen.applied if seen is not None else moved
+    status = session.execute(select(Pickup.status).where(Pickup.id == pickup.id)).scalar_one()
+    return CarrierEventOutcome(
+        deal_id=pickup.deal_id,
+        pickup_id=pickup.id,
+        status=status,
+        applied=applied,
+        repeated=seen is not None,
+        escalate=applied and event.status in ESCALATED_CARRIER_STATUSES,
+    )
+
+
+def pickup_statuses(session: Session, deal_ids: list[str]) -> dict[str, str]:
+    """Pickup id -> carrier status: the store, not the workflow, follows the carrier."""
+    if not deal_ids:
+        return {}
+    return dict(session.execute(select(Pickup.id, Pickup.status).where(Pickup.deal_id.in_(deal_ids))).all())
+
+
+def with_pickup_statuses(view: DealView, statuses: dict[str, str]) -> DealView:
+    if not any(statuses.get(p.id, p.status) != p.status for p in view.pickups):
+        return view
+    return view.model_copy(update={"pickups": [p.model_copy(update={"status": statuses.get(p.id, p.status)}) for p in view.pickups]})
 
 
 # --- receipts --------------------------------------------------------------------------------

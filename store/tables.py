@@ -210,11 +210,3 @@ class IdempotencyRecord(SQLModel, table=True):
     status_code: int | None = None
     response_json: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow)
-
-
-class CarrierWebhookEvent(SQLModel, table=True):
-    """Webhook deliveries by event id: a redelivered event is accepted and ignored."""
-
-    event_id: str = Field(primary_key=True, max_length=200)
-    tracking_number: str = Field(index=True)
-    received_at: datetime = Field(default_factory=utcnow)

@@ -149,9 +149,9 @@ async def drive_deal(stack: Stack, settings: Settings, client_holder: dict, inde
     statuses = ["pre_transit", "in_transit", "in_transit", "out_for_delivery", "delivered"]
     for number, status in enumerate(statuses):
         event = CarrierEvent(event_id=f"{deal_id}-e{number}", tracking_number=pickup.tracking_number, status=status, occurred_at=datetime.now(timezone.utc))
-        await retry(f"event {event.event_id}", lambda event=event: _signal(client, event))
+        await retry(f"event {event.event_id}", lambda event=event: _carrier_event(client, settings, event))
         if random.random() < 0.3:  # carriers redeliver webhooks
-            await retry(f"event {event.event_id} again", lambda event=event: _signal(client, event))
+            await retry(f"event {event.event_id} again", lambda event=event: _carrier_event(client, settings, event))
     count = 9 if plan == "met" else 5
     items = [ReceiptItem(product_id="C9300-48P", serial_number=f"{deal_id}-S{n}", condition="working", age_years=n % 8) for n in range(count)]
     for batch_number, batch in enumerate((items[: count // 2], items[count // 2 :])):
@@ -177,8 +177,8 @@ async def _pickup(client, deal_id):
     return await deals.request_pickup(await client(), deal_id, request, request_id=f"{deal_id}-pickup")
 
 
-async def _signal(client, event):
-    await deals.send_carrier_event(await client(), event)
+async def _carrier_event(client, settings, event):
+    await deals.send_carrier_event(await client(), settings, event)
 
 
 async def _receipt(client, settings, deal_id, batch, batch_id):

@@ -25,34 +25,34 @@ YEAR = timedelta(days=365)
 
 
 async def rebate_released(env, settings) -> dict:
-    """Pickup tracked with a duplicate and a backward event; release at 8/10; returns after release; closed at the deadline."""
+    """Carrier events (store only: the deal's history does not see them); release at 8/10; returns after release; closed at the deadline."""
     deal = await deals.book_deal(env.client, settings, booking(10), deal_id="H-REBATE")
     pickup = await deals.request_pickup(env.client, deal.id, PICKUP, request_id="pickup-1")
     t = pickup.tracking_number
     for e in [event("e1", t, "pre_transit"), event("e2", t, "in_transit"), event("e2", t, "in_transit"), event("e0", t, "pre_transit"), event("e3", t, "delivered")]:
-        await deals.send_carrier_event(env.client, e)
+        await deals.send_carrier_event(env.client, settings, e)
     await env.sleep(timedelta(days=30))
     await deals.record_receipt(env.client, settings, deal.id, items("H", 8), batch_id="H-REBATE-r1")
     await env.sleep(timedelta(days=30))
     await deals.record_receipt(env.client, settings, deal.id, items("H", 1, start=8), batch_id="H-REBATE-r2")
     await env.sleep(YEAR)
     await deals.deal_handle(env.client, deal.id).result()
-    return {"deal_rebate_released": f"deal-{deal.id}", "pickup_events_deduplicated": pickup_workflow_id(t)}
+    return {"deal_rebate_released": f"deal-{deal.id}"}
 
 
 async def shortfall_forfeited(env, settings) -> dict:
-    """Three reminders, an extension, a failure escalation, then forfeited at the deadline."""
+    """Three reminders, an extension, failure and return-to-sender escalated by the deal, then forfeited at the deadline."""
     deal = await deals.book_deal(env.client, settings, booking(10), deal_id="H-SHORT")
     pickup = await deals.request_pickup(env.client, deal.id, PICKUP, request_id="pickup-1")
     t = pickup.tracking_number
     for e in [event("f1", t, "in_transit"), event("f2", t, "failure"), event("f3", t, "return_to_sender")]:
-        await deals.send_carrier_event(env.client, e)
+        await deals.send_carrier_event(env.client, settings, e)
     await deals.record_receipt(env.client, settings, deal.id, items("S", 3), batch_id="H-SHORT-r1")
     await env.sleep(timedelta(days=100))
     await deals.extend_deal(env.client, deal.id, "30d", "customer asked for more time")
     await env.sleep(YEAR)
     await deals.deal_handle(env.client, deal.id).result()
-    return {"deal_shortfall_forfeited": f"deal-{deal.id}", "pickup_escalated": pickup_workflow_id(t)}
+    return {"deal_shortfall_forfeited": f"deal-{deal.id}"}
 
 
 async def upfront_clawed_back(env, settings) -> dict:

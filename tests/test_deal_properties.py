@@ -46,7 +46,7 @@ async def play(program, mode: str, tmp: Path) -> None:
                         tracking.append((await deals.request_pickup(env.client, deal_id, PICKUP)).tracking_number)
                     elif step[0] == "event" and tracking:
                         event = CarrierEvent(event_id=f"e{step[2]}", tracking_number=tracking[-1], status=step[1], occurred_at="2026-12-01T00:00:00Z")
-                        await deals.send_carrier_event(env.client, event)
+                        await deals.send_carrier_event(env.client, settings, event)
                     elif step[0] == "receipt":
                         # serials from a small pool, so repeats (rejected) happen often
                         items = [ReceiptItem(product_id="C9300-48P", serial_number=f"S{(step[2] + n) % 14}", condition="working", age_years=1) for n in range(step[1])]

@@ -13,7 +13,7 @@ from domain.catalog import default_catalog
 from service.deals import deal_terms
 from store import deals as store
 from store.db import session_scope
-from store.tables import IncentiveLedger, Partner, ReturnedItem, SanitizationRecord
+from store.tables import IncentiveLedger, Partner, ReturnedItem, SanitizationRecord, ShipmentEvent
 from tests.conftest import booking, make_settings
 
 NOW = datetime(2026, 11, 24, tzinfo=timezone.utc)
@@ -27,10 +27,17 @@ def setup_store(url: str, tmp_path):
     return settings
 
 
+def booked_view(deal_id: str, units: int, status: str = "awaiting_returns", incentive_status: str = "held") -> "DealView":
+    from domain.models import DealView, Dispositions, Incentive
+
+    return DealView(id=deal_id, partner_id="P1", status=status, booked_at=NOW, return_deadline=NOW, committed_units=units, required_units=units,
+                    incentive=Incentive(mode="rebate", rate=Decimal("0.05"), amount=Decimal("5000.00"), status=incentive_status), dispositions=Dispositions())
+
+
 def stage(url: str, settings, deal_id: str, request) -> bool:
     with session_scope(url) as session:
         staged = store.stage_booking(session, deal_id, request, deal_terms(deal_id, request, settings))
-        store.confirm_booking(session, deal_id, NOW, NOW)
+        store.confirm_booking(session, booked_view(deal_id, request.committed_units))
         return staged
 
 
@@ -117,3 +124,32 @@ def test_an_email_key_is_delivered_once(database_url, tmp_path):
     assert activities._send_once(mail) is True
     assert activities._send_once(mail) is False
     assert sent == ["D1:reminder:7d"]
+
+
+def test_carrier_events_racing_on_one_pickup_never_move_it_backwards(database_url, tmp_path):
+    """Each delivery reads the same old status; the guarded UPDATE lets only a forward move win."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from domain.models import CarrierEvent, PickupRequest
+
+    settings = setup_store(database_url, tmp_path)
+    stage(database_url, settings, "D1", booking(2))
+    request = PickupRequest(address="1 Main St", contact_name="Sam", contact_phone="+1 555 0100", ready_on="2026-12-01", expected_units=2)
+    for n in range(10):
+        tracking = f"T{n}"
+        with session_scope(database_url) as session:
+            store.save_pickup(session, f"D1-p{n}", "D1", "Sim", tracking, request)
+        newest = CarrierEvent(event_id=f"{tracking}-b", tracking_number=tracking, status="delivered", occurred_at=NOW)
+        older = CarrierEvent(event_id=f"{tracking}-a", tracking_number=tracking, status="in_transit", occurred_at=NOW)
+
+        def record(event):
+            with session_scope(database_url) as session:
+                return store.record_carrier_event(session, event)
+
+        with ThreadPoolExecutor(4) as pool:  # each event twice at once, too: recorded once
+            outcomes = list(pool.map(record, [newest, older, newest, older]))
+        with session_scope(database_url) as session:
+            assert store.find_pickup_by_tracking(session, tracking).status == "delivered"
+            recorded = session.execute(select(func.count()).select_from(ShipmentEvent).where(ShipmentEvent.tracking_number == tracking)).scalar_one()
+        assert recorded == 2
+        assert sorted(o.repeated for o in outcomes) == [False, False, True, True]

@@ -15,12 +15,14 @@ with workflow.unsafe.imports_passed_through():
         ExtensionRecord,
         LedgerEntry,
         PickupBookingInput,
+        PickupEscalation,
         ReminderInput,
         SettlementNotice,
         TakebackActivities,
     )
     from domain import rules
     from domain.models import (
+        ESCALATED_CARRIER_STATUSES,
         OPEN_DEAL_STATUSES,
         DealStatus,
         DealTerms,
@@ -62,6 +64,7 @@ class DealProgress(BaseModel):
     reminders_sent: list[float] = []
     reminders_skipped: list[float] = []
     processed_batches: list[str] = []
+    pending_escalations: list[PickupEscalation] = []
     extensions: list[str] = []
     cancel_reason: str | None = None
     closed_reason: str | None = None
@@ -73,9 +76,17 @@ class DealWorkflowInput(BaseModel):
 
 
 def _activity(fn, *args, timeout: timedelta = SHORT):
+    """A task of its own: for mail (a provider may be slow or rate-limit) and long store work that heartbeats."""
     return workflow.execute_activity_method(
         fn, args=list(args), start_to_close_timeout=timeout, heartbeat_timeout=HEARTBEAT if timeout > SHORT else None, retry_policy=ACTIVITY_RETRY
     )
+
+
+def _local(fn, *args, timeout: timedelta = SHORT):
+    """A store write run inside the workflow task: one marker in history instead of an activity's
+    three events and a workflow task more. Idempotent like every activity here, so a retried
+    workflow task may run it again."""
+    return workflow.execute_local_activity_method(fn, args=list(args), start_to_close_timeout=timeout, retry_policy=ACTIVITY_RETRY)
 
 
 @workflow.defn
@@ -135,24 +146,25 @@ class TakebackDealWorkflow:
         self._require_open()
         pickup_id = f"{self.terms.deal_id}-p{len(self.progress.pickups) + 1}"
         self.progress.pickups.append(PickupView(id=pickup_id, status="booking", carrier="", tracking_number=""))
-        booked: PickupView = await _activity(
-            TakebackActivities.book_pickup, PickupBookingInput(deal_id=self.terms.deal_id, pickup_id=pickup_id, request=request)
-        )
-        child = await workflow.start_child_workflow(
-            PickupWorkflow.run,
-            PickupInput(
-                deal_id=self.terms.deal_id,
-                partner_id=self.terms.partner_id,
-                pickup_id=pickup_id,
-                tracking_number=booked.tracking_number,
-                sim_carrier_step_seconds=self.terms.sim_carrier_step_seconds,
-                track_until=self.progress.deadline + timedelta(seconds=self.terms.return_window_seconds),
-            ),
-            id=pickup_workflow_id(booked.tracking_number),
-            # Pickups outlive a continue-as-new of the deal and finish on their own.
-            parent_close_policy=ParentClosePolicy.ABANDON,
-        )
-        self.pickup_runs.append(child)
+        booked: PickupView = await _local(TakebackActivities.book_pickup, PickupBookingInput(deal_id=self.terms.deal_id, pickup_id=pickup_id, request=request))
+        if self.terms.sim_carrier_step_seconds > 0:
+            # Real carriers report by webhook, into the store; only the simulated one needs a process.
+            self.pickup_runs.append(
+                await workflow.start_child_workflow(
+                    PickupWorkflow.run,
+                    PickupInput(
+                        deal_id=self.terms.deal_id,
+                        partner_id=self.terms.partner_id,
+                        pickup_id=pickup_id,
+                        tracking_number=booked.tracking_number,
+                        sim_carrier_step_seconds=self.terms.sim_carrier_step_seconds,
+                        track_until=self.progress.deadline + timedelta(seconds=self.terms.return_window_seconds),
+                    ),
+                    id=pickup_workflow_id(booked.tracking_number),
+                    # Pickups outlive a continue-as-new of the deal and finish on their own.
+                    parent_close_policy=ParentClosePolicy.ABANDON,
+                )
+            )
         self.progress.pickups = [booked if p.id == pickup_id else p for p in self.progress.pickups]
         self.dirty = True
         return booked
@@ -165,7 +177,7 @@ class TakebackDealWorkflow:
     async def record_receipt(self, batch_id: str) -> ReceiptCounts:
         await workflow.wait_condition(lambda: self.is_booked)
         self._require_open()
-        counts: ReceiptCounts = await _activity(TakebackActivities.process_receipt, self.terms.deal_id, batch_id, timeout=LONG)
+        counts: ReceiptCounts = await _local(TakebackActivities.process_receipt, self.terms.deal_id, batch_id, timeout=LONG)
         if batch_id not in self.progress.processed_batches:  # a repeated update counts once
             self.progress.processed_batches.append(batch_id)
             p = self.progress
@@ -189,7 +201,7 @@ class TakebackDealWorkflow:
         self._require_open()
         new_deadline = self.progress.deadline + timedelta(seconds=command.extend_by_seconds)
         sequence = len(self.progress.extensions) + 1
-        await _activity(
+        await _local(
             TakebackActivities.record_extension,
             ExtensionRecord(deal_id=self.terms.deal_id, sequence=sequence, extend_by_seconds=command.extend_by_seconds, reason=command.reason, new_deadline=new_deadline),
         )
@@ -227,9 +239,16 @@ class TakebackDealWorkflow:
 
     @workflow.signal
     def pickup_status(self, pickup_id: str, status: str) -> None:
-        if self.progress is None:
+        """A carrier status the deal must act on: a failed or returned pickup is escalated.
+
+        Every other status lives in the store, where carrier events are recorded, and is shown
+        from there: the deal's history does not grow with tracking news.
+        """
+        if self.progress is None or not any(p.id == pickup_id for p in self.progress.pickups):
             return
         self.progress.pickups = [p.model_copy(update={"status": status}) if p.id == pickup_id else p for p in self.progress.pickups]
+        if status in {s.value for s in ESCALATED_CARRIER_STATUSES}:
+            self.progress.pending_escalations.append(PickupEscalation(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, pickup_id=pickup_id, status=status))
         self.dirty = True
 
     # --- the process ------------------------------------------------------------------------
@@ -248,23 +267,18 @@ class TakebackDealWorkflow:
 
     async def _book(self) -> None:
         booked_at = workflow.now()
-        deadline = booked_at + timedelta(seconds=self.terms.return_window_seconds)
-        # Local activities: quick store writes that need no task of their own (history stays small).
-        await workflow.execute_local_activity_method(
-            TakebackActivities.confirm_booking, args=[self.terms.deal_id, booked_at, deadline], start_to_close_timeout=SHORT, retry_policy=ACTIVITY_RETRY
-        )
         upfront = self.terms.mode == IncentiveMode.upfront
-        if upfront:
-            await self._ledger("applied")
         self.progress = DealProgress(
             status=DealStatus.awaiting_returns,
             booked_at=booked_at,
-            deadline=deadline,
+            deadline=booked_at + timedelta(seconds=self.terms.return_window_seconds),
             incentive_status=IncentiveStatus.applied if upfront else IncentiveStatus.held,
             # An offset as long as the window itself has no meaningful moment to fire.
             reminders_skipped=[o for o in self.terms.reminder_offsets_seconds if o >= self.terms.return_window_seconds],
         )
-        await self._project()
+        if upfront:
+            await self._ledger("applied")
+        await _local(TakebackActivities.confirm_booking, self.view())  # the staged deal becomes visible, with its view
         self.is_booked = True
         await self._count_in_partner_year()
 
@@ -288,6 +302,9 @@ class TakebackDealWorkflow:
         # A handler that changes the deal while this step awaits sets `dirty` again, so the
         # loop wakes at once instead of sleeping on a change it has not acted on.
         changed, self.dirty = self.dirty, False
+        while p.pending_escalations:
+            await _activity(TakebackActivities.escalate_pickup, p.pending_escalations[0])
+            p.pending_escalations.pop(0)
         if p.cancel_reason is not None:
             await self._ledger("cancelled")
             p.incentive_status = IncentiveStatus.cancelled
@@ -352,7 +369,7 @@ class TakebackDealWorkflow:
 
     async def _ledger(self, kind: str) -> None:
         amount = Decimal(0) if kind == "cancelled" and self.progress is not None and self.progress.incentive_status == IncentiveStatus.held else self.amount
-        await _activity(TakebackActivities.record_incentive, LedgerEntry(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, kind=kind, amount=amount))
+        await _local(TakebackActivities.record_incentive, LedgerEntry(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, kind=kind, amount=amount))
 
     async def _notify(self, kind: str) -> None:
         p = self.progress
@@ -362,9 +379,7 @@ class TakebackDealWorkflow:
         )
 
     async def _project(self) -> None:
-        await workflow.execute_local_activity_method(
-            TakebackActivities.project_deal, self.view(), start_to_close_timeout=SHORT, retry_policy=ACTIVITY_RETRY
-        )
+        await _local(TakebackActivities.project_deal, self.view())
 
     async def _close(self, status: DealStatus, reason: str) -> None:
         self.progress.status = status

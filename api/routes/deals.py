@@ -132,12 +132,14 @@ async def list_deals(
             created, deal_id = after
             query = query.where(or_(Deal.created_at < created, and_(Deal.created_at == created, Deal.id < deal_id)))
         with session_scope(settings.effective_database_url) as session:
-            return session.execute(query.order_by(Deal.created_at.desc(), Deal.id.desc()).limit(limit + 1)).scalars().all()
+            rows = session.execute(query.order_by(Deal.created_at.desc(), Deal.id.desc()).limit(limit + 1)).scalars().all()
+            return rows, store.pickup_statuses(session, [row.id for row in rows[:limit]])
 
-    rows = await asyncio.to_thread(page)
+    rows, statuses = await asyncio.to_thread(page)
     more = len(rows) > limit
     rows = rows[:limit]
-    return DealPage(items=[v for v in map(_view_of, rows) if v], next_cursor=_encode_cursor(rows[-1]) if more and rows else None)
+    views = [store.with_pickup_statuses(v, statuses) for v in map(_view_of, rows) if v]
+    return DealPage(items=views, next_cursor=_encode_cursor(rows[-1]) if more and rows else None)
 
 
 @router.get("/{deal_id}", response_model=DealView, summary="A deal, live from its workflow (the store's copy once closed)")
