@@ -101,15 +101,15 @@ async def book_deal(client: Client, settings: Settings, request: BookingRequest,
     )
     try:
         return await client.execute_update_with_start_workflow(TakebackDealWorkflow.booked, start_workflow_operation=start, id="booked")
-    except WorkflowAlreadyStartedError:  # a retry of a booking whose deal has already closed
-        view = await get_deal(client, settings, deal_id)
-        if view is None:
-            raise
-        return view
-    except RPCError as error:
-        if await _never_started(client, deal_id):
+    except (WorkflowAlreadyStartedError, RPCError) as error:
+        if isinstance(error, WorkflowAlreadyStartedError) or error.status == RPCStatusCode.ALREADY_EXISTS:
+            # A retry of a booking whose deal has already closed: answer with that deal.
+            view = await get_deal(client, settings, deal_id)
+            if view is not None:
+                return view
+        elif await _never_started(client, deal_id):
             await asyncio.to_thread(_discard, settings, deal_id)  # frees its serials for another try
-        raise error
+        raise
 
 
 async def _never_started(client: Client, deal_id: str) -> bool:

@@ -363,3 +363,23 @@ async def test_a_cancel_racing_the_deadline_is_refused_and_the_deal_still_finish
         final = await asyncio.wait_for(deals.deal_handle(env.client, view.id).result(), 10)
     assert final.status == DealStatus.expired and final.incentive.status == IncentiveStatus.forfeited
     assert ledger(settings, view.id) == {"forfeited": 1}
+
+
+async def test_a_retried_booking_joins_its_deal_and_after_close_answers_the_closed_deal(time_skipping_env, tmp_path):
+    """Update-with-start: the same deal id starts one workflow; a late retry books nothing new."""
+    env = time_skipping_env
+    settings = make_settings(tmp_path)
+    async with running_worker(env.client, settings):
+        first, second = await asyncio.gather(
+            deals.book_deal(env.client, settings, booking(10), deal_id="D-RETRY"),
+            deals.book_deal(env.client, settings, booking(10), deal_id="D-RETRY"),
+        )
+        assert first == second and first.status == DealStatus.awaiting_returns
+        await deals.cancel_deal(env.client, "D-RETRY", "customer withdrew")
+        await deals.deal_handle(env.client, "D-RETRY").result()
+        late = await deals.book_deal(env.client, settings, booking(10), deal_id="D-RETRY")
+    assert late.id == "D-RETRY" and late.status == DealStatus.cancelled
+    history = await deals.deal_handle(env.client, "D-RETRY").fetch_history()
+    starts = [e for e in history.events if e.HasField("workflow_execution_started_event_attributes")]
+    assert len(starts) == 1
+    assert ledger_amounts(settings, "D-RETRY") == {"cancelled": Decimal("0.00")}
