@@ -13,6 +13,7 @@ from temporalio.exceptions import ApplicationError
 from activities.carrier import SimulatedCarrier
 from activities.mailer import Mail, Mailer, mailer_from_settings
 from domain.catalog import Catalog, default_catalog
+from domain.deal_progress import PickupEscalation
 from domain.durations import format_duration
 from domain.models import CarrierEvent, DealView, PickupRequest, PickupView, ReceiptCounts
 from domain.rules import RuleViolation
@@ -63,13 +64,6 @@ class PickupBookingInput(BaseModel):
     request: PickupRequest
 
 
-class PickupEscalation(BaseModel):
-    deal_id: str
-    partner_id: str
-    pickup_id: str
-    status: str
-
-
 def non_retryable_on_bad_input(fn):
     """Bad input will be as bad on the next attempt: fail the activity for good."""
 
@@ -93,7 +87,6 @@ class TakebackActivities:
 
     def all(self) -> list:
         return [
-            self.confirm_booking,
             self.book_pickup,
             self.record_carrier_event,
             self.escalate_pickup,
@@ -132,12 +125,6 @@ class TakebackActivities:
         return store.partner_contact(session, partner_id) or self.settings.ops_email
 
     # --- booking ----------------------------------------------------------------------------
-
-    @activity.defn
-    @non_retryable_on_bad_input
-    def confirm_booking(self, view: DealView) -> None:
-        with session_scope(self.database_url) as session:
-            store.confirm_booking(session, view)
 
     # --- pickups ----------------------------------------------------------------------------
 

@@ -110,6 +110,6 @@ async def owned_deal(settings: Settings, caller: Caller, deal_id: str) -> Deal:
             return session.get(Deal, deal_id)
 
     deal = await asyncio.to_thread(load)
-    if deal is None or deal.status == "booking" or not caller.may_see_partner(deal.partner_id):
+    if deal is None or not caller.may_see_partner(deal.partner_id):
         raise not_found(f"deal {deal_id}")
     return deal

@@ -141,6 +141,7 @@ class DealTerms(BaseModel):
     reminder_offsets_seconds: list[float]
     return_threshold: float
     sim_carrier_step_seconds: float
+    booked_at: datetime | None = None  # when the API accepted the booking (absent in deals booked before it was kept)
 
 
 class Incentive(BaseModel):

@@ -2,13 +2,15 @@
 
 import asyncio
 import uuid
+from datetime import datetime, timezone
 
-from temporalio.client import Client, WithStartWorkflowOperation, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from domain import rules
+from domain.deal_progress import deal_view, initial_progress
 from domain.durations import parse_duration
 from domain.models import OPEN_DEAL_STATUSES, BookingRequest, CarrierEvent, DealTerms, DealView, PickupRequest, PickupView, ReceiptItem
 from service.partners import ensure_may_book
@@ -48,11 +50,20 @@ async def _update(handle: WorkflowHandle, update, *args, **kwargs):
         raise DealNotOpen(f"{handle.id} has closed") from error
 
 
+async def wall_clock() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# When a booking is accepted. Its deadline is promised from this moment, so the workflow keeps it
+# rather than the time its first task runs. Tests on the time-skipping server use that server's clock.
+booking_clock = wall_clock
+
+
 def new_deal_id() -> str:
     return f"D{uuid.uuid4().hex[:16].upper()}"
 
 
-def deal_terms(deal_id: str, request: BookingRequest, settings: Settings) -> DealTerms:
+def deal_terms(deal_id: str, request: BookingRequest, settings: Settings, booked_at: datetime | None = None) -> DealTerms:
     """Freeze today's settings into the deal: it keeps the window and offsets it was booked with."""
     return DealTerms(
         deal_id=deal_id,
@@ -66,6 +77,7 @@ def deal_terms(deal_id: str, request: BookingRequest, settings: Settings) -> Dea
         reminder_offsets_seconds=settings.reminder_offsets_seconds,
         return_threshold=settings.return_threshold,
         sim_carrier_step_seconds=settings.sim_carrier_step_seconds,
+        booked_at=booked_at,
     )
 
 
@@ -74,42 +86,44 @@ def deal_handle(client: Client, deal_id: str) -> WorkflowHandle:
 
 
 async def book_deal(client: Client, settings: Settings, request: BookingRequest, deal_id: str | None = None) -> DealView:
-    """Validate, stage the booking (claiming listed serials), start the workflow, wait until booked.
+    """Validate, stage the booking with its first view (claiming listed serials), start the workflow.
+
+    A deal is durable once its workflow has started, so the answer does not wait for a worker: it
+    is the view the workflow holds after its first task, built by the same function from the same
+    terms. Bookings are thus accepted at the engine's own pace, and while workers restart.
+    A retry with the same deal id starts nothing new and answers with the deal as it is.
 
     Raises RuleViolation (422), PartnerNotCertified, store.UnknownPartner, store.SerialConflict (409).
     """
     rules.validate_incentive_rate(request.incentive_rate)
-    await asyncio.to_thread(ensure_may_book, settings, request.partner_id)
     deal_id = deal_id or new_deal_id()
-    terms = deal_terms(deal_id, request, settings)
-    rules.required_units(terms.committed_units, terms.return_threshold)
+    terms = deal_terms(deal_id, request, settings, booked_at=await booking_clock())
+    view = deal_view(terms, initial_progress(terms, terms.booked_at))
 
-    def stage() -> None:
+    def stage() -> bool:
+        ensure_may_book(settings, request.partner_id)
         with session_scope(settings.effective_database_url) as session:
-            store.stage_booking(session, deal_id, request, terms)
+            return store.stage_booking(session, deal_id, request, terms, view)
 
-    await asyncio.to_thread(stage)
-    # Update-with-start: one call starts the workflow and waits for its first task to confirm the
-    # booking. A retry (same deal id) joins the running workflow; the update id makes it answer once.
-    start = WithStartWorkflowOperation(
-        TakebackDealWorkflow.run,
-        DealWorkflowInput(terms=terms),
-        id=deal_workflow_id(deal_id),
-        task_queue=settings.task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-    )
+    staged = await asyncio.to_thread(stage)
     try:
-        return await client.execute_update_with_start_workflow(TakebackDealWorkflow.booked, start_workflow_operation=start, id="booked")
-    except (WorkflowAlreadyStartedError, RPCError) as error:
-        if isinstance(error, WorkflowAlreadyStartedError) or error.status == RPCStatusCode.ALREADY_EXISTS:
-            # A retry of a booking whose deal has already closed: answer with that deal.
-            view = await get_deal(client, settings, deal_id)
-            if view is not None:
-                return view
-        elif await _never_started(client, deal_id):
+        await client.start_workflow(
+            TakebackDealWorkflow.run,
+            DealWorkflowInput(terms=terms),
+            id=deal_workflow_id(deal_id),
+            task_queue=settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,  # a concurrent retry joins the first
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,  # a late retry never books a closed deal again
+        )
+    except WorkflowAlreadyStartedError:
+        pass  # the deal ran and closed: answered below as it is
+    except RPCError:
+        if staged and await _never_started(client, deal_id):
             await asyncio.to_thread(_discard, settings, deal_id)  # frees its serials for another try
         raise
+    if staged:
+        return view
+    return await get_deal(client, settings, deal_id) or view
 
 
 async def _never_started(client: Client, deal_id: str) -> bool:

@@ -19,7 +19,6 @@ from domain.models import (
     ESCALATED_CARRIER_STATUSES,
     BookingRequest,
     CarrierEvent,
-    DealStatus,
     DealTerms,
     DealView,
     Disposition,
@@ -46,7 +45,6 @@ from store.tables import (
     utcnow,
 )
 
-BOOKING = "booking"  # a staged deal whose workflow has not yet confirmed it
 INSERT_CHUNK = 2_000
 
 
@@ -69,11 +67,11 @@ def _chunks(rows: list[dict], size: int = INSERT_CHUNK):
         yield rows[start : start + size]
 
 
-def stage_booking(session: Session, deal_id: str, request: BookingRequest, terms: DealTerms) -> bool:
-    """Store the booking with its committed lines and serials; False if already staged.
+def stage_booking(session: Session, deal_id: str, request: BookingRequest, terms: DealTerms, view: DealView) -> bool:
+    """Store the booking with its committed lines and serials, and its first view; False if already staged.
 
     Listed serials are claimed in OpenSerialClaim, whose primary key refuses a serial that
-    another open deal holds. The workflow then confirms the deal by id.
+    another open deal holds. The workflow, started next, keeps the view up to date.
     """
     if session.get(Deal, deal_id) is not None:
         return False
@@ -100,7 +98,10 @@ def stage_booking(session: Session, deal_id: str, request: BookingRequest, terms
             incentive_mode=terms.mode.value,
             incentive_amount=amount,
             incentive_status=IncentiveStatus.held.value,
-            status=BOOKING,
+            status=view.status.value,
+            booked_at=view.booked_at,
+            return_deadline=view.return_deadline,
+            view_json=view.model_dump_json(),
             committed_units=terms.committed_units,
             required_units=rules.required_units(terms.committed_units, terms.return_threshold),
             serials_listed=bool(serial_rows),
@@ -130,21 +131,16 @@ def stage_booking(session: Session, deal_id: str, request: BookingRequest, terms
 
 
 def discard_staged_booking(session: Session, deal_id: str) -> None:
-    """Undo a staged booking whose workflow never started (so its serials are free again)."""
+    """Undo a staged booking whose workflow never started (so its serials are free again).
+
+    Only for a deal the engine does not know: any workflow keeps its deal's rows."""
     deal = session.get(Deal, deal_id)
-    if deal is None or deal.status != BOOKING:
+    if deal is None:
         return
     for table in (OpenSerialClaim, CommittedSerial, CommittedLine):
         session.execute(delete(table).where(table.deal_id == deal_id))
     session.delete(deal)
     session.commit()
-
-
-def confirm_booking(session: Session, view: DealView) -> None:
-    """The workflow took the staged deal: it becomes visible, with its first view."""
-    if session.get(Deal, view.id) is None:
-        raise rules.RuleViolation(f"deal {view.id} was never staged")
-    project_deal(session, view)
 
 
 def partner_contact(session: Session, partner_id: str) -> str | None:

@@ -30,15 +30,28 @@ def binary(name: str) -> str:
     return found
 
 
+@asynccontextmanager
+async def time_skipping_server():
+    """The time-skipping test server; deals are booked at its skipped-to time, as workflows see it."""
+    from service import deals
+
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter, test_server_existing_path=binary("temporal-test-server")
+    )
+    deals.booking_clock = env.get_current_time
+    try:
+        yield env
+    finally:
+        deals.booking_clock = deals.wall_clock
+        await env.shutdown()
+
+
 @pytest_asyncio.fixture
 async def time_skipping_env():
     """A fresh time-skipping server per test (0.1 s): workflows left waiting by one test
     would otherwise hold the shared clock of the next."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=binary("temporal-test-server")
-    )
-    yield env
-    await env.shutdown()
+    async with time_skipping_server() as env:
+        yield env
 
 
 @pytest_asyncio.fixture(scope="session")

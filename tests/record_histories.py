@@ -12,11 +12,8 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
-
 from service import deals
-from tests.conftest import binary, booking, make_settings, running_worker
+from tests.conftest import booking, make_settings, running_worker, time_skipping_server
 from tests.deal_helpers import PICKUP, event, items
 from workflows.ids import pickup_workflow_id
 
@@ -127,8 +124,7 @@ async def record(out_dir: Path = HISTORIES) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for scenario, overrides in SCENARIOS:
-        env = await WorkflowEnvironment.start_time_skipping(data_converter=pydantic_data_converter, test_server_existing_path=binary("temporal-test-server"))
-        try:
+        async with time_skipping_server() as env:
             with tempfile.TemporaryDirectory() as tmp:
                 settings = make_settings(Path(tmp), **overrides)
                 async with running_worker(env.client, settings):
@@ -139,8 +135,6 @@ async def record(out_dir: Path = HISTORIES) -> list[Path]:
                         path = out_dir / f"{name}.json"
                         path.write_text(history.to_json())
                         written.append(path)
-        finally:
-            await env.shutdown()
     return written
 
 

@@ -11,14 +11,12 @@ from tempfile import TemporaryDirectory
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 from sqlalchemy import func, select
 from temporalio.client import WorkflowUpdateFailedError
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
 from domain.models import CarrierEvent, CarrierStatus, DealStatus, PickupRequest, ReceiptItem
 from service import deals
 from store.db import session_scope
 from store.tables import IncentiveLedger, ReturnedItem
-from tests.conftest import binary, booking, make_settings, running_worker
+from tests.conftest import booking, make_settings, running_worker, time_skipping_server
 
 PICKUP = PickupRequest(address="1 Main St", contact_name="Sam", contact_phone="+1 555 0100", ready_on="2026-12-01", expected_units=10)
 COMMITTED = 10
@@ -34,35 +32,31 @@ steps = st.one_of(
 
 
 async def play(program, mode: str, tmp: Path) -> None:
-    env = await WorkflowEnvironment.start_time_skipping(data_converter=pydantic_data_converter, test_server_existing_path=binary("temporal-test-server"))
     settings = make_settings(tmp, incentive_mode=mode)
-    try:
-        async with running_worker(env.client, settings):
-            view = await deals.book_deal(env.client, settings, booking(COMMITTED))
-            deal_id, tracking = view.id, []
-            for step in program:
-                try:
-                    if step[0] == "pickup":
-                        tracking.append((await deals.request_pickup(env.client, deal_id, PICKUP)).tracking_number)
-                    elif step[0] == "event" and tracking:
-                        event = CarrierEvent(event_id=f"e{step[2]}", tracking_number=tracking[-1], status=step[1], occurred_at="2026-12-01T00:00:00Z")
-                        await deals.send_carrier_event(env.client, settings, event)
-                    elif step[0] == "receipt":
-                        # serials from a small pool, so repeats (rejected) happen often
-                        items = [ReceiptItem(product_id="C9300-48P", serial_number=f"S{(step[2] + n) % 14}", condition="working", age_years=1) for n in range(step[1])]
-                        await deals.record_receipt(env.client, settings, deal_id, items)
-                    elif step[0] == "extend":
-                        await deals.extend_deal(env.client, deal_id, f"{step[1]}d", "property test")
-                    elif step[0] == "advance":
-                        await env.sleep(timedelta(days=step[1]))
-                    elif step[0] == "cancel":
-                        await deals.cancel_deal(env.client, deal_id, "property test")
-                except (WorkflowUpdateFailedError, deals.DealNotOpen):
-                    pass  # refused on a closed deal or a paid one: allowed, checked below
-            await env.sleep(timedelta(days=365 * 3))
-            final = await deals.deal_handle(env.client, deal_id).result()
-    finally:
-        await env.shutdown()
+    async with time_skipping_server() as env, running_worker(env.client, settings):
+        view = await deals.book_deal(env.client, settings, booking(COMMITTED))
+        deal_id, tracking = view.id, []
+        for step in program:
+            try:
+                if step[0] == "pickup":
+                    tracking.append((await deals.request_pickup(env.client, deal_id, PICKUP)).tracking_number)
+                elif step[0] == "event" and tracking:
+                    event = CarrierEvent(event_id=f"e{step[2]}", tracking_number=tracking[-1], status=step[1], occurred_at="2026-12-01T00:00:00Z")
+                    await deals.send_carrier_event(env.client, settings, event)
+                elif step[0] == "receipt":
+                    # serials from a small pool, so repeats (rejected) happen often
+                    items = [ReceiptItem(product_id="C9300-48P", serial_number=f"S{(step[2] + n) % 14}", condition="working", age_years=1) for n in range(step[1])]
+                    await deals.record_receipt(env.client, settings, deal_id, items)
+                elif step[0] == "extend":
+                    await deals.extend_deal(env.client, deal_id, f"{step[1]}d", "property test")
+                elif step[0] == "advance":
+                    await env.sleep(timedelta(days=step[1]))
+                elif step[0] == "cancel":
+                    await deals.cancel_deal(env.client, deal_id, "property test")
+            except (WorkflowUpdateFailedError, deals.DealNotOpen):
+                pass  # refused on a closed deal or a paid one: allowed, checked below
+        await env.sleep(timedelta(days=365 * 3))
+        final = await deals.deal_handle(env.client, deal_id).result()
 
     with session_scope(settings.effective_database_url) as session:
         kinds = Counter(session.execute(select(IncentiveLedger.kind).where(IncentiveLedger.deal_id == deal_id)).scalars().all())

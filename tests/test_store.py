@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from activities.deal_activities import TakebackActivities
 from activities.mailer import Mail, OutboxMailer
 from domain.catalog import default_catalog
+from domain.models import DealView, Dispositions, Incentive
 from service.deals import deal_terms
 from store import deals as store
 from store.db import session_scope
@@ -27,17 +28,14 @@ def setup_store(url: str, tmp_path):
     return settings
 
 
-def booked_view(deal_id: str, units: int, status: str = "awaiting_returns", incentive_status: str = "held") -> "DealView":
-    from domain.models import DealView, Dispositions, Incentive
-
+def booked_view(deal_id: str, units: int, status: str = "awaiting_returns", incentive_status: str = "held") -> DealView:
     return DealView(id=deal_id, partner_id="P1", status=status, booked_at=NOW, return_deadline=NOW, committed_units=units, required_units=units,
                     incentive=Incentive(mode="rebate", rate=Decimal("0.05"), amount=Decimal("5000.00"), status=incentive_status), dispositions=Dispositions())
 
 
 def stage(url: str, settings, deal_id: str, request) -> bool:
     with session_scope(url) as session:
-        staged = store.stage_booking(session, deal_id, request, deal_terms(deal_id, request, settings))
-        store.confirm_booking(session, booked_view(deal_id, request.committed_units))
+        staged = store.stage_booking(session, deal_id, request, deal_terms(deal_id, request, settings), booked_view(deal_id, request.committed_units))
         return staged
 
 

@@ -4,7 +4,6 @@ import asyncio
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
@@ -15,20 +14,19 @@ with workflow.unsafe.imports_passed_through():
         ExtensionRecord,
         LedgerEntry,
         PickupBookingInput,
-        PickupEscalation,
         ReminderInput,
         SettlementNotice,
         TakebackActivities,
     )
     from domain import rules
+    # DealWorkflowInput and ExtendCommand are this workflow's messages; callers import them from here.
+    from domain.deal_progress import DealWorkflowInput, ExtendCommand, PickupEscalation, deal_view, initial_progress  # noqa: F401
     from domain.models import (
         ESCALATED_CARRIER_STATUSES,
         OPEN_DEAL_STATUSES,
         DealStatus,
-        DealTerms,
         DealView,
         Dispositions,
-        Incentive,
         IncentiveMode,
         IncentiveStatus,
         PickupRequest,
@@ -43,36 +41,6 @@ ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_inte
 SHORT = timedelta(seconds=10)
 LONG = timedelta(minutes=5)  # receipts of thousands of items, certificates of 100,000 ...
 HEARTBEAT = timedelta(seconds=15)  # ... which heartbeat, so a killed worker's attempt is retried soon
-
-
-class ExtendCommand(BaseModel):
-    extend_by_seconds: float
-    reason: str
-
-
-class DealProgress(BaseModel):
-    """The deal's state; carried across continue-as-new."""
-
-    status: DealStatus
-    booked_at: datetime
-    deadline: datetime
-    incentive_status: IncentiveStatus
-    received_units: int = 0
-    rejected_units: int = 0
-    dispositions: Dispositions = Dispositions()
-    pickups: list[PickupView] = []
-    reminders_sent: list[float] = []
-    reminders_skipped: list[float] = []
-    processed_batches: list[str] = []
-    pending_escalations: list[PickupEscalation] = []
-    extensions: list[str] = []
-    cancel_reason: str | None = None
-    closed_reason: str | None = None
-
-
-class DealWorkflowInput(BaseModel):
-    terms: DealTerms
-    progress: DealProgress | None = None  # set when continuing as new
 
 
 def _activity(fn, *args, timeout: timedelta = SHORT):
@@ -109,32 +77,9 @@ class TakebackDealWorkflow:
     def view(self) -> DealView:
         if self.progress is None:
             raise ApplicationError("the deal is still being booked", type="DealBooking")
-        p = self.progress
-        return DealView(
-            id=self.terms.deal_id,
-            partner_id=self.terms.partner_id,
-            status=p.status,
-            booked_at=p.booked_at,
-            return_deadline=p.deadline,
-            committed_units=self.terms.committed_units,
-            required_units=self.required,
-            received_units=p.received_units,
-            rejected_units=p.rejected_units,
-            incentive=Incentive(mode=self.terms.mode, rate=self.terms.incentive_rate, amount=self.amount, status=p.incentive_status),
-            pickups=p.pickups,
-            reminders_sent=[format_duration(timedelta(seconds=s)) for s in p.reminders_sent],
-            dispositions=p.dispositions,
-            extensions=p.extensions,
-            closed_reason=p.closed_reason,
-        )
+        return deal_view(self.terms, self.progress)
 
     # --- updates: the caller gets the result ------------------------------------------------
-
-    @workflow.update
-    async def booked(self) -> DealView:
-        """Answers once the booking is recorded, so the booking caller gets the deal."""
-        await workflow.wait_condition(lambda: self.is_booked)
-        return self.view()
 
     def _require_open(self) -> None:
         if self.progress is not None and self.progress.status not in OPEN_DEAL_STATUSES:
@@ -266,19 +211,10 @@ class TakebackDealWorkflow:
         return self.view()
 
     async def _book(self) -> None:
-        booked_at = workflow.now()
-        upfront = self.terms.mode == IncentiveMode.upfront
-        self.progress = DealProgress(
-            status=DealStatus.awaiting_returns,
-            booked_at=booked_at,
-            deadline=booked_at + timedelta(seconds=self.terms.return_window_seconds),
-            incentive_status=IncentiveStatus.applied if upfront else IncentiveStatus.held,
-            # An offset as long as the window itself has no meaningful moment to fire.
-            reminders_skipped=[o for o in self.terms.reminder_offsets_seconds if o >= self.terms.return_window_seconds],
-        )
-        if upfront:
+        # The API answered the booking from the same terms: booked_at is theirs, not this task's.
+        self.progress = initial_progress(self.terms, self.terms.booked_at or workflow.now())
+        if self.terms.mode == IncentiveMode.upfront:
             await self._ledger("applied")
-        await _local(TakebackActivities.confirm_booking, self.view())  # the staged deal becomes visible, with its view
         self.is_booked = True
         await self._count_in_partner_year()
 

@@ -1,0 +1,84 @@
+"""A deal's state as its workflow carries it, and the view built from it.
+
+Pure and outside the workflow module: the worker's sandbox re-executes a workflow module for
+every workflow it starts, and building these pydantic models there each time cost more worker
+CPU than the booking itself. The API builds a booked deal's first view with the same functions.
+"""
+
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel
+
+from domain import rules
+from domain.durations import format_duration
+from domain.models import DealStatus, DealTerms, DealView, Dispositions, Incentive, IncentiveMode, IncentiveStatus, PickupView
+
+
+class ExtendCommand(BaseModel):
+    extend_by_seconds: float
+    reason: str
+
+
+class PickupEscalation(BaseModel):
+    deal_id: str
+    partner_id: str
+    pickup_id: str
+    status: str
+
+
+class DealProgress(BaseModel):
+    """The deal's state; carried across continue-as-new."""
+
+    status: DealStatus
+    booked_at: datetime
+    deadline: datetime
+    incentive_status: IncentiveStatus
+    received_units: int = 0
+    rejected_units: int = 0
+    dispositions: Dispositions = Dispositions()
+    pickups: list[PickupView] = []
+    reminders_sent: list[float] = []
+    reminders_skipped: list[float] = []
+    processed_batches: list[str] = []
+    pending_escalations: list[PickupEscalation] = []
+    extensions: list[str] = []
+    cancel_reason: str | None = None
+    closed_reason: str | None = None
+
+
+class DealWorkflowInput(BaseModel):
+    terms: DealTerms
+    progress: DealProgress | None = None  # set when continuing as new
+
+
+def initial_progress(terms: DealTerms, booked_at: datetime) -> DealProgress:
+    upfront = terms.mode == IncentiveMode.upfront
+    return DealProgress(
+        status=DealStatus.awaiting_returns,
+        booked_at=booked_at,
+        deadline=booked_at + timedelta(seconds=terms.return_window_seconds),
+        incentive_status=IncentiveStatus.applied if upfront else IncentiveStatus.held,
+        # An offset as long as the window itself has no meaningful moment to fire.
+        reminders_skipped=[o for o in terms.reminder_offsets_seconds if o >= terms.return_window_seconds],
+    )
+
+
+def deal_view(terms: DealTerms, progress: DealProgress) -> DealView:
+    p = progress
+    return DealView(
+        id=terms.deal_id,
+        partner_id=terms.partner_id,
+        status=p.status,
+        booked_at=p.booked_at,
+        return_deadline=p.deadline,
+        committed_units=terms.committed_units,
+        required_units=rules.required_units(terms.committed_units, terms.return_threshold),
+        received_units=p.received_units,
+        rejected_units=p.rejected_units,
+        incentive=Incentive(mode=terms.mode, rate=terms.incentive_rate, amount=rules.incentive_amount(terms.new_products_value, terms.incentive_rate), status=p.incentive_status),
+        pickups=p.pickups,
+        reminders_sent=[format_duration(timedelta(seconds=s)) for s in p.reminders_sent],
+        dispositions=p.dispositions,
+        extensions=p.extensions,
+        closed_reason=p.closed_reason,
+    )
