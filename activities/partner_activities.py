@@ -1,11 +1,14 @@
 """Activities of the partner specialization workflow."""
 
+from datetime import datetime
+
 from pydantic import BaseModel
 from sqlalchemy import func, select
 from temporalio import activity
 
 from activities.deal_activities import TakebackActivities
 from activities.mailer import Mail
+from store import deals as deal_store
 from store import specialization as store
 from store.db import session_scope
 
@@ -38,7 +41,7 @@ class PartnerActivities:
         self.database_url = deal_activities.database_url
 
     def all(self) -> list:
-        return [self.record_training, self.count_deal, self.record_specialization_event, self.mail_partner, self.project_specialization]
+        return [self.record_training, self.deals_in_year, self.record_specialization_event, self.mail_partner, self.project_specialization]
 
     @activity.defn
     def record_training(self, training: TrainingInput) -> TrainingTotals:
@@ -51,9 +54,10 @@ class PartnerActivities:
         return TrainingTotals(training_hours=float(hours), trainees=trainees, trees_planted=trees)
 
     @activity.defn
-    def count_deal(self, partner_id: str, year_number: int, deal_id: str) -> None:
+    def deals_in_year(self, partner_id: str, year_start: datetime, year_end: datetime) -> int:
+        """Deals live in the store: the year asks it when it must decide, and no deal signals the year."""
         with session_scope(self.database_url) as session:
-            store.count_deal(session, partner_id, year_number, deal_id)
+            return deal_store.deals_booked_between(session, partner_id, year_start, year_end)
 
     @activity.defn
     def record_specialization_event(self, partner_id: str, event_key: str, kind: str, detail: str) -> None:

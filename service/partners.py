@@ -69,12 +69,22 @@ async def start_specialization(client: Client, settings: Settings, partner_id: s
 
 async def specialization(client: Client, settings: Settings, partner_id: str) -> SpecializationView:
     try:
-        return await partner_handle(client, partner_id).query(PartnerSpecializationWorkflow.view)
+        view = await partner_handle(client, partner_id).query(PartnerSpecializationWorkflow.view)
     except Exception:
         view = await asyncio.to_thread(_projected, settings, partner_id)
         if view is None:
             raise
+    return await asyncio.to_thread(_with_deals_counted, settings, partner_id, view)
+
+
+def _with_deals_counted(settings: Settings, partner_id: str, view: SpecializationView) -> SpecializationView:
+    """The year's deal count from the store, where bookings land (the workflow looks only when it decides)."""
+    if view.year_start is None or view.year_end is None:
         return view
+    from store.deals import deals_booked_between
+
+    with session_scope(settings.effective_database_url) as session:
+        return view.model_copy(update={"deals_this_year": deals_booked_between(session, partner_id, view.year_start, view.year_end)})
 
 
 def _projected(settings: Settings, partner_id: str) -> SpecializationView | None:

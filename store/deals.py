@@ -143,6 +143,13 @@ def discard_staged_booking(session: Session, deal_id: str) -> None:
     session.commit()
 
 
+def deals_booked_between(session: Session, partner_id: str, start: datetime, end: datetime) -> int:
+    """A partner's deals booked in [start, end): what its specialization year requires."""
+    return session.execute(
+        select(func.count()).select_from(Deal).where(Deal.partner_id == partner_id, Deal.booked_at >= start, Deal.booked_at < end)
+    ).scalar_one()
+
+
 def partner_contact(session: Session, partner_id: str) -> str | None:
     partner = session.get(Partner, partner_id)
     return partner.contact_email if partner else None

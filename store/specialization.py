@@ -40,16 +40,6 @@ class TreePlanted(SQLModel, table=True):
     planted_at: datetime = Field(default_factory=utcnow)
 
 
-class YearDeal(SQLModel, table=True):
-    """A deal counted in a partner's specialization year, at most once."""
-
-    __table_args__ = (UniqueConstraint("partner_id", "deal_id"),)
-    id: int | None = Field(default=None, primary_key=True)
-    partner_id: str = Field(index=True)
-    year_number: int
-    deal_id: str
-
-
 class SpecializationEvent(SQLModel, table=True):
     """Certification, lapses, reinstatements and year roll-overs, with reasons, kept for audit."""
 
@@ -84,10 +74,6 @@ def record_training(session: Session, partner_id: str, request_id: str, email: s
         if planted is None:
             new_person = insert_once(session, TreePlanted(partner_id=partner_id, person_email=email))
     return new_session, new_person
-
-
-def count_deal(session: Session, partner_id: str, year_number: int, deal_id: str) -> bool:
-    return insert_once(session, YearDeal(partner_id=partner_id, year_number=year_number, deal_id=deal_id))
 
 
 def record_event(session: Session, partner_id: str, event_key: str, kind: str, detail: str = "") -> bool:

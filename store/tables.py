@@ -3,7 +3,7 @@
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from sqlalchemy import Column, Numeric, Text, UniqueConstraint
+from sqlalchemy import Column, Index, Numeric, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -22,6 +22,8 @@ class Partner(SQLModel, table=True):
 class Deal(SQLModel, table=True):
     """Booking facts plus the read model the workflow keeps current."""
 
+    # A partner's specialization year counts its deals by booking time.
+    __table_args__ = (Index("ix_deal_partner_id_booked_at", "partner_id", "booked_at"),)
     id: str = Field(primary_key=True, max_length=64)
     partner_id: str = Field(index=True, max_length=200)
     customer_name: str

@@ -95,12 +95,12 @@ async def partner_years(env, settings) -> dict:
     await env.sleep(timedelta(days=10))
     handle = env.client.get_workflow_handle(partner_workflow_id("H-PARTNER"))
     first_run = (await handle.describe()).run_id
-    await handle.signal("deal_booked", "H-DEAL-1")
+    await deals.book_deal(env.client, settings, booking(4, partner_id="H-PARTNER"), deal_id="H-DEAL-1")
     await env.sleep(YEAR)  # rolls over: continue-as-new
     second_run = (await handle.describe()).run_id
     await env.sleep(YEAR)  # no deal: reminders, then lapsed
     await partners.reinstate(env.client, "H-PARTNER", "late deal approved by ops")
-    await handle.signal("deal_booked", "H-DEAL-2")
+    await deals.book_deal(env.client, settings, booking(4, partner_id="H-PARTNER"), deal_id="H-DEAL-2")
     await env.sleep(YEAR)  # the reinstated year had its deal: continue-as-new
     from temporalio.client import WorkflowExecutionStatus
 

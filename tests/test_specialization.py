@@ -10,8 +10,9 @@ from temporalio.client import WorkflowUpdateFailedError
 from domain.specialization import ExamResult, SpecializationStatus, TrainingRecord
 from service import partners
 from store.db import session_scope
-from store.specialization import SpecializationEvent, TreePlanted, YearDeal
-from tests.conftest import add_partner, make_settings, running_worker
+from service import deals
+from store.specialization import SpecializationEvent, TreePlanted
+from tests.conftest import add_partner, booking, make_settings, running_worker
 
 YEAR = timedelta(days=365)
 
@@ -34,10 +35,15 @@ async def certify(client, partner_id: str) -> None:
     assert view.pledge_signed
 
 
-async def settle(env, partner_id: str):
+async def settle(env, settings, partner_id: str):
     """Let the workflow act on what it was just sent, and return its view."""
     await env.sleep(timedelta(seconds=1))
-    return await partners.specialization(env.client, None, partner_id)
+    return await partners.specialization(env.client, settings, partner_id)
+
+
+async def book(env, settings, partner_id: str, deal_id: str):
+    """A real booking: the year counts the deals in the store, nothing signals it."""
+    return await deals.book_deal(env.client, settings, booking(4, partner_id=partner_id), deal_id=deal_id)
 
 
 def outbox(settings) -> list[str]:
@@ -57,9 +63,9 @@ async def test_certification_needs_training_both_exams_and_the_pledge(time_skipp
         with pytest.raises(partners.PartnerNotCertified):
             partners.ensure_may_book(settings, pid)
         await partners.record_exam(env.client, pid, ExamResult(exam=2, passed=True))
-        assert (await settle(env, pid)).status == SpecializationStatus.not_certified  # no training yet
+        assert (await settle(env, settings, pid)).status == SpecializationStatus.not_certified  # no training yet
         await partners.record_training(env.client, pid, training("bo@partner.example", 3))
-        view = await settle(env, pid)
+        view = await settle(env, settings, pid)
         assert view.status == SpecializationStatus.certified
         assert view.year_end - view.year_start == YEAR and view.training_hours == 3
         partners.ensure_may_book(settings, pid)  # the store projection says certified
@@ -84,25 +90,25 @@ async def test_a_year_with_a_deal_rolls_over_and_one_without_reminds_then_lapses
     env = time_skipping_env
     settings = make_settings(tmp_path)
     async with running_worker(env.client, settings):
+        add_partner(settings, pid, certified=False)
         await partners.start_specialization(env.client, settings, pid)
         await certify(env.client, pid)
-        handle = partners.partner_handle(env.client, pid)
-        first = await settle(env, pid)
+        first = await settle(env, settings, pid)
         await env.sleep(timedelta(days=100))
-        await handle.signal("deal_booked", "D-1")
-        await handle.signal("deal_booked", "D-1")  # counted once
-        assert (await settle(env, pid)).deals_this_year == 1
+        await book(env, settings, pid, f"{pid}-D1")
+        await book(env, settings, pid, f"{pid}-D1")  # a retried booking: counted once
+        assert (await settle(env, settings, pid)).deals_this_year == 1
         await env.sleep(YEAR - timedelta(days=100))
-        second = await settle(env, pid)
+        second = await settle(env, settings, pid)
         assert second.status == SpecializationStatus.certified and second.year_number == 2
         assert second.year_start == first.year_end and second.deals_this_year == 0
         assert not [name for name in outbox(settings) if "reminder" in name]  # year 1 had its deal
 
         await env.sleep(YEAR - timedelta(days=45))  # 45 days left: the 60-day reminder is out
-        view = await settle(env, pid)
+        view = await settle(env, settings, pid)
         assert view.reminders_sent_this_year == ["60d"] and view.status == SpecializationStatus.certified
         await env.sleep(timedelta(days=46))
-        view = await settle(env, pid)
+        view = await settle(env, settings, pid)
         assert view.status == SpecializationStatus.lapsed
         assert view.reminders_sent_this_year == ["60d", "30d"]
         with pytest.raises(partners.PartnerNotCertified):
@@ -117,14 +123,16 @@ async def test_a_year_with_a_deal_rolls_over_and_one_without_reminds_then_lapses
     assert f"{pid}_year-2_lapsed.eml" in mails
     with session_scope(settings.effective_database_url) as session:
         kinds = session.execute(select(SpecializationEvent.kind).order_by(SpecializationEvent.id)).scalars().all()
-        assert session.execute(select(YearDeal.deal_id)).scalars().all() == ["D-1"]
+        year_completed = session.execute(select(SpecializationEvent.detail).where(SpecializationEvent.kind == "year_completed")).scalars().all()
     assert [k for k in kinds if k != "exam"] == ["certified", "year_completed", "lapsed", "reinstated"]
+    assert year_completed == ["1 deals"]
 
 
 async def test_continue_as_new_across_three_years_keeps_state(time_skipping_env, tmp_path, pid):
     env = time_skipping_env
     settings = make_settings(tmp_path)
     async with running_worker(env.client, settings):
+        add_partner(settings, pid, certified=False)
         await partners.start_specialization(env.client, settings, pid)
         await certify(env.client, pid)
         await partners.record_training(env.client, pid, training("second@partner.example", 2))
@@ -132,9 +140,9 @@ async def test_continue_as_new_across_three_years_keeps_state(time_skipping_env,
         runs = set()
         for year in range(1, 4):
             await env.sleep(timedelta(days=10))
-            await handle.signal("deal_booked", f"D-{year}")
+            await book(env, settings, pid, f"{pid}-D{year}")
             await env.sleep(YEAR - timedelta(days=10))
-            view = await settle(env, pid)
+            view = await settle(env, settings, pid)
             description = await handle.describe()
             runs.add(description.run_id)
             assert view.year_number == year + 1 and view.status == SpecializationStatus.certified
@@ -143,9 +151,6 @@ async def test_continue_as_new_across_three_years_keeps_state(time_skipping_env,
 
 
 async def test_booking_needs_a_certified_partner_and_counts_in_its_year(time_skipping_env, tmp_path, pid):
-    from service import deals
-    from tests.conftest import booking
-
     env = time_skipping_env
     settings = make_settings(tmp_path)
     async with running_worker(env.client, settings):
@@ -155,9 +160,7 @@ async def test_booking_needs_a_certified_partner_and_counts_in_its_year(time_ski
         with pytest.raises(partners.PartnerNotCertified):
             await deals.book_deal(env.client, settings, booking(4, partner_id=pid))
         await certify(env.client, pid)
-        await settle(env, pid)
+        await settle(env, settings, pid)
         deal = await deals.book_deal(env.client, settings, booking(4, partner_id=pid))
-        view = await settle(env, pid)
-    assert view.deals_this_year == 1
-    with session_scope(settings.effective_database_url) as session:
-        assert session.execute(select(YearDeal.deal_id).where(YearDeal.partner_id == pid)).scalars().all() == [deal.id]
+        view = await settle(env, settings, pid)
+    assert view.deals_this_year == 1 and deal.partner_id == pid

@@ -34,7 +34,7 @@ with workflow.unsafe.imports_passed_through():
         ReceiptCounts,
     )
     from domain.durations import format_duration
-    from workflows.ids import partner_workflow_id, pickup_workflow_id
+    from workflows.ids import pickup_workflow_id
     from workflows.pickup import PickupInput, PickupWorkflow
 
 ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
@@ -216,14 +216,6 @@ class TakebackDealWorkflow:
         if self.terms.mode == IncentiveMode.upfront:
             await self._ledger("applied")
         self.is_booked = True
-        await self._count_in_partner_year()
-
-    async def _count_in_partner_year(self) -> None:
-        """The partner's specialization year counts this deal (it dedupes by deal id)."""
-        try:
-            await workflow.get_external_workflow_handle(partner_workflow_id(self.terms.partner_id)).signal("deal_booked", self.terms.deal_id)
-        except Exception:  # a partner without a specialization workflow: nothing to count in
-            workflow.logger.warning("partner %s has no specialization workflow", self.terms.partner_id)
 
     def _condition_met(self) -> bool:
         return self.progress.received_units >= self.required

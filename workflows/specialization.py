@@ -27,8 +27,8 @@ class SpecializationInput(BaseModel):
     year_seconds: float
     reminder_offsets_seconds: list[float]
     state: SpecializationView | None = None  # carried across continue-as-new
-    deal_ids_this_year: list[str] = []
     reminders_sent_this_year: list[float] = []
+    reminders_due_this_year: list[float] = []  # offsets whose moment came: sent, or not needed
 
 
 def _activity(fn, *args):
@@ -41,18 +41,14 @@ class PartnerSpecializationWorkflow:
     def __init__(self, input: SpecializationInput) -> None:
         self.input = input
         self.state = input.state or SpecializationView()
-        self.deal_ids = list(input.deal_ids_this_year)
         self.reminders_sent = list(input.reminders_sent_this_year)
+        self.reminders_due = list(input.reminders_due_this_year)
         self.dirty = False
 
     @workflow.query
     def view(self) -> SpecializationView:
-        return self.state.model_copy(
-            update={
-                "deals_this_year": len(self.deal_ids),
-                "reminders_sent_this_year": [format_duration(timedelta(seconds=o)) for o in self.reminders_sent],
-            }
-        )
+        # deals_this_year is as of the last look at the store; readers count afresh (service.partners).
+        return self.state.model_copy(update={"reminders_sent_this_year": [format_duration(timedelta(seconds=o)) for o in self.reminders_sent]})
 
     # --- what ops (and the partner) record --------------------------------------------------
 
@@ -107,15 +103,6 @@ class PartnerSpecializationWorkflow:
         if self.state.status != SpecializationStatus.lapsed:
             raise ApplicationError(f"partner {self.input.partner_id} is {self.state.status.value}, not lapsed", type="NotLapsed")
 
-    @workflow.signal
-    async def deal_booked(self, deal_id: str) -> None:
-        # Sent by the deal workflow when it books: counted in the current year, once.
-        if deal_id in self.deal_ids:
-            return
-        self.deal_ids.append(deal_id)
-        self.dirty = True
-        await _activity(PartnerActivities.count_deal, self.input.partner_id, self.state.year_number, deal_id)
-
     # --- the process ------------------------------------------------------------------------
 
     async def _certify_if_complete(self) -> None:
@@ -136,8 +123,9 @@ class PartnerSpecializationWorkflow:
         self.state.year_number += 1
         self.state.year_start = start
         self.state.year_end = start + timedelta(seconds=self.input.year_seconds)
-        self.deal_ids = []
+        self.state.deals_this_year = 0
         self.reminders_sent = []
+        self.reminders_due = []
 
     async def _project(self) -> None:
         view = self.view()
@@ -155,9 +143,14 @@ class PartnerSpecializationWorkflow:
         if self.state.status != SpecializationStatus.certified:
             return None
         times = [self.state.year_end]
-        if not self.deal_ids:
-            times += [self.state.year_end - timedelta(seconds=o) for o in self.input.reminder_offsets_seconds if o not in self.reminders_sent]
+        times += [self.state.year_end - timedelta(seconds=o) for o in self.input.reminder_offsets_seconds if o not in self.reminders_due]
         return min(times)
+
+    async def _deals_this_year(self) -> int:
+        """Asked of the store only at the year's decision points: bookings cost the year nothing."""
+        s = self.state
+        s.deals_this_year = await _activity(PartnerActivities.deals_in_year, self.input.partner_id, s.year_start, s.year_end)
+        return s.deals_this_year
 
     async def _step(self) -> bool:
         """Act on the state; True when the year rolled over and the workflow should continue as new."""
@@ -167,8 +160,8 @@ class PartnerSpecializationWorkflow:
         if s.status == SpecializationStatus.certified:
             now = workflow.now()
             if now >= s.year_end:
-                if self.deal_ids:
-                    await _activity(PartnerActivities.record_specialization_event, partner, f"year-{s.year_number}-completed", "year_completed", f"{len(self.deal_ids)} deals")
+                if deals := await self._deals_this_year():
+                    await _activity(PartnerActivities.record_specialization_event, partner, f"year-{s.year_number}-completed", "year_completed", f"{deals} deals")
                     self._start_year(s.year_end)
                     await self._project()
                     return True
@@ -179,16 +172,18 @@ class PartnerSpecializationWorkflow:
                                  f"Partner {partner} booked no takeback deal in specialization year {s.year_number}, which ended {s.year_end.isoformat()}. "
                                  "The specialization has lapsed: no new incentive deals are accepted until ops reinstates it.", copy_ops=True)
                 self.dirty = True
-            elif not self.deal_ids:
-                due = [o for o in self.input.reminder_offsets_seconds if o not in self.reminders_sent and s.year_end - timedelta(seconds=o) <= now]
+            else:
+                due = [o for o in self.input.reminder_offsets_seconds if o not in self.reminders_due and s.year_end - timedelta(seconds=o) <= now]
                 if due:
+                    self.reminders_due += due
+                    self.dirty = True
+                if due and not await self._deals_this_year():
                     nearest = min(due)
                     await self._mail(f"{partner}:year-{s.year_number}:reminder:{format_duration(timedelta(seconds=nearest))}",
                                      f"Partner {partner}: book a takeback deal before {s.year_end:%Y-%m-%d}",
                                      f"Specialization year {s.year_number} of partner {partner} ends {s.year_end.isoformat()} and no takeback deal was booked in it yet. "
                                      "Book at least one to keep the Environmental Sustainability Specialization.")
-                    self.reminders_sent += due  # the stale ones after downtime are skipped, not sent
-                    self.dirty = True
+                    self.reminders_sent.append(nearest)  # the stale ones after downtime are skipped, not sent
         if self.dirty:
             self.dirty = False
             await self._project()
@@ -207,8 +202,8 @@ class PartnerSpecializationWorkflow:
                         year_seconds=input.year_seconds,
                         reminder_offsets_seconds=input.reminder_offsets_seconds,
                         state=self.state,
-                        deal_ids_this_year=self.deal_ids,
                         reminders_sent_this_year=self.reminders_sent,
+                        reminders_due_this_year=self.reminders_due,
                     )
                 )
             wake = self._next_wake()
