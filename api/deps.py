@@ -1,6 +1,7 @@
 """Dependencies in one place: settings, the Temporal client, the caller's identity and role."""
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -71,20 +72,33 @@ def _unauthorized(detail: str) -> Problem:
     return Problem(401, detail, "unauthorized", headers={"WWW-Authenticate": 'Bearer realm="takeback"'})
 
 
+# Valid keys seen lately, so a busy client costs no database read per request. Revoking a key
+# therefore takes up to this long to bite; unknown keys are never remembered (no growth by guessing).
+KEY_CACHE_SECONDS = 10.0
+_known_keys: dict[str, tuple[Caller, float]] = {}
+_clock = time.monotonic
+
+
 async def get_caller(request: Request, settings: SettingsDep) -> Caller:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
         raise _unauthorized("send an API key: Authorization: Bearer <key>")
+    known = _known_keys.get(key)
+    if known is not None and known[1] > _clock():
+        return known[0]
 
     def lookup():
         with session_scope(settings.effective_database_url) as session:
-            row = find_api_key(session, key.strip())
+            row = find_api_key(session, key)
             return Caller(key_id=row.id, role=row.role, partner_id=row.partner_id) if row else None
 
     caller = await asyncio.to_thread(lookup)
     if caller is None:
+        _known_keys.pop(key, None)
         raise _unauthorized("unknown or revoked API key")
+    _known_keys[key] = (caller, _clock() + KEY_CACHE_SECONDS)
     return caller
 
 

@@ -243,3 +243,35 @@ async def test_a_lapsed_partner_cannot_book_until_reinstated(two_partners, time_
     r = await http.post("/v1/partners/LAPSING/reinstate", json={"reason": "late deal approved"}, headers=keys["ops"])
     assert r.status_code == 200 and r.json()["status"] == "certified"
     assert (await http.post("/v1/deals", json=booking_body("LAPSING", 2), headers=lapsing)).status_code == 201
+
+
+async def test_an_oversized_body_is_refused_before_it_is_read(tmp_path):
+    from api.app import MAX_BODY_BYTES
+
+    settings = make_settings(tmp_path)
+    async with api_client(settings) as http:
+        headers = {**key(settings), "Content-Type": "application/json", "Content-Length": str(MAX_BODY_BYTES + 1)}
+        response = await http.post("/v1/deals", content=b"{}", headers=headers)
+        body = assert_problem(response, 413)
+        assert body["type"].endswith("payload-too-large")
+
+
+async def test_a_revoked_key_is_refused_once_the_key_cache_window_passes(tmp_path, monkeypatch):
+    from datetime import datetime, timezone
+
+    from api import deps
+    from store.tables import ApiKey
+
+    settings = make_settings(tmp_path)
+    async with api_client(settings) as http:
+        ops = key(settings)
+        assert (await http.get("/v1/deals", headers=ops)).status_code == 200
+        with session_scope(settings.effective_database_url) as session:
+            for row in session.execute(select(ApiKey)).scalars():
+                row.revoked_at = datetime.now(timezone.utc)
+                session.add(row)
+            session.commit()
+        assert (await http.get("/v1/deals", headers=ops)).status_code == 200  # still within the window
+        later = time.monotonic() + deps.KEY_CACHE_SECONDS + 1
+        monkeypatch.setattr(deps, "_clock", lambda: later)
+        assert_problem(await http.get("/v1/deals", headers=ops), 401)
