@@ -22,7 +22,6 @@ from domain.models import (
     DealTerms,
     DealView,
     Disposition,
-    IncentiveStatus,
     PickupRequest,
     ReceiptCounts,
     ReceiptItem,
@@ -73,8 +72,6 @@ def stage_booking(session: Session, deal_id: str, request: BookingRequest, terms
     Listed serials are claimed in OpenSerialClaim, whose primary key refuses a serial that
     another open deal holds. The workflow, started next, keeps the view up to date.
     """
-    if session.get(Deal, deal_id) is not None:
-        return False
     if session.get(Partner, request.partner_id) is None:
         raise UnknownPartner(request.partner_id)
     serial_rows = [
@@ -85,29 +82,33 @@ def stage_booking(session: Session, deal_id: str, request: BookingRequest, terms
     duplicates = [serial for serial, n in Counter(r["serial"] for r in serial_rows).items() if n > 1]
     if duplicates:
         raise rules.RuleViolation(f"serials listed twice in this booking: {', '.join(duplicates[:10])}")
-    amount = rules.incentive_amount(request.new_products_value, request.incentive_rate)
-    session.add(
-        Deal(
-            id=deal_id,
-            partner_id=request.partner_id,
-            customer_name=request.customer.name,
-            customer_country=request.customer.country,
-            opportunity=request.opportunity.value,
-            new_products_value=request.new_products_value,
-            incentive_rate=request.incentive_rate,
-            incentive_mode=terms.mode.value,
-            incentive_amount=amount,
-            incentive_status=IncentiveStatus.held.value,
-            status=view.status.value,
-            booked_at=view.booked_at,
-            return_deadline=view.return_deadline,
-            view_json=view.model_dump_json(),
-            committed_units=terms.committed_units,
-            required_units=rules.required_units(terms.committed_units, terms.return_threshold),
-            serials_listed=bool(serial_rows),
-        )
-    )
+    now = utcnow()
     try:
+        # Core inserts, no unit of work: the booking path is hot. The deal's primary key makes a
+        # retry of the same booking fail here, answered below.
+        session.execute(
+            insert(Deal).values(
+                id=deal_id,
+                partner_id=request.partner_id,
+                customer_name=request.customer.name,
+                customer_country=request.customer.country,
+                opportunity=request.opportunity.value,
+                new_products_value=request.new_products_value,
+                incentive_rate=request.incentive_rate,
+                incentive_mode=terms.mode.value,
+                incentive_amount=view.incentive.amount,
+                incentive_status=view.incentive.status.value,
+                status=view.status.value,
+                booked_at=view.booked_at,
+                return_deadline=view.return_deadline,
+                view_json=view.model_dump_json(),
+                committed_units=view.committed_units,
+                required_units=view.required_units,
+                serials_listed=bool(serial_rows),
+                created_at=now,
+                updated_at=now,
+            )
+        )
         session.execute(
             insert(CommittedLine),
             [{"deal_id": deal_id, "product_id": line.product_id, "quantity": line.quantity} for line in request.equipment],
