@@ -40,9 +40,11 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime + cutime + cstime) / CLOCK_TICKS
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, peak: bool = True) -> float:
+    """Peak (VmHWM) or current (VmRSS) resident set size of a process, in MB."""
+    key = "VmHWM:" if peak else "VmRSS:"
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):  # peak resident set size
+        if line.startswith(key):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -71,6 +73,14 @@ class Stack:
         return f"http://127.0.0.1:{self.api_port}"
 
     def start(self, api: bool = True) -> "Stack":
+        """Start the processes; if one fails to come up, end those already started."""
+        try:
+            return self._start(api)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, api: bool) -> "Stack":
         temporal = str(BIN / "temporal") if (BIN / "temporal").exists() else shutil.which("temporal")
         command = [temporal, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(self.temporal_port), "--log-level", "error"]
         if self.file_backed:
