@@ -6,7 +6,7 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
 
 from activities.deal_activities import TakebackActivities
 from activities.partner_activities import PartnerActivities
@@ -16,6 +16,7 @@ from workflows.deal import TakebackDealWorkflow
 from workflows.pickup import PickupWorkflow
 from workflows.specialization import PartnerSpecializationWorkflow
 
+WORKFLOW_TASK_POLLS = 16
 WORKFLOWS = [TakebackDealWorkflow, PickupWorkflow, PartnerSpecializationWorkflow]
 log = logging.getLogger("takeback.worker")
 
@@ -51,6 +52,10 @@ def build_worker(
         # Store and mail activities are blocking calls: they run on threads.
         activity_executor=executor or ThreadPoolExecutor(max_workers=32),
         max_concurrent_activities=32,
+        # New deals arrive on the normal queue, which by default gets one of five pollers: a burst
+        # of bookings then waited on one poll round trip per deal (~50 deals/s, the CPU idle).
+        workflow_task_poller_behavior=PollerBehaviorSimpleMaximum(maximum=WORKFLOW_TASK_POLLS),
+        nonsticky_to_sticky_poll_ratio=0.5,
     )
 
 

@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import statistics
 import subprocess
 import sys
 import time
