@@ -224,14 +224,17 @@ def record_carrier_event(session: Session, event: CarrierEvent) -> CarrierEventO
     )
 
 
-def pickup_statuses(session: Session, deal_ids: list[str]) -> dict[str, str]:
-    """Pickup id -> carrier status: the store, not the workflow, follows the carrier."""
-    if not deal_ids:
-        return {}
-    return dict(session.execute(select(Pickup.id, Pickup.status).where(Pickup.deal_id.in_(deal_ids))).all())
+def pickup_statuses(session: Session, deal_ids: list[str]) -> dict[str, dict[str, str]]:
+    """Deal id -> pickup id -> carrier status: the store, not the workflow, follows the carrier."""
+    statuses: dict[str, dict[str, str]] = {}
+    if deal_ids:
+        for deal_id, pickup_id, status in session.execute(select(Pickup.deal_id, Pickup.id, Pickup.status).where(Pickup.deal_id.in_(deal_ids))):
+            statuses.setdefault(deal_id, {})[pickup_id] = status
+    return statuses
 
 
-def with_pickup_statuses(view: DealView, statuses: dict[str, str]) -> DealView:
+def with_pickup_statuses(view: DealView, statuses: dict[str, dict[str, str]]) -> DealView:
+    statuses = statuses.get(view.id, {})
     if not any(statuses.get(p.id, p.status) != p.status for p in view.pickups):
         return view
     return view.model_copy(update={"pickups": [p.model_copy(update={"status": statuses.get(p.id, p.status)}) for p in view.pickups]})

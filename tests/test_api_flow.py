@@ -44,6 +44,9 @@ async def test_book_pickup_track_receive_release_and_a_second_deal_forfeited(dev
             return view["pickups"][0]["status"] == "delivered"
 
         await eventually(delivered, what="the delivered status")
+        listed = {d["id"]: d for d in (await http.get("/v1/deals", headers=partner)).json()["items"]}
+        assert [p["status"] for p in listed[deal["id"]]["pickups"]] == ["delivered"]  # the list shows the carrier's news too
+        assert listed[short["id"]]["pickups"] == []
         items = [{"product_id": "C9300-48P", "serial_number": f"SN-{n}", "condition": "working" if n < 6 else "dead", "age_years": 3} for n in range(9)]
         items.append(items[0])  # a line scanned twice
         r = await http.post(f"/v1/deals/{deal['id']}/receipts", json={"items": items}, headers=ops)
