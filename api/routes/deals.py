@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -46,10 +46,10 @@ def _claim_idempotency_key(settings, key_id: int, key: str, request_hash: str) -
         return session.execute(select(IdempotencyRecord).where(IdempotencyRecord.api_key_id == key_id, IdempotencyRecord.key == key)).scalar_one()
 
 
-def _remember_answer(settings, record_id: int, status_code: int, body: dict) -> None:
+def _remember_answer(settings, record_id: int, status_code: int, body_json: str) -> None:
     with session_scope(settings.effective_database_url) as session:
         record = session.get(IdempotencyRecord, record_id)
-        record.status_code, record.response_json = status_code, json.dumps(body)
+        record.status_code, record.response_json = status_code, body_json
         session.add(record)
         session.commit()
 
@@ -73,7 +73,7 @@ async def book_deal(
         if record.request_hash != _request_hash(body):
             raise Problem(422, "this Idempotency-Key was used with another request body", "idempotency-key-reused")
         if record.response_json is not None:
-            return JSONResponse(json.loads(record.response_json), status_code=record.status_code)
+            return Response(record.response_json, status_code=record.status_code, media_type="application/json")
     try:
         view = await temporal(service.book_deal(client, settings, body, deal_id=record.deal_id if record else None), timeout=20)
     except rules.RuleViolation as error:
@@ -86,10 +86,10 @@ async def book_deal(
         raise not_found(f"partner {body.partner_id}") from None
     except store.SerialConflict as error:
         raise Problem(409, str(error), "serial-committed-elsewhere", serials=error.serials[:100]) from None
-    answer = json.loads(view.model_dump_json())
+    answer = view.model_dump_json()  # serialized once: the hot path of booking
     if record is not None:
         await asyncio.to_thread(_remember_answer, settings, record.id, 201, answer)
-    return JSONResponse(answer, status_code=201)
+    return Response(answer, status_code=201, media_type="application/json")
 
 
 def _encode_cursor(deal) -> str:
