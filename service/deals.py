@@ -148,7 +148,7 @@ async def get_deal(client: Client, settings: Settings, deal_id: str) -> DealView
     """
     from datetime import timedelta
 
-    def read() -> tuple[DealView | None, dict[str, str]]:
+    def read() -> tuple[DealView | None, dict[str, dict[str, str]]]:
         with session_scope(settings.effective_database_url) as session:
             return store.deal_view_from_store(session, deal_id), store.pickup_statuses(session, [deal_id])
 
@@ -221,7 +221,8 @@ async def send_carrier_event(client: Client, settings: Settings, event: CarrierE
         raise UnknownTracking(event.tracking_number)
     if outcome.escalate:
         try:
-            await deal_handle(client, outcome.deal_id).signal(TakebackDealWorkflow.pickup_status, args=[outcome.pickup_id, outcome.status])
+            # The event's own status: a redelivered failure must escalate even if the pickup moved on since.
+            await deal_handle(client, outcome.deal_id).signal(TakebackDealWorkflow.pickup_status, args=[outcome.pickup_id, event.status.value])
         except RPCError as error:
             if error.status != RPCStatusCode.NOT_FOUND:  # NOT_FOUND: the deal closed, the pickup no longer matters
                 raise

@@ -8,6 +8,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from domain.models import DealStatus
 from service import deals
+from store import deals as store_deals
 from store.db import session_scope
 from store.tables import EmailMessage, Pickup, ShipmentEvent
 from tests.conftest import booking, make_settings, running_worker
@@ -195,3 +196,23 @@ async def test_a_webhook_moves_a_simulated_shipment_and_the_simulation_follows_t
         (f"{pickup.id}-sim-2", "delivered", True),
     ])
 
+
+
+async def test_a_failure_redelivered_after_its_signal_was_lost_still_escalates(time_skipping_env, tmp_path):
+    """The store took the failure but the deal was never told (Temporal was down, the webhook got a 503);
+    the carrier's retry arrives after the pickup moved on, and must still escalate the failure."""
+    env = time_skipping_env
+    settings = make_settings(tmp_path)
+    async with running_worker(env.client, settings):
+        deal = await deals.book_deal(env.client, settings, booking(10))
+        pickup = await deals.request_pickup(env.client, deal.id, PICKUP)
+        tracking = pickup.tracking_number
+        with session_scope(settings.effective_database_url) as session:  # recorded, the signal lost
+            assert store_deals.record_carrier_event(session, event("x1", tracking, "failure")).escalate
+        await deals.send_carrier_event(env.client, settings, event("x2", tracking, "delivered"))
+        retried = await deals.send_carrier_event(env.client, settings, event("x1", tracking, "failure"))
+        assert retried.repeated and retried.escalate
+        view = await settle(env, settings, deal.id)
+
+    assert view.pickups[0].status == "delivered"
+    assert [name for name in outbox(settings) if "escalation" in name] == [f"{deal.id}_{pickup.id}_escalation_failure.eml"]
