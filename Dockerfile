@@ -19,13 +19,11 @@ COPY workflows ./workflows
 COPY activities ./activities
 COPY api ./api
 COPY cli.py worker.py settings.py temporal_client.py demo.py ./
-# `pip install .` provides the `takeback` console script. PYTHONPATH makes the code run from /app, the
-# tree copied above: it holds what the wheel may leave out (api/routes, store/migrations).
+# `pip install .` installs the package (with its migrations) and the `takeback` console script.
 RUN pip install --no-deps . \
     && useradd --create-home --uid 10001 takeback \
     && mkdir -p /data/outbox && chown -R takeback /data
-ENV PYTHONPATH=/app \
-    TAKEBACK_DATA_DIR=/data
+ENV TAKEBACK_DATA_DIR=/data
 
 USER takeback
 EXPOSE 8000
