@@ -10,6 +10,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from domain.specialization import ExamResult, SpecializationStatus, SpecializationView, TrainingRecord
 from settings import Settings
 from store import specialization as store
+from store.deals import deals_booked_between
 from store.db import session_scope
 from workflows.ids import partner_workflow_id
 from workflows.specialization import PartnerSpecializationWorkflow, SpecializationInput
@@ -81,8 +82,6 @@ def _with_deals_counted(settings: Settings, partner_id: str, view: Specializatio
     """The year's deal count from the store, where bookings land (the workflow looks only when it decides)."""
     if view.year_start is None or view.year_end is None:
         return view
-    from store.deals import deals_booked_between
-
     with session_scope(settings.effective_database_url) as session:
         return view.model_copy(update={"deals_this_year": deals_booked_between(session, partner_id, view.year_start, view.year_end)})
 
