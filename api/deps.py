@@ -17,14 +17,15 @@ from store.tables import Deal
 TEMPORAL_TIMEOUT = 4.5  # seconds: an unreachable engine answers 503 before a client gives up
 
 
-def get_settings(request: Request) -> Settings:
+# async: a plain `def` dependency costs every request a hop to the thread pool and back.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_client(request: Request) -> Client:
+async def get_client(request: Request) -> Client:
     client = request.app.state.temporal
     if client is None:
         raise Problem(503, "the workflow engine is unreachable", "temporal-unavailable", headers={"Retry-After": "5"})
