@@ -101,8 +101,8 @@ async def book_deal(client: Client, settings: Settings, request: BookingRequest,
     view = deal_view(terms, initial_progress(terms, terms.booked_at))
 
     def stage() -> bool:
-        ensure_may_book(settings, request.partner_id)
         with session_scope(settings.effective_database_url) as session:
+            ensure_may_book(settings, request.partner_id, session)
             return store.stage_booking(session, deal_id, request, terms, view)
 
     staged = await asyncio.to_thread(stage)

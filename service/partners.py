@@ -5,6 +5,7 @@ import uuid
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
+from sqlmodel import Session
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from domain.specialization import ExamResult, SpecializationStatus, SpecializationView, TrainingRecord
@@ -92,10 +93,13 @@ def _projected(settings: Settings, partner_id: str) -> SpecializationView | None
         return SpecializationView.model_validate_json(row.view_json) if row else None
 
 
-def ensure_may_book(settings: Settings, partner_id: str) -> None:
-    """Booking needs a certified, not lapsed partner (read from the workflow's projection)."""
-    view = _projected(settings, partner_id)
-    status = view.status.value if view else SpecializationStatus.not_certified.value
+def ensure_may_book(settings: Settings, partner_id: str, session: Session | None = None) -> None:
+    """Booking needs a certified, not lapsed partner (read from the workflow's projection).
+    The booking path passes its own session, so the check costs no second connection."""
+    if session is None:
+        with session_scope(settings.effective_database_url) as session:
+            return ensure_may_book(settings, partner_id, session)
+    status = store.projected_status(session, partner_id) or SpecializationStatus.not_certified.value
     if status != SpecializationStatus.certified.value:
         raise PartnerNotCertified(partner_id, status)
 

@@ -91,3 +91,8 @@ def project(session: Session, partner_id: str, status: str, view_json: str) -> N
 
 def projection(session: Session, partner_id: str) -> SpecializationProjection | None:
     return session.get(SpecializationProjection, partner_id)
+
+
+def projected_status(session: Session, partner_id: str) -> str | None:
+    """The status column alone: the booking path reads it for every deal."""
+    return session.execute(select(SpecializationProjection.status).where(SpecializationProjection.partner_id == partner_id)).scalar_one_or_none()
