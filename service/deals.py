@@ -141,29 +141,43 @@ def _discard(settings: Settings, deal_id: str) -> None:
 
 
 async def get_deal(client: Client, settings: Settings, deal_id: str) -> DealView | None:
+    """The deal as `get_deal_json` answers it, parsed."""
+    answer = await get_deal_json(client, settings, deal_id)
+    return DealView.model_validate_json(answer) if answer is not None else None
+
+
+async def get_deal_json(client: Client, settings: Settings, deal_id: str, visible=lambda partner_id: True) -> str | None:
     """A closed deal from the store (it no longer changes); an open one live from its workflow.
+    As JSON: a closed deal's stored view is the answer as it is, parsed only if a pickup moved since.
+    None for an unknown deal, and for one whose partner is not `visible` to the caller.
 
     If the query cannot be answered (no worker, engine down) the store's copy, a moment old,
     answers instead; with neither, the engine's error stands.
     """
     from datetime import timedelta
 
-    def read() -> tuple[DealView | None, dict[str, dict[str, str]]]:
+    def read() -> tuple[store.StoredDeal | None, dict[str, dict[str, str]]]:
         with session_scope(settings.effective_database_url) as session:
-            return store.deal_view_from_store(session, deal_id), store.pickup_statuses(session, [deal_id])
+            return store.stored_deal(session, deal_id)
+
+    def from_view(view: DealView) -> str:
+        return store.with_pickup_statuses(view, statuses).model_dump_json()
+
+    def from_json(view_json: str) -> str:
+        return view_json if deal_id not in statuses else from_view(DealView.model_validate_json(view_json))
 
     stored, statuses = await asyncio.to_thread(read)
-    if stored is not None and stored.status not in OPEN_DEAL_STATUSES:
-        return store.with_pickup_statuses(stored, statuses)
+    if stored is None or not visible(stored.partner_id):
+        return None
+    if stored.view_json is not None and stored.status not in OPEN_DEAL_STATUSES:
+        return from_json(stored.view_json)
     try:
-        live = await deal_handle(client, deal_id).query(TakebackDealWorkflow.view, rpc_timeout=timedelta(seconds=3))
-        return store.with_pickup_statuses(live, statuses)
+        return from_view(await deal_handle(client, deal_id).query(TakebackDealWorkflow.view, rpc_timeout=timedelta(seconds=3)))
     except Exception:
-        if stored is None:
-            stored, statuses = await asyncio.to_thread(read)  # it may have closed meanwhile
-        if stored is None:
+        stored, statuses = await asyncio.to_thread(read)  # it may have closed meanwhile
+        if stored is None or stored.view_json is None:
             raise
-        return store.with_pickup_statuses(stored, statuses)
+        return from_json(stored.view_json)
 
 
 async def request_pickup(client: Client, deal_id: str, request: PickupRequest, request_id: str | None = None) -> PickupView:

@@ -4,6 +4,7 @@ import json
 from collections import Counter
 from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -391,6 +392,23 @@ def project_deal(session: Session, view: DealView) -> None:
         )
     )
     session.commit()
+
+
+class StoredDeal(NamedTuple):
+    partner_id: str
+    status: str
+    view_json: str | None
+
+
+def stored_deal(session: Session, deal_id: str) -> tuple[StoredDeal | None, dict[str, dict[str, str]]]:
+    """The columns a read of one deal needs and its pickups' carrier statuses (as `pickup_statuses`), in one query."""
+    rows = session.execute(
+        select(Deal.partner_id, Deal.status, Deal.view_json, Pickup.id, Pickup.status).outerjoin(Pickup, Pickup.deal_id == Deal.id).where(Deal.id == deal_id)
+    ).all()
+    if not rows:
+        return None, {}
+    statuses = {pickup_id: status for *_, pickup_id, status in rows if pickup_id is not None}
+    return StoredDeal(*rows[0][:3]), {deal_id: statuses} if statuses else {}
 
 
 def deal_view_from_store(session: Session, deal_id: str) -> DealView | None:
