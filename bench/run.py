@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -17,18 +18,17 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.baseline import RawTwoActivityWorkflow  # noqa: E402
+from bench.http_load import LoadClient  # noqa: E402
 from bench.stack import Stack, free_port, rss_mb, wait_port  # noqa: E402
 
 WEBHOOK_SECRET = "bench-secret"
 PARTNER = "BENCH-PARTNER"
 WORKFLOW_CACHE = 1000  # the worker's max_cached_workflows (the SDK default): older open deals are evicted
-BOOKING_ROUNDS = 2
+BOOKING_ROUNDS = 3
 _STARTED = time.monotonic()
 
 FULL = {"bookings": 300, "lifecycles": 30, "trips": 50, "reads": 2000, "scale_serials": 100_000, "parked": 10_000}
@@ -87,6 +87,12 @@ async def settle(stack: Stack, quiet_cores: float = 0.1, quiet_for: float = 1.0,
     return time.monotonic() - started
 
 
+def own_cpu_seconds() -> float:
+    """This process's CPU: the load generator's, charged to the path it drives."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def unique_serial(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:20]}"
 
@@ -114,7 +120,7 @@ def booking_body(units: int = 10) -> dict:
     }
 
 
-async def certify(http: httpx.AsyncClient) -> None:
+async def certify(http: LoadClient) -> None:
     r = await http.post("/v1/partners", json={"id": PARTNER, "name": "Bench", "contact_email": "bench@example.com", "country": "CA"})
     assert r.status_code in (201, 409), r.text
     for path, body in (
@@ -133,7 +139,7 @@ async def certify(http: httpx.AsyncClient) -> None:
     raise RuntimeError("partner never certified")
 
 
-async def complete_deal(http: httpx.AsyncClient, index: int) -> str:
+async def complete_deal(http: LoadClient, index: int) -> str:
     deal = (await http.post("/v1/deals", json=booking_body(10))).json()
     pickup = (await http.post(f"/v1/deals/{deal['id']}/pickups", json={"address": "1 Bench St", "contact_name": "B", "contact_phone": "+1 555 0100", "ready_on": "2026-12-01", "expected_units": 10})).json()
     for n, status in enumerate(("pre_transit", "in_transit", "out_for_delivery", "delivered")):
@@ -173,8 +179,9 @@ async def booking_rounds(client, settings, http, stack, n: int) -> dict:
 
     Each batch is `n` calls with concurrency 32 and starts on an idle stack: after the SDK starts the
     raw workflows are awaited to completion, and after every batch server, worker and API settle.
-    BOOKING_ROUNDS rounds, the paths in the same order in each. Rates: the best round of each path
-    (the least disturbed by the rest of a 2-core machine). Latencies: p50 / p99 over all rounds.
+    BOOKING_ROUNDS rounds, the order rotated each round. Rates: the best round of each path (the
+    least disturbed by the rest of a 2-core machine). Latencies: p50 / p99 over all rounds. CPU per
+    call, by process (this process is the load generator), averaged over the rounds.
     """
     from domain.models import BookingRequest
     from service import deals as service
@@ -189,21 +196,31 @@ async def booking_rounds(client, settings, http, stack, n: int) -> dict:
     async def direct(i):
         await service.book_deal(client, settings, BookingRequest.model_validate(booking_body()))
 
-    rates: dict[str, list[float]] = {"sdk": [], "api": [], "service": []}
-    latencies: dict[str, list[float]] = {"sdk": [], "api": [], "service": []}
+    paths = {"sdk": sdk, "api": api, "service": direct}
+    rates: dict[str, list[float]] = {name: [] for name in paths}
+    latencies: dict[str, list[float]] = {name: [] for name in paths}
+    cpu_ms: dict[str, dict[str, float]] = {name: {} for name in paths}
+    order = list(paths)
     for round_no in range(1, BOOKING_ROUNDS + 1):
-        for name, make in (("sdk", sdk), ("api", api), ("service", direct)):
+        for name in order:
             await settle(stack, label=f"before {name} round {round_no}")
-            results, lat, seconds = await gather_limited(n, 32, make)
+            before, own_before = stack.cpu(), own_cpu_seconds()
+            results, lat, seconds = await gather_limited(n, 32, paths[name])
+            after, own_after = stack.cpu(), own_cpu_seconds()
             if name == "sdk":
                 await asyncio.gather(*(h.result() for h in results))  # the raw workflows' tasks and activities are done
             rates[name].append(n / seconds)
             latencies[name] += lat
-            log(f"  round {round_no} {name}: {n / seconds:.1f}/s")
+            spent = {process: after[process] - before[process] for process in after} | {"load": own_after - own_before}
+            for process, cpu in spent.items():
+                cpu_ms[name][process] = cpu_ms[name].get(process, 0.0) + cpu * 1000 / (n * BOOKING_ROUNDS)
+            log(f"  round {round_no} {name}: {n / seconds:.1f}/s, CPU ms per call " + ", ".join(f"{p} {c * 1000 / n:.1f}" for p, c in spent.items()))
+        order = order[1:] + order[:1]  # each path takes each place in the order once: none always follows the heaviest
     out = {}
     for name, key in (("sdk", "sdk_starts"), ("api", "bookings"), ("service", "service_bookings")):
         out[f"{key}_per_s"] = max(rates[name])
         out[f"{key}_p50_ms"], out[f"{key}_p99_ms"] = pct(latencies[name], 0.5), pct(latencies[name], 0.99)
+        out[f"{key}_cpu_ms"] = cpu_ms[name]
     return out
 
 
@@ -290,9 +307,7 @@ async def bench_backend(file_backed: bool, args, backend: str) -> dict:
         settings = Settings(temporal_address=f"127.0.0.1:{stack.temporal_port}", data_dir=stack.data_dir, database_url="", carrier_webhook_secret=WEBHOOK_SECRET, sim_carrier_step="0s")
         client = await connect(settings)
         key = ops_key(stack)
-        # Idle connections expire client-side before uvicorn's 5 s keep-alive closes them: no reuse race after an idle wait.
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=2.0)
-        async with httpx.AsyncClient(base_url=stack.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=60, limits=limits) as http:
+        async with LoadClient(stack.api_url, headers={"Authorization": f"Bearer {key}"}) as http:
             await certify(http)
             await complete_deal(http, -1)  # warm-up
 
@@ -340,7 +355,7 @@ async def bench_backend(file_backed: bool, args, backend: str) -> dict:
 
             out["get_deal_rps"] = await rps(lambda i: f"/v1/deals/{deal_ids[i % len(deal_ids)]}", args.reads)
             out["list_deals_rps"] = await rps(lambda i: "/v1/deals?limit=100", args.reads // 2)
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{trivial_port}", limits=limits) as plain:
+            async with LoadClient(f"http://127.0.0.1:{trivial_port}") as plain:
                 _, _, seconds = await gather_limited(args.reads, 32, lambda i: plain.get("/ping"))
             out["trivial_rps"] = args.reads / seconds
 
@@ -438,6 +453,12 @@ def table(results: dict[str, dict]) -> str:
     def trip(name: str, digits: int = 1):
         return lambda r: f"{r[f'api_{name}_p50_ms']:.{digits}f}/{r[f'api_{name}_p99_ms']:.{digits}f} | {r[f'sdk_{name}_p50_ms']:.{digits}f}/{r[f'sdk_{name}_p99_ms']:.{digits}f}"
 
+    def cpu_split(key: str):
+        def cell(r):
+            cpu = r[f"{key}_cpu_ms"]
+            return "/".join(f"{cpu[p]:.1f}" for p in ("server", "worker", "api", "load") if p != "api" or key == "bookings")
+        return cell
+
     rows = [
         ("booking efficiency (API deals/s / SDK starts/s)", lambda r: r["bookings_per_s"] / r["sdk_starts_per_s"], ">= 0.9"),
         ("  service layer, no HTTP (deals/s / SDK starts/s)", lambda r: r["service_bookings_per_s"] / r["sdk_starts_per_s"], ""),
@@ -445,6 +466,8 @@ def table(results: dict[str, dict]) -> str:
         ("  booking p50 / p99 ms API", lambda r: f"{r['bookings_p50_ms']:.0f} / {r['bookings_p99_ms']:.0f}", ""),
         ("  booking p50 / p99 ms service layer", lambda r: f"{r['service_bookings_p50_ms']:.0f} / {r['service_bookings_p99_ms']:.0f}", ""),
         ("  SDK start p50 / p99 ms", lambda r: f"{r['sdk_starts_p50_ms']:.0f} / {r['sdk_starts_p99_ms']:.0f}", ""),
+        ("  CPU ms per API booking: server/worker/API/load", cpu_split("bookings"), ""),
+        ("  CPU ms per SDK start: server/worker/load", cpu_split("sdk_starts"), ""),
         ("lifecycle cost (server CPU deal / raw 2-activity wf)", lambda r: r["deal_server_cpu_ms"] / r["raw_server_cpu_ms"], "<= 3"),
         ("  server CPU ms per deal / per raw wf", lambda r: f"{r['deal_server_cpu_ms']:.0f} / {r['raw_server_cpu_ms']:.0f}", ""),
         ("  worker CPU ms per deal / per raw wf", lambda r: f"{r['deal_worker_cpu_ms']:.0f} / {r['raw_worker_cpu_ms']:.0f}", ""),
