@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     temporal_tls_key: Path | None = Field(None, alias="TEMPORAL_TLS_CLIENT_KEY_PATH")
     temporal_tls: bool = Field(False, alias="TEMPORAL_TLS")
     task_queue: str = Field(TASK_QUEUE, alias="TAKEBACK_TASK_QUEUE")
+    # The sandbox re-imports a workflow's module for every workflow loaded into the worker (each new
+    # deal, each one back from eviction): with 10,000 open deals that was 70% of the worker's CPU.
+    # Off in service; the test suite turns it on for every worker, so a non-deterministic call in
+    # workflow code fails CI (tests/conftest.py).
+    workflow_sandbox: bool = Field(False, alias="TAKEBACK_WORKFLOW_SANDBOX")
 
     return_window: str = Field("365d", alias="TAKEBACK_RETURN_WINDOW")
     reminder_offsets: str = Field("90d,30d,7d", alias="TAKEBACK_REMINDER_OFFSETS")

@@ -6,7 +6,8 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 
 from temporalio.client import Client
-from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
+from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.deal_activities import TakebackActivities
 from activities.partner_activities import PartnerActivities
@@ -22,7 +23,7 @@ log = logging.getLogger("takeback.worker")
 
 
 def write_workflow_bytecode(workflows: list) -> None:
-    """The sandbox imports a workflow's module afresh for every workflow run. Without a .pyc
+    """With the sandbox on, a workflow's module is imported afresh for every workflow run. Without a .pyc
     (PYTHONDONTWRITEBYTECODE, a read-only image) that meant compiling its source each time: a fifth
     of the worker's CPU per booked deal. py_compile writes it regardless; a no-op when up to date."""
     import compileall
@@ -43,7 +44,8 @@ def build_worker(
     """`extra_*` let benchmarks run a baseline workflow on the very same worker."""
     activities = activities or TakebackActivities(settings)
     workflows = WORKFLOWS + (extra_workflows or [])
-    write_workflow_bytecode(workflows)
+    if settings.workflow_sandbox:
+        write_workflow_bytecode(workflows)
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -56,6 +58,7 @@ def build_worker(
         # of bookings then waited on one poll round trip per deal (~50 deals/s, the CPU idle).
         workflow_task_poller_behavior=PollerBehaviorSimpleMaximum(maximum=WORKFLOW_TASK_POLLS),
         nonsticky_to_sticky_poll_ratio=0.5,
+        workflow_runner=SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner(),
     )
 
 

@@ -1,5 +1,6 @@
 """Shared fixtures: real Temporal servers from their PyPI packages, a fresh store per test."""
 
+import os
 import shutil
 import sys
 import uuid
@@ -20,6 +21,10 @@ from store.tables import Partner
 from worker import build_worker
 
 BIN = Path(sys.executable).parent
+
+# Every worker of the suite, in-process or spawned (the CLI, chaos, the dev server), runs its
+# workflows in the sandbox: a non-deterministic call in workflow code fails here, not in service.
+os.environ["TAKEBACK_WORKFLOW_SANDBOX"] = "true"
 
 
 def binary(name: str) -> str:
