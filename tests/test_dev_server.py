@@ -82,8 +82,10 @@ def test_worker_stops_cleanly_on_sigterm(dev_server_env, tmp_path):
                 started.append(line)
         assert started, "worker never reported that it polls"
         worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=15) == 0
-        assert "worker stopped" in worker.stderr.read()
+        code = worker.wait(timeout=15)
+        rest = worker.stderr.read()
+        assert code == 0, rest[-3000:]
+        assert "worker stopped" in rest
     finally:
         if worker.poll() is None:
             worker.kill()
