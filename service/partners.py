@@ -11,7 +11,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from domain.specialization import ExamResult, SpecializationStatus, SpecializationView, TrainingRecord
 from settings import Settings
 from store import specialization as store
-from store.deals import deals_booked_between
+from store.deals import UnknownPartner, deals_booked_between
 from store.db import session_scope
 from workflows.ids import partner_workflow_id
 from workflows.specialization import PartnerSpecializationWorkflow, SpecializationInput
@@ -94,12 +94,16 @@ def _projected(settings: Settings, partner_id: str) -> SpecializationView | None
 
 
 def ensure_may_book(settings: Settings, partner_id: str, session: Session | None = None) -> None:
-    """Booking needs a certified, not lapsed partner (read from the workflow's projection).
+    """Booking needs a registered (else UnknownPartner), certified, not lapsed partner (read from the
+    workflow's projection).
     The booking path passes its own session, so the check costs no second connection."""
     if session is None:
         with session_scope(settings.effective_database_url) as session:
             return ensure_may_book(settings, partner_id, session)
-    status = store.projected_status(session, partner_id) or SpecializationStatus.not_certified.value
+    registered, status = store.booking_status(session, partner_id)
+    if not registered:
+        raise UnknownPartner(partner_id)
+    status = status or SpecializationStatus.not_certified.value
     if status != SpecializationStatus.certified.value:
         raise PartnerNotCertified(partner_id, status)
 

@@ -73,8 +73,6 @@ def stage_booking(session: Session, deal_id: str, request: BookingRequest, terms
     Listed serials are claimed in OpenSerialClaim, whose primary key refuses a serial that
     another open deal holds. The workflow, started next, keeps the view up to date.
     """
-    if session.get(Partner, request.partner_id) is None:
-        raise UnknownPartner(request.partner_id)
     serial_rows = [
         {"deal_id": deal_id, "serial": serial, "product_id": line.product_id}
         for line in request.equipment
@@ -87,8 +85,9 @@ def stage_booking(session: Session, deal_id: str, request: BookingRequest, terms
     try:
         # Core inserts, no unit of work: the booking path is hot. The deal's primary key makes a
         # retry of the same booking fail here, answered below.
-        session.execute(
-            insert(Deal).values(
+        session.execute(  # parameters apart from the statement: its compiled form is cached
+            insert(Deal),
+            dict(
                 id=deal_id,
                 partner_id=request.partner_id,
                 customer_name=request.customer.name,

@@ -6,7 +6,7 @@ from sqlalchemy import UniqueConstraint, select
 from sqlmodel import Field, Session, SQLModel
 
 from store.once import insert_once
-from store.tables import utcnow
+from store.tables import Partner, utcnow
 
 
 class Trainee(SQLModel, table=True):
@@ -93,6 +93,11 @@ def projection(session: Session, partner_id: str) -> SpecializationProjection | 
     return session.get(SpecializationProjection, partner_id)
 
 
-def projected_status(session: Session, partner_id: str) -> str | None:
-    """The status column alone: the booking path reads it for every deal."""
-    return session.execute(select(SpecializationProjection.status).where(SpecializationProjection.partner_id == partner_id)).scalar_one_or_none()
+def booking_status(session: Session, partner_id: str) -> tuple[bool, str | None]:
+    """(registered, projected status or None): the booking path asks for every deal, in one query."""
+    row = session.execute(
+        select(Partner.id, SpecializationProjection.status)
+        .outerjoin(SpecializationProjection, SpecializationProjection.partner_id == Partner.id)
+        .where(Partner.id == partner_id)
+    ).first()
+    return (False, None) if row is None else (True, row.status)

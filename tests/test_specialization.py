@@ -10,6 +10,7 @@ from temporalio.client import WorkflowUpdateFailedError
 from domain.specialization import ExamResult, SpecializationStatus, TrainingRecord
 from service import partners
 from store.db import session_scope
+from store.deals import UnknownPartner
 from service import deals
 from store.specialization import SpecializationEvent, TreePlanted
 from tests.conftest import add_partner, booking, make_settings, running_worker
@@ -54,6 +55,9 @@ async def test_certification_needs_training_both_exams_and_the_pledge(time_skipp
     env = time_skipping_env
     settings = make_settings(tmp_path)
     async with running_worker(env.client, settings):
+        with pytest.raises(UnknownPartner):  # not registered: no deal, certified or not
+            partners.ensure_may_book(settings, pid)
+        add_partner(settings, pid, certified=False)
         await partners.start_specialization(env.client, settings, pid)
         await partners.start_specialization(env.client, settings, pid)  # a second start is harmless
         await partners.record_exam(env.client, pid, ExamResult(exam=1, passed=True))

@@ -54,13 +54,6 @@ def _remember_answer(settings, record_id: int, status_code: int, body_json: str)
         session.commit()
 
 
-def _partner_exists(settings, partner_id: str) -> bool:
-    from store.tables import Partner
-
-    with session_scope(settings.effective_database_url) as session:
-        return session.get(Partner, partner_id) is not None
-
-
 @router.post("", status_code=201, response_model=DealView, summary="Book a takeback deal (ops, or a partner for itself)")
 async def book_deal(
     body: BookingRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep,
@@ -79,8 +72,6 @@ async def book_deal(
     except rules.RuleViolation as error:
         raise Problem(422, str(error), "rule-violation") from None
     except PartnerNotCertified as error:
-        if not await asyncio.to_thread(_partner_exists, settings, body.partner_id):
-            raise not_found(f"partner {body.partner_id}") from None
         raise Problem(409, str(error), "partner-not-certified") from None
     except store.UnknownPartner:
         raise not_found(f"partner {body.partner_id}") from None
