@@ -472,7 +472,7 @@ def table(results: dict[str, dict]) -> str:
     rows = [
         (f"booking efficiency (API / SDK, median of {BOOKING_ROUNDS} rounds)", lambda r: r["booking_efficiency"], ">= 0.9"),
         ("  service layer, no HTTP (deals/s / SDK starts/s)", lambda r: r["service_efficiency"], ""),
-        (f"  deals/s API / service / SDK starts/s (median)", lambda r: f"{r['bookings_per_s']:.0f} / {r['service_bookings_per_s']:.0f} / {r['sdk_starts_per_s']:.0f}", ""),
+        ("  deals/s API / service / SDK starts/s (median)", lambda r: f"{r['bookings_per_s']:.0f} / {r['service_bookings_per_s']:.0f} / {r['sdk_starts_per_s']:.0f}", ""),
         ("  booking p50 / p99 ms API", lambda r: f"{r['bookings_p50_ms']:.0f} / {r['bookings_p99_ms']:.0f}", ""),
         ("  booking p50 / p99 ms service layer", lambda r: f"{r['service_bookings_p50_ms']:.0f} / {r['service_bookings_p99_ms']:.0f}", ""),
         ("  SDK start p50 / p99 ms", lambda r: f"{r['sdk_starts_p50_ms']:.0f} / {r['sdk_starts_p99_ms']:.0f}", ""),

@@ -3,9 +3,9 @@
 import asyncio
 import uuid
 
+from sqlmodel import Session
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
-from sqlmodel import Session
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from domain.specialization import ExamResult, SpecializationStatus, SpecializationView, TrainingRecord
