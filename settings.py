@@ -12,6 +12,14 @@ from domain.models import IncentiveMode
 TASK_QUEUE = "takeback"
 
 
+def _seconds_or_zero(value: str) -> float:
+    """A duration that may also be `0`/`0s` (off); a bare number counts as seconds."""
+    value = value.strip()
+    if value in ("0", "0s"):
+        return 0.0
+    return parse_duration(value if value[-1:].isalpha() else f"{value}s").total_seconds()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
 
@@ -31,6 +39,14 @@ class Settings(BaseSettings):
     # Off in service; the test suite turns it on for every worker, so a non-deterministic call in
     # workflow code fails CI (tests/conftest.py).
     workflow_sandbox: bool = Field(False, alias="TAKEBACK_WORKFLOW_SANDBOX")
+    # A worker keeps the workflows it ran in memory and their next tasks go to its own (sticky)
+    # queue. If it dies without saying goodbye (SIGKILL, OOM, a lost host), those tasks wait this
+    # long before the server moves them to the shared queue, where another worker replays them:
+    # the SDK default (10s) stalled every update to those deals while a worker restarted.
+    sticky_schedule_to_start: str = Field("1s", alias="TAKEBACK_STICKY_SCHEDULE_TO_START")
+    # On SIGTERM the worker stops polling and gives running activities this long to finish before
+    # they are cancelled (to be retried elsewhere). Keep it below the supervisor's kill timeout.
+    worker_drain: str = Field("10s", alias="TAKEBACK_WORKER_DRAIN")
 
     return_window: str = Field("365d", alias="TAKEBACK_RETURN_WINDOW")
     reminder_offsets: str = Field("90d,30d,7d", alias="TAKEBACK_REMINDER_OFFSETS")
@@ -59,11 +75,16 @@ class Settings(BaseSettings):
         parse_duration_list(value)
         return value
 
-    @field_validator("sim_carrier_step")
+    @field_validator("sticky_schedule_to_start")
+    @classmethod
+    def _sticky_is_a_duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @field_validator("sim_carrier_step", "worker_drain")
     @classmethod
     def _step_is_a_duration_or_zero(cls, value: str) -> str:
-        if value.strip() not in ("0", "0s"):
-            parse_duration(value if value.strip()[-1].isalpha() else f"{value}s")
+        _seconds_or_zero(value)
         return value
 
     @property
@@ -84,10 +105,15 @@ class Settings(BaseSettings):
 
     @property
     def sim_carrier_step_seconds(self) -> float:
-        value = self.sim_carrier_step.strip()
-        if value in ("0", "0s"):
-            return 0.0
-        return parse_duration(value if value[-1].isalpha() else f"{value}s").total_seconds()
+        return _seconds_or_zero(self.sim_carrier_step)
+
+    @property
+    def sticky_schedule_to_start_seconds(self) -> float:
+        return parse_duration(self.sticky_schedule_to_start).total_seconds()
+
+    @property
+    def worker_drain_seconds(self) -> float:
+        return _seconds_or_zero(self.worker_drain)
 
     @property
     def effective_database_url(self) -> str:

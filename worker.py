@@ -4,8 +4,10 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRunner, Worker
@@ -34,6 +36,11 @@ def write_workflow_bytecode(workflows: list) -> None:
         compileall.compile_file(path, quiet=2)  # a read-only tree: False, and they compile on each import
 
 
+def worker_identity(task_queue: str) -> str:
+    """Host, process and queue: which worker ran a task, in history and among a queue's pollers."""
+    return f"takeback-worker@{socket.gethostname()}:{os.getpid()}:{task_queue}"
+
+
 def build_worker(
     client: Client,
     settings: Settings,
@@ -60,6 +67,13 @@ def build_worker(
         workflow_task_poller_behavior=PollerBehaviorSimpleMaximum(maximum=WORKFLOW_TASK_POLLS),
         nonsticky_to_sticky_poll_ratio=0.5,
         workflow_runner=SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner(),
+        identity=worker_identity(settings.task_queue),
+        # The cached deals of a worker that died unannounced (SIGKILL, OOM) are stuck on its sticky
+        # queue until this passes; then any worker replays them from the normal queue. A worker that
+        # stops cleanly tells the server, and its tasks move at once.
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_schedule_to_start_seconds),
+        # SIGTERM: stop polling, let running activities finish for this long, then cancel them.
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker_drain_seconds),
     )
 
 
