@@ -18,10 +18,10 @@ run: install
 	$(BIN)/takeback dev --demo
 
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -rs
 
 test-slow: install
-	$(BIN)/pytest -q -m slow
+	$(BIN)/pytest -q -rs -m slow
 
 bench: install
 	$(BIN)/python bench/run.py

@@ -12,7 +12,9 @@ PG_BIN_DIRS = [Path("/usr/lib/postgresql/15/bin"), Path("/usr/lib/postgresql/16/
 
 
 def postgres_bin() -> Path | None:
-    for directory in PG_BIN_DIRS:
+    """15 to 17 first, then any other version Debian's `postgresql` package installs (.ci/run)."""
+    others = sorted(set(Path("/usr/lib/postgresql").glob("*/bin")) - set(PG_BIN_DIRS))
+    for directory in [*PG_BIN_DIRS, *others]:
         if (directory / "initdb").exists() and (directory / "pg_ctl").exists():
             return directory
     found = shutil.which("initdb")
