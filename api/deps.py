@@ -2,11 +2,13 @@
 
 import asyncio
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
 
 from api.problems import Problem, not_found
 from settings import Settings
@@ -15,6 +17,12 @@ from store.db import session_scope
 from store.tables import Deal
 
 TEMPORAL_TIMEOUT = 4.5  # seconds: an unreachable engine answers 503 before a client gives up
+PROBE_TIMEOUT = 0.5  # seconds of a call's budget kept to ask a silent engine whether it is there at all
+RETRY_AFTER = {"Retry-After": "5"}
+
+# The request's Temporal client, set by `get_client`, so that `temporal()` can tell a hung call on a
+# reachable engine from an unreachable engine in routes that do not pass the client themselves.
+_request_client: ContextVar[Client | None] = ContextVar("takeback_request_client", default=None)
 
 
 # async: a plain `def` dependency costs every request a hop to the thread pool and back.
@@ -25,10 +33,16 @@ async def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
+def engine_unavailable(detail: str) -> Problem:
+    """The engine cannot be reached: nothing was handed to it."""
+    return Problem(503, detail, "temporal-unavailable", headers=dict(RETRY_AFTER))
+
+
 async def get_client(request: Request) -> Client:
     client = request.app.state.temporal
     if client is None:
-        raise Problem(503, "the workflow engine is unreachable", "temporal-unavailable", headers={"Retry-After": "5"})
+        raise engine_unavailable("the workflow engine is unreachable")
+    _request_client.set(client)  # async dependency: same task and context as the route
     return client
 
 
@@ -43,16 +57,73 @@ def engine_unreachable(error: BaseException) -> bool:
     return isinstance(error, ConnectionError) or (isinstance(error, RuntimeError) and "client connect" in str(error).lower())
 
 
-async def temporal(call, timeout: float = TEMPORAL_TIMEOUT):
-    """Await a Temporal call with a deadline: a down engine is a 503, never a hang."""
+async def engine_answers(client: Client | None, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether the engine answers a health check within `timeout` seconds."""
+    if client is None:
+        return False
     try:
-        return await asyncio.wait_for(call, timeout)
+        await asyncio.wait_for(client.service_client.check_health(timeout=timedelta(seconds=timeout)), timeout)
+        return True
+    except Exception:
+        return False
+
+
+def update_not_accepted(timeout: float) -> Problem:
+    """An update whose call ended before the workflow's answer: it may have been accepted, and run."""
+    return Problem(
+        503,
+        f"the workflow did not answer the update within {timeout:g} s: it may still be applied. "
+        "Retrying with the same Idempotency-Key is safe: it is the same update and is applied at most once.",
+        "update-not-accepted",
+        headers=dict(RETRY_AFTER),
+        applied="unknown",
+    )
+
+
+async def temporal(call, timeout: float | None = None, client: Client | None = None):
+    """Await a Temporal call with a deadline: a down engine or a hung workflow is a 503, never a hang.
+
+    The 503s say which: `temporal-unavailable` (the engine cannot be reached), `workflow-busy`
+    (the engine answers, the workflow did not in time) and `update-not-accepted` (an update's call
+    ended before the workflow answered: it may still be applied, `"applied": "unknown"`).
+    With a client (passed, or the request's), half a second of `timeout` is kept to ask a silent
+    engine whether it is there, so the caller still has its answer within `timeout`."""
+    timeout = TEMPORAL_TIMEOUT if timeout is None else timeout
+    if client is None:
+        client = _request_client.get()
+    probe = min(PROBE_TIMEOUT, timeout / 4) if client is not None else 0.0
+    try:
+        return await asyncio.wait_for(call, timeout - probe)
+    except WorkflowUpdateRPCTimeoutOrCancelledError:
+        # Also what wait_for's cancellation of an update becomes: the SDK turns it into this error.
+        raise update_not_accepted(timeout) from None
     except TimeoutError:
-        raise Problem(503, f"the workflow engine did not answer within {timeout:g} s", "temporal-unavailable", headers={"Retry-After": "5"}) from None
+        raise await _silence(client, probe, timeout) from None
     except Exception as error:
+        if _deadline_exceeded(error):
+            raise await _silence(client, probe, timeout) from None
         if engine_unreachable(error):
-            raise Problem(503, "the workflow engine is unreachable; retry shortly", "temporal-unavailable", headers={"Retry-After": "5"}) from None
+            raise engine_unavailable("the workflow engine is unreachable; retry shortly") from None
         raise
+
+
+def _deadline_exceeded(error: BaseException) -> bool:
+    from temporalio.service import RPCError, RPCStatusCode
+
+    return isinstance(error, RPCError) and error.status == RPCStatusCode.DEADLINE_EXCEEDED
+
+
+async def _silence(client: Client | None, probe: float, timeout: float) -> Problem:
+    """No answer in time: a busy or hung workflow if the engine itself answers, else an unreachable engine."""
+    if await engine_answers(client, probe):
+        return Problem(
+            503,
+            f"the workflow engine is reachable but the workflow did not answer within {timeout:g} s; "
+            "a write may still take effect: retry shortly (with the same Idempotency-Key where the route takes one)",
+            "workflow-busy",
+            headers=dict(RETRY_AFTER),
+        )
+    return engine_unavailable(f"the workflow engine did not answer within {timeout:g} s")
 
 
 @dataclass(frozen=True)

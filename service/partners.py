@@ -1,6 +1,7 @@
 """Partner operations for callers: the store row, then the specialization workflow."""
 
 import asyncio
+import hashlib
 import uuid
 
 from sqlmodel import Session
@@ -108,6 +109,12 @@ def ensure_may_book(settings: Settings, partner_id: str, session: Session | None
         raise PartnerNotCertified(partner_id, status)
 
 
+def idempotent_request_id(key_id: int, idempotency_key: str) -> str:
+    """The id of a caller's action named by its `Idempotency-Key`: the same for every retry by the same
+    API key, another for another key (keys are scoped per API key). Temporal dedupes updates by id."""
+    return hashlib.sha256(f"{key_id}\n{idempotency_key}".encode()).hexdigest()[:32]
+
+
 async def record_training(client: Client, partner_id: str, training: TrainingRecord, request_id: str | None = None) -> SpecializationView:
     request_id = request_id or uuid.uuid4().hex
     return await partner_handle(client, partner_id).execute_update(
@@ -115,8 +122,11 @@ async def record_training(client: Client, partner_id: str, training: TrainingRec
     )
 
 
-async def record_exam(client: Client, partner_id: str, result: ExamResult) -> SpecializationView:
-    return await partner_handle(client, partner_id).execute_update(PartnerSpecializationWorkflow.record_exam, result)
+async def record_exam(client: Client, partner_id: str, result: ExamResult, request_id: str | None = None) -> SpecializationView:
+    """With a request id, a retry is the same update (recorded once); without, every call is a new one."""
+    return await partner_handle(client, partner_id).execute_update(
+        PartnerSpecializationWorkflow.record_exam, result, id=f"exam-{request_id or uuid.uuid4().hex}"
+    )
 
 
 async def sign_pledge(client: Client, partner_id: str) -> SpecializationView:

@@ -1,10 +1,10 @@
 import asyncio
-import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header
 from pydantic import BaseModel, StringConstraints
 from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 
 from api.deps import CallerDep, ClientDep, SettingsDep, require_ops, require_partner_access, temporal
 from api.problems import Problem, not_found
@@ -90,32 +90,48 @@ async def get_partner(partner_id: str, caller: CallerDep, settings: SettingsDep,
     return await _out(settings, client, await _partner_row(settings, partner_id))
 
 
+UPDATE_TIMEOUT = 15.0  # seconds a partner write waits for the workflow's answer before a 503
+
+
+def _request_id(caller, idempotency_key: str | None) -> str | None:
+    return partners.idempotent_request_id(caller.key_id, idempotency_key) if idempotency_key else None
+
+
+IdempotencyKey = Annotated[str | None, Header(max_length=200, description="Retries with the same key are the same action, applied once")]
+
+
 async def _specialization_update(settings, client, caller, partner_id: str, call) -> SpecializationView:
     require_partner_access(caller, partner_id)
     await _partner_row(settings, partner_id)
-    await temporal(partners.start_specialization(client, settings, partner_id))  # partners stored before the workflow existed
+    await temporal(partners.start_specialization(client, settings, partner_id), client=client)  # partners stored before the workflow existed
     try:
-        return await temporal(call(), timeout=15)
+        return await temporal(call(), timeout=UPDATE_TIMEOUT, client=client)
     except WorkflowUpdateFailedError as error:
-        raise Problem(409, str(getattr(error.cause, "message", error)), "conflict") from None
+        cause = error.cause
+        if isinstance(cause, ApplicationError) and cause.type == "NotLapsed":
+            # e.g. a second, concurrent reinstate: the first one already restored the partner
+            raise Problem(409, cause.message, "not-lapsed") from None
+        raise Problem(409, str(getattr(cause, "message", error)), "conflict") from None
 
 
 @router.post("/{partner_id}/trainings", status_code=201, response_model=SpecializationView, summary="Record a person's training (ops)")
 async def record_training(
-    partner_id: str, body: TrainingRecord, caller: CallerDep, settings: SettingsDep, client: ClientDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    partner_id: str, body: TrainingRecord, caller: CallerDep, settings: SettingsDep, client: ClientDep, idempotency_key: IdempotencyKey = None,
 ) -> SpecializationView:
     require_partner_access(caller, partner_id)
     require_ops(caller, "recording training")
-    request_id = f"{caller.key_id}:{idempotency_key}" if idempotency_key else uuid.uuid4().hex
+    request_id = _request_id(caller, idempotency_key)
     return await _specialization_update(settings, client, caller, partner_id, lambda: partners.record_training(client, partner_id, body, request_id))
 
 
 @router.post("/{partner_id}/exams", status_code=201, response_model=SpecializationView, summary="Record an exam result (ops)")
-async def record_exam(partner_id: str, body: ExamResult, caller: CallerDep, settings: SettingsDep, client: ClientDep) -> SpecializationView:
+async def record_exam(
+    partner_id: str, body: ExamResult, caller: CallerDep, settings: SettingsDep, client: ClientDep, idempotency_key: IdempotencyKey = None,
+) -> SpecializationView:
     require_partner_access(caller, partner_id)
     require_ops(caller, "recording exams")
-    return await _specialization_update(settings, client, caller, partner_id, lambda: partners.record_exam(client, partner_id, body))
+    request_id = _request_id(caller, idempotency_key)
+    return await _specialization_update(settings, client, caller, partner_id, lambda: partners.record_exam(client, partner_id, body, request_id))
 
 
 @router.post("/{partner_id}/pledge", status_code=201, response_model=SpecializationView, summary="Sign the sustainability pledge (ops or the partner)")
