@@ -54,5 +54,10 @@ async def test_an_unsandboxed_worker_runs_the_same_workflow(time_skipping_env, t
     env = time_skipping_env
     settings = make_settings(tmp_path, workflow_sandbox=False)
     async with build_worker(env.client, settings, extra_workflows=[ReadsTheWallClock]):
-        result = await env.client.execute_workflow(ReadsTheWallClock.run, id=f"clock-{uuid.uuid4().hex}", task_queue=settings.task_queue)
-    assert datetime.fromisoformat(result)
+        before = datetime.now()
+        handle = await env.client.start_workflow(ReadsTheWallClock.run, id=f"clock-{uuid.uuid4().hex}", task_queue=settings.task_queue)
+        result = await handle.result()
+        after = datetime.now()
+        failure = await first_task_failure(handle)
+    assert failure is None  # no workflow task failed on the way: the sandbox did not stop it
+    assert before <= datetime.fromisoformat(result) <= after  # the wall clock, as read by the workflow
