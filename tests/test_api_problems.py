@@ -223,3 +223,23 @@ async def test_reinstating_a_partner_that_has_not_lapsed_is_a_409(time_skipping_
             body = assert_problem(response, 409, "not-lapsed")
             assert "certified, not lapsed" in body["detail"]
 
+
+async def test_two_reinstates_at_once_restore_a_lapsed_partner_once_and_the_other_is_a_409(time_skipping_env, tmp_path):
+    from datetime import timedelta
+
+    env = time_skipping_env
+    settings = make_settings(tmp_path, temporal_address=env.client.service_client.config.target_host)
+    async with running_worker(env.client, settings), api_client(settings) as http:
+        ops = key(settings)
+        await certified_partner(http, ops, "TWICE")
+        await env.sleep(timedelta(days=366))  # a specialization year without a deal
+        for _ in range(100):
+            if (await http.get("/v1/partners/TWICE", headers=ops)).json()["specialization"]["status"] == "lapsed":
+                break
+            await asyncio.sleep(0.05)
+        answers = await asyncio.gather(*(http.post("/v1/partners/TWICE/reinstate", json={"reason": f"approved by {who}"}, headers=ops) for who in ("ana", "bob")))
+        assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
+        refused = next(a for a in answers if a.status_code == 409)
+        assert_problem(refused, 409, "not-lapsed")
+        restored = next(a for a in answers if a.status_code == 200).json()
+        assert restored["status"] == "certified" and restored["year_number"] == 2
