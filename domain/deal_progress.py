@@ -44,6 +44,12 @@ class DealProgress(BaseModel):
     extensions: list[str] = []
     cancel_reason: str | None = None
     closed_reason: str | None = None
+    # Set the moment the deal starts to close (cancel, deadline, every unit back): from then on it
+    # refuses receipts, extensions, pickups and cancels, so what it decides on cannot change.
+    closing: bool = False
+    settlement: str | None = None  # the one terminal money outcome, once decided
+    revision: int = 0  # of the projection in the store
+    pickup_requests: dict[str, str] = {}  # update id -> pickup id: a retried request books one pickup, across continue-as-new
 
 
 class DealWorkflowInput(BaseModel):
@@ -63,6 +69,15 @@ def initial_progress(terms: DealTerms, booked_at: datetime) -> DealProgress:
     )
 
 
+def incentive_amount(terms: DealTerms):
+    """Frozen in the terms at booking; computed as then for deals booked before it was kept."""
+    return terms.incentive_amount if terms.incentive_amount is not None else rules.incentive_amount(terms.new_products_value, terms.incentive_rate)
+
+
+def required_units(terms: DealTerms) -> int:
+    return terms.required_units if terms.required_units is not None else rules.required_units(terms.committed_units, terms.return_threshold)
+
+
 def deal_view(terms: DealTerms, progress: DealProgress) -> DealView:
     p = progress
     return DealView(
@@ -72,13 +87,14 @@ def deal_view(terms: DealTerms, progress: DealProgress) -> DealView:
         booked_at=p.booked_at,
         return_deadline=p.deadline,
         committed_units=terms.committed_units,
-        required_units=rules.required_units(terms.committed_units, terms.return_threshold),
+        required_units=required_units(terms),
         received_units=p.received_units,
         rejected_units=p.rejected_units,
-        incentive=Incentive(mode=terms.mode, rate=terms.incentive_rate, amount=rules.incentive_amount(terms.new_products_value, terms.incentive_rate), status=p.incentive_status),
+        incentive=Incentive(mode=terms.mode, rate=terms.incentive_rate, amount=incentive_amount(terms), status=p.incentive_status),
         pickups=p.pickups,
         reminders_sent=[format_duration(timedelta(seconds=s)) for s in p.reminders_sent],
         dispositions=p.dispositions,
         extensions=p.extensions,
         closed_reason=p.closed_reason,
+        revision=p.revision,
     )

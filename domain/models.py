@@ -142,6 +142,10 @@ class DealTerms(BaseModel):
     return_threshold: float
     sim_carrier_step_seconds: float
     booked_at: datetime | None = None  # when the API accepted the booking (absent in deals booked before it was kept)
+    # Frozen at booking, so a later change of the rules (the cap, rounding, the threshold) never
+    # re-prices an open deal. Absent in deals booked before they were kept: computed as then.
+    incentive_amount: Decimal | None = None
+    required_units: int | None = None
 
 
 class Incentive(BaseModel):
@@ -228,3 +232,5 @@ class DealView(BaseModel):
     dispositions: Dispositions = Dispositions()
     extensions: list[str] = []
     closed_reason: str | None = None
+    # Counts the workflow's changes: the store keeps the newest projection, never an older one.
+    revision: int = 0

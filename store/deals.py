@@ -41,6 +41,7 @@ from store.tables import (
     ReceiptRejection,
     ReturnedItem,
     SanitizationRecord,
+    Settlement,
     ShipmentEvent,
     utcnow,
 )
@@ -243,12 +244,40 @@ def with_pickup_statuses(view: DealView, statuses: dict[str, dict[str, str]]) ->
 # --- receipts --------------------------------------------------------------------------------
 
 
-def stage_receipt(session: Session, batch_id: str, deal_id: str, items: list[ReceiptItem]) -> None:
+def stage_receipt(session: Session, batch_id: str, deal_id: str, items: list[ReceiptItem], staged_at: datetime | None = None) -> bool:
+    """Stage a batch for its deal; False if this batch id was staged before (a retry re-drives it)."""
     if session.get(ReceiptBatch, batch_id) is not None:
-        return
+        return False
     payload = json.dumps([item.model_dump(mode="json") for item in items])
-    session.add(ReceiptBatch(id=batch_id, deal_id=deal_id, items_json=payload, item_count=len(items)))
+    session.add(ReceiptBatch(id=batch_id, deal_id=deal_id, items_json=payload, item_count=len(items), created_at=staged_at or utcnow()))
+    try:
+        session.commit()
+    except IntegrityError:  # the same batch, staged at once by a concurrent retry
+        session.rollback()
+        return False
+    return True
+
+
+def refuse_receipt(session: Session, batch_id: str) -> bool:
+    """The deal refused this batch (it had decided): mark it so it is never processed. False if it
+    was processed already (by the deal's sweep at its deadline): then it counted, and the caller
+    answers with its result."""
+    refused = session.execute(
+        update(ReceiptBatch).where(ReceiptBatch.id == batch_id, ReceiptBatch.processed_at.is_(None)).values(refused_at=func.coalesce(ReceiptBatch.refused_at, utcnow()))
+    ).rowcount == 1
     session.commit()
+    return refused
+
+
+def unprocessed_batches(session: Session, deal_id: str, staged_until: datetime) -> list[str]:
+    """Batches staged for the deal by `staged_until` that no update delivered (the API's call timed out, a worker died)."""
+    return list(
+        session.execute(
+            select(ReceiptBatch.id)
+            .where(ReceiptBatch.deal_id == deal_id, ReceiptBatch.processed_at.is_(None), ReceiptBatch.refused_at.is_(None), ReceiptBatch.created_at <= staged_until)
+            .order_by(ReceiptBatch.created_at, ReceiptBatch.id)
+        ).scalars()
+    )
 
 
 def _batch_counts(session: Session, batch_id: str) -> ReceiptCounts:
@@ -288,6 +317,8 @@ def process_receipt(session: Session, deal_id: str, batch_id: str, refresh_max_a
             raise UnknownBatch(batch_id)
         if batch.processed_at is not None:
             return _batch_counts(session, batch_id)
+        if batch.refused_at is not None:  # the deal had decided when it came: nothing counts, nothing is burnt
+            return ReceiptCounts(batch_id=batch_id, accepted=0, rejected=0, refresh=0, recycle=0, other=0)
         items = [ReceiptItem.model_validate(raw) for raw in json.loads(batch.items_json)]
         serials = [item.serial_number for item in items]
         already_returned = _existing(session, ReturnedItem.serial, serials)
@@ -333,7 +364,13 @@ def process_receipt(session: Session, deal_id: str, batch_id: str, refresh_max_a
                 session.execute(insert(ReceiptRejection), chunk)
             for chunk in _chunks(sanitizations):
                 session.execute(insert(SanitizationRecord), chunk)
-            session.execute(update(ReceiptBatch).where(ReceiptBatch.id == batch_id).values(processed_at=utcnow()))
+            # Only a batch nobody refused or processed meanwhile (PostgreSQL re-checks the row under its lock).
+            marked = session.execute(
+                update(ReceiptBatch).where(ReceiptBatch.id == batch_id, ReceiptBatch.processed_at.is_(None), ReceiptBatch.refused_at.is_(None)).values(processed_at=utcnow())
+            ).rowcount == 1
+            if not marked:
+                session.rollback()
+                continue
             session.commit()
         except IntegrityError:
             session.rollback()  # lost a race on a serial; look again
@@ -363,6 +400,34 @@ def record_incentive(session: Session, deal_id: str, partner_id: str, kind: str,
     return insert_once(session, IncentiveLedger(deal_id=deal_id, partner_id=partner_id, kind=kind, amount=amount))
 
 
+TERMINAL_LEDGER_KINDS = {"released", "forfeited", "clawed_back", "cancelled"}
+
+
+class SettlementOutcome(BaseModel):
+    outcome: str
+    amount: Decimal
+
+
+def record_settlement(session: Session, deal_id: str, partner_id: str, outcome: str, amount: Decimal) -> SettlementOutcome:
+    """Decide the deal's money once: the settlement row and its ledger row in one transaction.
+
+    The settlement's primary key is the deal: a second outcome, the same or a contradictory one,
+    is refused, and the outcome recorded first is returned for the workflow to adopt.
+    """
+    try:
+        session.add(Settlement(deal_id=deal_id, partner_id=partner_id, outcome=outcome, amount=amount))
+        session.flush()
+        if outcome in TERMINAL_LEDGER_KINDS:
+            exists = session.execute(select(IncentiveLedger.id).where(IncentiveLedger.deal_id == deal_id, IncentiveLedger.kind == outcome)).first()
+            if exists is None:
+                session.add(IncentiveLedger(deal_id=deal_id, partner_id=partner_id, kind=outcome, amount=amount))
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+    decided = session.get(Settlement, deal_id)
+    return SettlementOutcome(outcome=decided.outcome, amount=decided.amount)
+
+
 def record_extension(session: Session, deal_id: str, sequence: int, extend_by_seconds: float, reason: str, new_deadline: datetime) -> None:
     insert_once(session, DealExtension(deal_id=deal_id, sequence=sequence, extend_by_seconds=extend_by_seconds, reason=reason, new_deadline=new_deadline))
 
@@ -374,8 +439,9 @@ def project_deal(session: Session, view: DealView) -> None:
     """Keep the deals read model in step with the workflow (lists and closed deals read it)."""
     session.execute(
         update(Deal)
-        .where(Deal.id == view.id)
+        .where(Deal.id == view.id, Deal.revision <= view.revision)  # a late, older projection changes nothing
         .values(
+            revision=view.revision,
             status=view.status.value,
             booked_at=view.booked_at,
             return_deadline=view.return_deadline,

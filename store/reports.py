@@ -7,7 +7,7 @@ from sqlmodel import Session
 
 from domain.catalog import Catalog
 from store.specialization import TreePlanted
-from store.tables import IncentiveLedger, ReturnedItem
+from store.tables import ReturnedItem, Settlement
 
 def _share(part: int, whole: int) -> float:
     return round(part / whole, 4) if whole else 0.0
@@ -29,10 +29,11 @@ def impact(session: Session, catalog: Catalog, partner_id: str | None = None) ->
         if not catalog.is_known(product_id):
             unknown[product_id] = unknown.get(product_id, 0) + count
 
-    def ledger_sum(kind: str) -> Decimal:
-        query = select(func.coalesce(func.sum(IncentiveLedger.amount), 0)).where(IncentiveLedger.kind == kind)
+    def settled(*outcomes: str) -> Decimal:
+        """Money by each deal's one settlement, so the report is the sum of what the deals show."""
+        query = select(func.coalesce(func.sum(Settlement.amount), 0)).where(Settlement.outcome.in_(outcomes))
         if partner_id is not None:
-            query = query.where(IncentiveLedger.partner_id == partner_id)
+            query = query.where(Settlement.partner_id == partner_id)
         return Decimal(session.execute(query).scalar_one()).quantize(Decimal("0.01"))
 
     trees = select(func.count()).select_from(TreePlanted)
@@ -46,7 +47,7 @@ def impact(session: Session, catalog: Catalog, partner_id: str | None = None) ->
         "recycle_share": _share(by_disposition["recycle"], units),
         "other_share": _share(by_disposition["other"], units),
         "trees_planted": session.execute(trees).scalar_one(),
-        "incentives_released": str(ledger_sum("released")),
-        "incentives_forfeited": str(ledger_sum("forfeited") + ledger_sum("clawed_back")),
+        "incentives_released": str(settled("released")),
+        "incentives_forfeited": str(settled("forfeited", "clawed_back")),
         "unknown_products": [{"product_id": p, "units": n, "assumed_unit_weight_kg": catalog.default_weight_kg} for p, n in sorted(unknown.items())],
     }

@@ -48,6 +48,7 @@ class Deal(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime = Field(default_factory=utcnow)
     view_json: str | None = Field(default=None, sa_column=Column(Text))
+    revision: int = 0  # of the projected view: an older projection never overwrites a newer one
 
 
 class CommittedLine(SQLModel, table=True):
@@ -103,6 +104,9 @@ class ReceiptBatch(SQLModel, table=True):
     items_json: str = Field(sa_column=Column(Text, nullable=False))
     item_count: int
     processed_at: datetime | None = None
+    # Set when the deal refused the batch (it arrived after the decision): never processed, no serial burnt.
+    refused_at: datetime | None = None
+    # When the API accepted it (the deal's clock): a batch staged by the deadline counts at the decision.
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -148,13 +152,24 @@ class ReminderSent(SQLModel, table=True):
 
 
 class EmailMessage(SQLModel, table=True):
-    """One row per business e-mail (key: deal id + step), so a retry never mails twice."""
+    """One row per business e-mail (key: deal id + step), and its delivery state.
+
+    An attempt claims the row (state `sending`, `claimed_at`) before it calls the provider; another
+    attempt sends only once that claim is older than the lease, so a timed-out attempt that is
+    still running is never doubled.
+    """
 
     key: str = Field(primary_key=True)
+    deal_id: str | None = Field(default=None, index=True)
+    partner_id: str | None = Field(default=None, index=True)
     to: str
     cc: str | None = None
     subject: str
     body: str = Field(sa_column=Column(Text, nullable=False))
+    state: str = "queued"  # queued | sending | sent | failed
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    claimed_at: datetime | None = None
     sent_at: datetime | None = None
     provider_id: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
@@ -170,6 +185,16 @@ class IncentiveLedger(SQLModel, table=True):
     kind: str  # applied | released | forfeited | clawed_back | cancelled
     amount: Decimal = Field(sa_column=Column(Numeric(16, 2), nullable=False))
     recorded_at: datetime = Field(default_factory=utcnow)
+
+
+class Settlement(SQLModel, table=True):
+    """The deal's one terminal money outcome: the primary key refuses a second, contradictory one."""
+
+    deal_id: str = Field(primary_key=True)
+    partner_id: str = Field(index=True)
+    outcome: str  # released | forfeited | clawed_back | cancelled | applied (upfront, kept)
+    amount: Decimal = Field(sa_column=Column(Numeric(16, 2), nullable=False))
+    decided_at: datetime = Field(default_factory=utcnow)
 
 
 class DealExtension(SQLModel, table=True):

@@ -7,7 +7,7 @@ from domain.catalog import default_catalog
 from store.db import session_scope
 from store.reports import impact
 from store.specialization import TreePlanted
-from store.tables import Deal, IncentiveLedger, ReturnedItem
+from store.tables import Deal, ReturnedItem, Settlement
 
 NOW = datetime(2026, 11, 24, tzinfo=timezone.utc)
 
@@ -33,10 +33,12 @@ def test_impact_by_hand(database_url):
             item("e", "D2", "MYSTERY-BOX", "other"),        # unknown: 5.0 kg default
         ])
         session.add_all([
-            IncentiveLedger(deal_id="D1", partner_id="P1", kind="released", amount=Decimal("700.00")),
-            IncentiveLedger(deal_id="D2", partner_id="P2", kind="forfeited", amount=Decimal("125.50")),
-            IncentiveLedger(deal_id="D3", partner_id="P2", kind="clawed_back", amount=Decimal("10.25")),
-            IncentiveLedger(deal_id="D3", partner_id="P2", kind="applied", amount=Decimal("10.25")),
+            # money by each deal's one settlement (an upfront deal that kept its discount counts in neither)
+            Settlement(deal_id="D1", partner_id="P1", outcome="released", amount=Decimal("700.00")),
+            Settlement(deal_id="D2", partner_id="P2", outcome="forfeited", amount=Decimal("125.50")),
+            Settlement(deal_id="D3", partner_id="P2", outcome="clawed_back", amount=Decimal("10.25")),
+            Settlement(deal_id="D4", partner_id="P2", outcome="applied", amount=Decimal("99.00")),
+            Settlement(deal_id="D5", partner_id="P1", outcome="cancelled", amount=Decimal("0.00")),
             TreePlanted(partner_id="P1", person_email="x@p1"), TreePlanted(partner_id="P1", person_email="y@p1"), TreePlanted(partner_id="P2", person_email="z@p2"),
         ])
         session.commit()
