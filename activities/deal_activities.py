@@ -19,9 +19,10 @@ from domain.models import CarrierEvent, DealView, PickupRequest, PickupView, Rec
 from domain.rules import RuleViolation
 from settings import Settings
 from store import deals as store
+from store import mail as mail_store
 from store.db import session_scope
-from store.deals import CarrierEventOutcome
-from store.tables import EmailMessage, Pickup, ReminderSent, utcnow
+from store.deals import CarrierEventOutcome, SettlementOutcome
+from store.tables import EmailMessage, Pickup, ReminderSent
 
 
 class ReminderInput(BaseModel):
@@ -48,6 +49,18 @@ class LedgerEntry(BaseModel):
     partner_id: str
     kind: str
     amount: Decimal
+
+
+class SettlementEntry(BaseModel):
+    deal_id: str
+    partner_id: str
+    outcome: str  # released | forfeited | clawed_back | cancelled | applied
+    amount: Decimal
+
+
+class ReceiptSweep(BaseModel):
+    deal_id: str
+    staged_until: datetime
 
 
 class ExtensionRecord(BaseModel):
@@ -92,6 +105,8 @@ class TakebackActivities:
             self.escalate_pickup,
             self.process_receipt,
             self.record_incentive,
+            self.record_settlement,
+            self.sweep_receipts,
             self.record_extension,
             self.send_reminder,
             self.notify_settlement,
@@ -102,23 +117,37 @@ class TakebackActivities:
     # --- mail -------------------------------------------------------------------------------
 
     def _send_once(self, mail: Mail) -> bool:
-        """Log the message under its key, then deliver it unless a previous attempt did."""
+        """Queue the message under its key, claim it, then deliver it; True if this attempt sent it.
+
+        The claim comes before the provider call, so an attempt that timed out while still running
+        cannot be doubled by its retry (the claim outlives it). A message the provider refuses
+        for good is `failed` with the provider's reason, and the activity ends normally: a bad
+        address never fails a deal. Everything else raises for Temporal to retry.
+        """
         with session_scope(self.database_url) as session:
-            row = session.get(EmailMessage, mail.key)
-            if row is None:
-                session.add(EmailMessage(key=mail.key, to=mail.to, cc=mail.cc, subject=mail.subject, body=mail.body))
-                try:
-                    session.commit()
-                except IntegrityError:
-                    session.rollback()
-                row = session.get(EmailMessage, mail.key)
-            if row.sent_at is not None:
+            row = mail_store.queue(
+                session,
+                EmailMessage(key=mail.key, deal_id=mail.deal_id, partner_id=mail.partner_id, to=mail.to, cc=mail.cc, subject=mail.subject, body=mail.body),
+            )
+            if row.state in ("sent", "failed"):
                 return False
-            provider_id = self.mailer.send(mail, self.settings.mail_from)
-            row.sent_at = utcnow()
-            row.provider_id = provider_id
-            session.add(row)
-            session.commit()
+            if not mail_store.claim(session, mail.key):
+                raise ApplicationError(
+                    f"message {mail.key} is being sent by another attempt", type="MailInFlight", next_retry_delay=mail_store.CLAIM_LEASE / 10
+                )
+            try:
+                provider_id = self.mailer.send(mail, self.settings.mail_from)
+            except ApplicationError as error:
+                if error.non_retryable:
+                    mail_store.mark_failed(session, mail.key, str(error))
+                    activity.logger.warning("mail %s failed for good: %s", mail.key, error)
+                    return False
+                mail_store.release_for_retry(session, mail.key, str(error))
+                raise
+            except Exception as error:
+                mail_store.release_for_retry(session, mail.key, repr(error))
+                raise
+            mail_store.mark_sent(session, mail.key, provider_id)
             return True
 
     def _contact(self, session, partner_id: str) -> str:
@@ -157,6 +186,8 @@ class TakebackActivities:
         return self._send_once(
             Mail(
                 key=f"{escalation.deal_id}:{escalation.pickup_id}:escalation:{escalation.status}",
+                deal_id=escalation.deal_id,
+                partner_id=escalation.partner_id,
                 to=contact,
                 cc=self.settings.ops_email,
                 subject=f"Takeback deal {escalation.deal_id}: pickup {escalation.pickup_id} reported {escalation.status}",
@@ -174,9 +205,20 @@ class TakebackActivities:
     @non_retryable_on_bad_input
     def process_receipt(self, deal_id: str, batch_id: str) -> ReceiptCounts:
         with session_scope(self.database_url) as session:
-            # A local activity cannot heartbeat: its workflow task keeps it alive instead.
+            # A local activity (deals booked before receipts became activities) cannot heartbeat.
             heartbeat = (lambda: None) if activity.info().is_local else activity.heartbeat
             return store.process_receipt(session, deal_id, batch_id, self.settings.refresh_max_age_years, self.catalog, heartbeat=heartbeat)
+
+    @activity.defn
+    @non_retryable_on_bad_input
+    def sweep_receipts(self, sweep: ReceiptSweep) -> list[ReceiptCounts]:
+        """Process the batches staged for the deal by its deadline whose update never arrived (the
+        API's call timed out, a worker died): what the API accepted is what the deal decides on."""
+        with session_scope(self.database_url) as session:
+            return [
+                store.process_receipt(session, sweep.deal_id, batch_id, self.settings.refresh_max_age_years, self.catalog, heartbeat=activity.heartbeat)
+                for batch_id in store.unprocessed_batches(session, sweep.deal_id, sweep.staged_until)
+            ]
 
     # --- money ------------------------------------------------------------------------------
 
@@ -184,6 +226,12 @@ class TakebackActivities:
     def record_incentive(self, entry: LedgerEntry) -> bool:
         with session_scope(self.database_url) as session:
             return store.record_incentive(session, entry.deal_id, entry.partner_id, entry.kind, entry.amount)
+
+    @activity.defn
+    def record_settlement(self, entry: SettlementEntry) -> SettlementOutcome:
+        """The deal's one money decision; the outcome the store holds (the first one) is returned."""
+        with session_scope(self.database_url) as session:
+            return store.record_settlement(session, entry.deal_id, entry.partner_id, entry.outcome, entry.amount)
 
     @activity.defn
     def record_extension(self, record: ExtensionRecord) -> None:
@@ -209,6 +257,8 @@ class TakebackActivities:
         return self._send_once(
             Mail(
                 key=f"{reminder.deal_id}:reminder:{offset}",
+                deal_id=reminder.deal_id,
+                partner_id=reminder.partner_id,
                 to=contact,
                 subject=f"Takeback deal {reminder.deal_id}: {missing} more units due by {reminder.deadline:%Y-%m-%d %H:%M:%S} UTC",
                 body=(
@@ -227,6 +277,8 @@ class TakebackActivities:
         return self._send_once(
             Mail(
                 key=f"{notice.deal_id}:settlement:{notice.kind}",
+                deal_id=notice.deal_id,
+                partner_id=notice.partner_id,
                 to=contact,
                 cc=None if notice.kind == "released" else self.settings.ops_email,
                 subject=f"Takeback deal {notice.deal_id}: incentive {verb} ({notice.amount})",

@@ -2,6 +2,7 @@
 
 import http.client
 import math
+import urllib.error
 import re
 import time
 from datetime import timedelta
@@ -15,6 +16,8 @@ from temporalio.exceptions import ApplicationError
 
 class Mail(BaseModel):
     key: str  # deal id + step: the business identity of this message
+    deal_id: str | None = None  # whose message it is, for ops to see its delivery state
+    partner_id: str | None = None
     to: str
     cc: str | None = None
     subject: str
@@ -58,6 +61,8 @@ class OutboxMailer(Mailer):
 
 # 408 (request timeout), 429 (rate limited) and any 5xx may succeed later; other answers will not.
 RETRYABLE_STATUS = {408, 429}
+# A refused API key is our configuration, not the message: retried, with the activity's backoff, until ops fix it.
+CONFIGURATION_STATUS = {401, 403}
 MAX_RETRY_DELAY_SECONDS = 3600
 
 
@@ -84,7 +89,9 @@ class SendGridMailer(Mailer):
     """The real SendGrid v3 client; `host` points it at another base URL (tests, proxies).
 
     Errors become Temporal ApplicationErrors: retryable for timeouts, connection failures, 408, 429
-    (with `next_retry_delay` from the rate-limit headers) and 5xx; non-retryable for other 4xx.
+    (with `next_retry_delay` from the rate-limit headers) and 5xx; retryable for
+    401/403 (`MailProviderConfiguration`: a revoked or wrong key); non-retryable for other 4xx
+    (`MailRejected`: the message itself, e.g. a bad address).
     """
 
     def __init__(self, api_key: str, host: str = "https://api.sendgrid.com", timeout_seconds: float = 10):
@@ -116,10 +123,24 @@ class SendGridMailer(Mailer):
                     type="MailTemporarilyUnavailable",
                     next_retry_delay=retry_delay(getattr(error, "headers", None)),
                 ) from error
+            if status in CONFIGURATION_STATUS:
+                raise ApplicationError(
+                    f"SendGrid refused our API key ({status}): check SENDGRID_API_KEY; will retry: {detail}",
+                    type="MailProviderConfiguration",
+                ) from error
             raise ApplicationError(f"SendGrid refused the message ({status}): {detail}", type="MailRejected", non_retryable=True) from error
+        except urllib.error.URLError as error:
+            # urllib raises URLError while connecting and sending (refused, DNS, connect timeout):
+            # SendGrid never had the message, so another attempt cannot double it.
+            raise ApplicationError(f"SendGrid could not be reached: {error!r}", type="MailTemporarilyUnavailable") from error
         except (OSError, http.client.HTTPException) as error:
-            # TimeoutError (socket.timeout), URLError (refused, DNS), resets, truncated answers: try again later.
-            raise ApplicationError(f"SendGrid did not answer: {error!r}", type="MailTemporarilyUnavailable") from error
+            # The request went out and no answer came (a read timeout, a reset, a truncated answer):
+            # SendGrid may have taken the message. Not retried, so it is never delivered twice.
+            raise ApplicationError(
+                f"outcome unknown: SendGrid did not answer after the message was sent ({error!r}); not retried, so it cannot arrive twice",
+                type="MailOutcomeUnknown",
+                non_retryable=True,
+            ) from error
         headers = response.headers or {}
         return str(headers.get("X-Message-Id") or "") or f"sendgrid-{response.status_code}"
 

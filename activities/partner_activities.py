@@ -70,7 +70,7 @@ class PartnerActivities:
         with session_scope(self.database_url) as session:
             contact = self.deal_activities._contact(session, mail.partner_id)
         return self.deal_activities._send_once(
-            Mail(key=mail.key, to=contact, cc=settings.ops_email if mail.copy_ops else None, subject=mail.subject, body=mail.body)
+            Mail(key=mail.key, partner_id=mail.partner_id, to=contact, cc=settings.ops_email if mail.copy_ops else None, subject=mail.subject, body=mail.body)
         )
 
     @activity.defn

@@ -91,14 +91,18 @@ def test_no_cc_sends_no_cc_and_a_missing_message_id_still_names_the_delivery(sen
     assert "cc" not in sendgrid.requests[0]["json"]["personalizations"][0]
 
 
-@pytest.mark.parametrize("status, retryable", [(429, True), (408, True), (500, True), (503, True), (400, False), (401, False), (403, False), (413, False)])
-def test_failures_are_retryable_or_not(sendgrid, status, retryable):
+@pytest.mark.parametrize(
+    "status, kind",
+    [(429, "MailTemporarilyUnavailable"), (408, "MailTemporarilyUnavailable"), (500, "MailTemporarilyUnavailable"), (503, "MailTemporarilyUnavailable"),
+     (400, "MailRejected"), (413, "MailRejected"), (401, "MailProviderConfiguration"), (403, "MailProviderConfiguration")],
+)
+def test_failures_are_retryable_or_not(sendgrid, status, kind):
     headers = {"X-RateLimit-Reset": str(int(time.time()) + 30)} if status == 429 else {}  # the limit resets in 30 s
     sendgrid.answers.append((status, headers, 0))
     with pytest.raises(ApplicationError) as failure:
         SendGridMailer("SG.k", host=sendgrid.url).send(MAIL, "t@v.example")
-    assert failure.value.non_retryable is (not retryable)
-    assert failure.value.type == ("MailTemporarilyUnavailable" if retryable else "MailRejected")
+    assert failure.value.type == kind
+    assert failure.value.non_retryable is (kind == "MailRejected")  # a refused key is our configuration: retried until fixed
     assert str(status) in str(failure.value)
     if status == 429:
         assert 20 <= failure.value.next_retry_delay.total_seconds() <= 31  # waits for the rate limit to reset
@@ -128,13 +132,14 @@ def test_retry_delay_from_headers():
     assert retry_delay({}, now) is None and retry_delay(None, now) is None
 
 
-def test_a_hanging_sendgrid_times_out_and_is_retried(sendgrid):
+def test_a_hanging_sendgrid_times_out_and_is_not_sent_again(sendgrid):
+    """The request went out, no answer came: SendGrid may have taken it, so no attempt repeats it."""
     sendgrid.answers.append((202, {}, 2))
     started = time.monotonic()
     with pytest.raises(ApplicationError) as failure:
         SendGridMailer("SG.k", host=sendgrid.url, timeout_seconds=0.5).send(MAIL, "t@v.example")
     assert time.monotonic() - started < 1.5
-    assert not failure.value.non_retryable and failure.value.type == "MailTemporarilyUnavailable"
+    assert failure.value.non_retryable and failure.value.type == "MailOutcomeUnknown"
     assert isinstance(failure.value.__cause__, TimeoutError)
 
 
@@ -264,10 +269,44 @@ def test_through_sendgrid_a_5xx_is_retried_and_a_4xx_is_final(tmp_path, sendgrid
     assert activities._send_once(MAIL) is False  # and a later repeat does not
     sendgrid.answers.append((400, {}, 0))
     other = MAIL.model_copy(update={"key": "D1:reminder:30d"})
-    with pytest.raises(ApplicationError) as refused:
-        activities._send_once(other)
-    assert refused.value.non_retryable
+    assert activities._send_once(other) is False  # refused for good: recorded, and the activity ends (no deal fails on it)
+    assert activities._send_once(other) is False  # and never tried again
     assert len(sendgrid.requests) == 3
     rows = email_rows(settings)
     assert set(rows) == {"D1:reminder:7d", "D1:reminder:30d"}
-    assert rows["D1:reminder:7d"].provider_id == "msg-1" and rows["D1:reminder:30d"].sent_at is None
+    assert rows["D1:reminder:7d"].provider_id == "msg-1" and rows["D1:reminder:7d"].state == "sent" and rows["D1:reminder:7d"].attempts == 2
+    refused = rows["D1:reminder:30d"]
+    assert refused.sent_at is None and refused.state == "failed" and "400" in refused.last_error and refused.attempts == 1
+
+
+def test_a_slow_sendgrid_is_never_sent_twice_by_overlapping_attempts(tmp_path, sendgrid):
+    """An attempt that outlives its activity timeout still holds its claim: the retry does not send."""
+    settings = make_settings(tmp_path, sendgrid_api_key="SG.k", sendgrid_host=sendgrid.url)
+    activities = TakebackActivities(settings)
+    sendgrid.answers.append((202, {"X-Message-Id": "slow-1"}, 1.0))
+    first = threading.Thread(target=activities._send_once, args=(MAIL,))
+    first.start()
+    time.sleep(0.3)  # the first attempt is waiting on SendGrid
+    with pytest.raises(ApplicationError) as second:
+        activities._send_once(MAIL)  # Temporal's retry of an attempt it gave up on
+    assert second.value.type == "MailInFlight" and not second.value.non_retryable
+    first.join(5)
+    assert activities._send_once(MAIL) is False  # later attempts find it sent
+    assert len(sendgrid.requests) == 1
+    row = email_rows(settings)[MAIL.key]
+    assert row.state == "sent" and row.provider_id == "slow-1" and row.attempts == 1
+
+
+def test_a_revoked_key_is_retried_with_its_reason_shown_until_it_is_fixed(tmp_path, sendgrid):
+    settings = make_settings(tmp_path, sendgrid_api_key="SG.k", sendgrid_host=sendgrid.url)
+    activities = TakebackActivities(settings)
+    sendgrid.answers += [(401, {}, 0), (403, {}, 0)]
+    for _ in range(2):
+        with pytest.raises(ApplicationError) as failure:
+            activities._send_once(MAIL)
+        assert failure.value.type == "MailProviderConfiguration" and not failure.value.non_retryable
+        row = email_rows(settings)[MAIL.key]
+        assert row.state == "queued" and "SENDGRID_API_KEY" in row.last_error
+    assert activities._send_once(MAIL) is True
+    row = email_rows(settings)[MAIL.key]
+    assert row.state == "sent" and row.attempts == 3 and row.last_error is None and len(sendgrid.requests) == 3

@@ -1,0 +1,84 @@
+"""A SendGrid v3 stand-in on 127.0.0.1 that misbehaves as providers do, and counts what it delivered.
+
+The real `sendgrid` client talks to it (SENDGRID_HOST), as in production. It can refuse some
+addresses (400), refuse the API key (401), be down (503), answer some requests after the client
+has given up, and it counts each message it accepted by (to, subject): a message there twice was
+delivered twice, whatever the client saw.
+"""
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class SendGridStandIn:
+    def __init__(self):
+        self.rejected_addresses: set[str] = set()
+        self.down = False  # every request: 503
+        self.key_revoked = False  # every request: 401
+        self.fail_every = 0  # every n-th request: 503
+        self.slow_every = 0  # every n-th request is accepted, but answered after `slow_seconds`
+        self.slow_seconds = 0.0
+        self.requests = 0
+        self.delivered: Counter = Counter()  # (to, subject) -> times accepted
+        self.refusals: Counter = Counter()  # status -> count
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                to = payload["personalizations"][0]["to"][0]["email"]
+                status, delay = outer._answer(to, payload["subject"])
+                time.sleep(delay)
+                body = b'{"errors":[{"message":"refused by the stand-in"}]}' if status >= 400 else b""
+                try:
+                    self.send_response(status)
+                    if status == 202:
+                        self.send_header("X-Message-Id", f"standin-{outer.requests}")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the client gave up waiting: the message was delivered all the same
+
+            def log_message(self, *_):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self.thread.start()
+
+    def _answer(self, to: str, subject: str) -> tuple[int, float]:
+        with self.lock:
+            self.requests += 1
+            n = self.requests
+            if self.key_revoked:
+                status = 401
+            elif self.down or (self.fail_every and n % self.fail_every == 0):
+                status = 503
+            elif to in self.rejected_addresses:
+                status = 400
+            else:
+                status = 202
+            if status == 202:
+                self.delivered[(to, subject)] += 1
+            else:
+                self.refusals[status] += 1
+            delay = self.slow_seconds if status == 202 and self.slow_every and n % self.slow_every == 0 else 0.0
+            return status, delay
+
+    def delivered_to(self, to: str, subject_part: str = "") -> int:
+        with self.lock:
+            return sum(n for (address, subject), n in self.delivered.items() if address == to and subject_part in subject)
+
+    def delivered_twice(self) -> list:
+        with self.lock:
+            return [message for message, n in self.delivered.items() if n > 1]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
