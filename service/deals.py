@@ -1,10 +1,13 @@
 """Deal operations for callers. Serial lists go to the store; workflows get ids and counts."""
 
 import asyncio
+import hashlib
+import json
+import logging
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -21,8 +24,22 @@ from workflows.deal import DealWorkflowInput, ExtendCommand, TakebackDealWorkflo
 from workflows.ids import deal_workflow_id
 
 
+log = logging.getLogger("takeback.service")
+
+# How long a write waits for its deal to accept it before the caller is told to come back.
+UPDATE_WAIT_SECONDS = 20.0
+
+
 class DealNotOpen(Exception):
     """The deal is closed, expired or cancelled (or paid, for a cancel): HTTP 409."""
+
+
+class WriteStaged(Exception):
+    """The write is in the store but its deal did not take it in time (a worker restarting):
+    it is applied when the deal next decides, or at once when the caller retries (HTTP 503)."""
+
+    def __init__(self, what: str):
+        super().__init__(f"{what} is staged; the deal did not take it in time and will apply it")
 
 
 class DealNotFound(LookupError):
@@ -73,6 +90,8 @@ def deal_terms(deal_id: str, request: BookingRequest, settings: Settings, booked
         committed_units=request.committed_units,
         serials_listed=any(line.serial_numbers for line in request.equipment),
         mode=settings.incentive_mode,
+        incentive_amount=rules.incentive_amount(request.new_products_value, request.incentive_rate),
+        required_units=rules.required_units(request.committed_units, settings.return_threshold),
         return_window_seconds=settings.return_window_seconds,
         reminder_offsets_seconds=settings.reminder_offsets_seconds,
         return_threshold=settings.return_threshold,
@@ -154,8 +173,6 @@ async def get_deal_json(client: Client, settings: Settings, deal_id: str, visibl
     If the query cannot be answered (no worker, engine down) the store's copy, a moment old,
     answers instead; with neither, the engine's error stands.
     """
-    from datetime import timedelta
-
     def read() -> tuple[store.StoredDeal | None, dict[str, dict[str, str]]]:
         with session_scope(settings.effective_database_url) as session:
             return store.stored_deal(session, deal_id)
@@ -173,34 +190,68 @@ async def get_deal_json(client: Client, settings: Settings, deal_id: str, visibl
         return from_json(stored.view_json)
     try:
         return from_view(await deal_handle(client, deal_id).query(TakebackDealWorkflow.view, rpc_timeout=timedelta(seconds=3)))
-    except Exception:
-        stored, statuses = await asyncio.to_thread(read)  # it may have closed meanwhile
-        if stored is None or stored.view_json is None:
-            raise
-        return from_json(stored.view_json)
+    except Exception as error:
+        # Only a deal that closed meanwhile, or whose workflow is gone, is answered from the store;
+        # an open deal that cannot be asked is an error the caller sees (503 or 500), never a stale copy.
+        stored, statuses = await asyncio.to_thread(read)
+        gone = isinstance(error, RPCError) and error.status == RPCStatusCode.NOT_FOUND
+        if stored is not None and stored.view_json is not None and (gone or stored.status not in OPEN_DEAL_STATUSES):
+            log.info("deal %s answered from the store: its workflow %s", deal_id, "is gone" if gone else "closed meanwhile")
+            return from_json(stored.view_json)
+        raise
 
 
 async def request_pickup(client: Client, deal_id: str, request: PickupRequest, request_id: str | None = None) -> PickupView:
-    """`request_id` makes a retried request book one pickup: Temporal dedupes updates by id."""
+    """`request_id` makes a retried request book one pickup: the deal remembers the ids it took."""
     return await _update(deal_handle(client, deal_id), TakebackDealWorkflow.request_pickup, request, id=request_id or uuid.uuid4().hex)
 
 
+def receipt_batch_id(deal_id: str, items: list[ReceiptItem]) -> str:
+    """The same items posted again are the same batch: a retry re-drives it (and gets its answer)
+    instead of finding its own serials 'already returned'."""
+    digest = hashlib.sha256(json.dumps([item.model_dump(mode="json") for item in items], sort_keys=True).encode()).hexdigest()[:24]
+    return f"{deal_id}-r{digest}"
+
+
 async def record_receipt(client: Client, settings: Settings, deal_id: str, items: list[ReceiptItem], batch_id: str | None = None) -> dict:
-    """Stage the items, let the workflow process the batch by id, answer item by item from the store."""
-    batch_id = batch_id or f"{deal_id}-r{uuid.uuid4().hex[:12]}"
+    """Stage the items, let the workflow process the batch by id, answer item by item from the store.
+
+    Staged is delivered: a batch whose update times out is applied by the deal when it decides
+    (WriteStaged), or at once on a retry. One the deal refuses (it has decided) is marked refused
+    and burns no serial, unless the deal's deadline sweep counted it already: then that is the answer.
+    """
+    batch_id = batch_id or receipt_batch_id(deal_id, items)
+    staged_at = await booking_clock()
 
     def stage() -> None:
         with session_scope(settings.effective_database_url) as session:
-            store.stage_receipt(session, batch_id, deal_id, items)
-
-    await asyncio.to_thread(stage)
-    await _update(deal_handle(client, deal_id), TakebackDealWorkflow.record_receipt, batch_id, id=f"receipt-{batch_id}")
+            store.stage_receipt(session, batch_id, deal_id, items, staged_at=staged_at)
 
     def result() -> dict:
         with session_scope(settings.effective_database_url) as session:
             return store.receipt_result(session, batch_id)
 
+    def refuse() -> bool:
+        with session_scope(settings.effective_database_url) as session:
+            return store.refuse_receipt(session, batch_id)
+
+    await asyncio.to_thread(stage)
+    try:
+        await _deliver(deal_handle(client, deal_id), TakebackDealWorkflow.record_receipt, batch_id, id=f"receipt-{batch_id}")
+    except DealNotOpen:
+        if await asyncio.to_thread(refuse):
+            raise
+    except _NOT_TAKEN_IN_TIME:
+        raise WriteStaged(f"receipt {batch_id}") from None
     return await asyncio.to_thread(result)
+
+
+# What an update that the deal did not take in time looks like: the SDK's RPC deadline, or ours.
+_NOT_TAKEN_IN_TIME = (WorkflowUpdateRPCTimeoutOrCancelledError, TimeoutError)
+
+
+async def _deliver(handle: WorkflowHandle, update, *args, **kwargs):
+    return await asyncio.wait_for(_update(handle, update, *args, **kwargs), UPDATE_WAIT_SECONDS)
 
 
 def parse_extension(extend_by: str) -> str:
@@ -209,13 +260,14 @@ def parse_extension(extend_by: str) -> str:
     return extend_by
 
 
-async def extend_deal(client: Client, deal_id: str, extend_by: str, reason: str) -> DealView:
+async def extend_deal(client: Client, deal_id: str, extend_by: str, reason: str, request_id: str | None = None) -> DealView:
+    """`request_id` (from an Idempotency-Key) makes a retry the same extension."""
     seconds = parse_duration(extend_by).total_seconds()
-    return await _update(deal_handle(client, deal_id), TakebackDealWorkflow.extend, ExtendCommand(extend_by_seconds=seconds, reason=reason))
+    return await _update(deal_handle(client, deal_id), TakebackDealWorkflow.extend, ExtendCommand(extend_by_seconds=seconds, reason=reason), id=request_id or uuid.uuid4().hex)
 
 
-async def cancel_deal(client: Client, deal_id: str, reason: str) -> DealView:
-    return await _update(deal_handle(client, deal_id), TakebackDealWorkflow.cancel, reason)
+async def cancel_deal(client: Client, deal_id: str, reason: str, request_id: str | None = None) -> DealView:
+    return await _update(deal_handle(client, deal_id), TakebackDealWorkflow.cancel, reason, id=request_id or uuid.uuid4().hex)
 
 
 class UnknownTracking(LookupError):

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
 
-from activities.deal_activities import LedgerEntry, ReminderInput, TakebackActivities
+from activities.deal_activities import ReminderInput, SettlementEntry, TakebackActivities
 from domain.models import DealStatus, IncentiveStatus
 from service import deals
 from store import deals as store
@@ -339,12 +339,12 @@ class GatedForfeit(TakebackActivities):
         super().__init__(settings)
         self.started, self.gate = threading.Event(), threading.Event()
 
-    @activity.defn(name="record_incentive")
-    def record_incentive(self, entry: LedgerEntry) -> bool:
-        if entry.kind == "forfeited":
+    @activity.defn(name="record_settlement")
+    def record_settlement(self, entry: SettlementEntry):
+        if entry.outcome == "forfeited":
             self.started.set()
-            self.gate.wait(20)
-        return TakebackActivities.record_incentive(self, entry)
+            self.gate.wait(40)
+        return TakebackActivities.record_settlement(self, entry)
 
 
 async def test_a_cancel_racing_the_deadline_is_refused_and_the_deal_still_finishes(time_skipping_env, tmp_path):
@@ -356,11 +356,11 @@ async def test_a_cancel_racing_the_deadline_is_refused_and_the_deal_still_finish
         view = await deals.book_deal(env.client, settings, booking(10))
         await env.sleep(YEAR)  # the deadline: the forfeit starts ...
         assert await asyncio.to_thread(activities.started.wait, 10)
-        cancel = asyncio.create_task(deals.cancel_deal(env.client, view.id, "too late"))  # ... and a cancel comes in
-        await asyncio.sleep(0.5)
-        activities.gate.set()
+        # ... and a cancel comes in: refused at once, while the forfeit is still being written
         with pytest.raises(deals.DealNotOpen):
-            await asyncio.wait_for(cancel, 10)
+            await asyncio.wait_for(deals.cancel_deal(env.client, view.id, "too late"), 25)
+        assert not activities.gate.is_set()  # the race happened: the decision was in flight when the cancel was answered
+        activities.gate.set()
         final = await asyncio.wait_for(deals.deal_handle(env.client, view.id).result(), 10)
     assert final.status == DealStatus.expired and final.incentive.status == IncentiveStatus.forfeited
     assert ledger(settings, view.id) == {"forfeited": 1}

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -14,13 +14,22 @@ with workflow.unsafe.imports_passed_through():
         ExtensionRecord,
         LedgerEntry,
         PickupBookingInput,
+        ReceiptSweep,
         ReminderInput,
+        SettlementEntry,
         SettlementNotice,
         TakebackActivities,
     )
-    from domain import rules
     # DealWorkflowInput and ExtendCommand are this workflow's messages; callers import them from here.
-    from domain.deal_progress import DealWorkflowInput, ExtendCommand, PickupEscalation, deal_view, initial_progress  # noqa: F401
+    from domain.deal_progress import (  # noqa: F401
+        DealWorkflowInput,
+        ExtendCommand,
+        PickupEscalation,
+        deal_view,
+        incentive_amount,
+        initial_progress,
+        required_units,
+    )
     from domain.models import (
         ESCALATED_CARRIER_STATUSES,
         OPEN_DEAL_STATUSES,
@@ -41,6 +50,31 @@ ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_inte
 SHORT = timedelta(seconds=10)
 LONG = timedelta(minutes=5)  # receipts of thousands of items, certificates of 100,000 ...
 HEARTBEAT = timedelta(seconds=15)  # ... which heartbeat, so a killed worker's attempt is retried soon
+# One mail attempt: well above the provider's own deadline (10 s a socket operation), well below
+# the claim an attempt holds on its message (store.mail.CLAIM_LEASE), so a retry never doubles it.
+MAIL_ATTEMPT = timedelta(minutes=1)
+# Mail is retried for as long as it takes (an outage, a revoked key), at most every 10 minutes.
+MAIL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=10))
+
+# Decide, record, then notify: settlements are one row per deal, decided before any mail, and mail
+# runs beside the deal instead of in its way. Deals started before this change replay as they ran.
+DECIDE_THEN_NOTIFY = "decide-then-notify"
+
+# The incentive status each settlement outcome shows.
+SETTLED_INCENTIVE = {
+    "released": IncentiveStatus.released,
+    "forfeited": IncentiveStatus.forfeited,
+    "clawed_back": IncentiveStatus.clawed_back,
+    "cancelled": IncentiveStatus.cancelled,
+    "applied": IncentiveStatus.applied,
+}
+SETTLED_STATUS = {
+    "released": DealStatus.closed,
+    "applied": DealStatus.closed,
+    "forfeited": DealStatus.expired,
+    "clawed_back": DealStatus.expired,
+    "cancelled": DealStatus.cancelled,
+}
 
 
 def _activity(fn, *args, timeout: timedelta = SHORT):
@@ -61,10 +95,13 @@ def _local(fn, *args, timeout: timedelta = SHORT):
 class TakebackDealWorkflow:
     @workflow.init
     def __init__(self, input: DealWorkflowInput) -> None:
+        self.v2 = workflow.patched(DECIDE_THEN_NOTIFY)
         self.terms = input.terms
-        self.amount = rules.incentive_amount(self.terms.new_products_value, self.terms.incentive_rate)
-        self.required = rules.required_units(self.terms.committed_units, self.terms.return_threshold)
+        self.amount = incentive_amount(self.terms)
+        self.required = required_units(self.terms)
         self.progress = input.progress
+        self.receipts_in_flight = 0  # accepted receipts not yet counted: the decision waits for them
+        self.notices_pending = 0  # mail on its way: the run ends (or continues as new) after it
         self.is_booked = input.progress is not None
         self.dirty = False
         self.pickup_runs: list = []  # child handles of this run
@@ -84,12 +121,20 @@ class TakebackDealWorkflow:
     def _require_open(self) -> None:
         if self.progress is not None and self.progress.status not in OPEN_DEAL_STATUSES:
             raise ApplicationError(f"deal {self.terms.deal_id} is {self.progress.status.value}", type="DealNotOpen")
+        if self.progress is not None and self.progress.closing:
+            raise ApplicationError(f"deal {self.terms.deal_id} is closing: its decision is being recorded", type="DealNotOpen")
 
     @workflow.update
     async def request_pickup(self, request: PickupRequest) -> PickupView:
         await workflow.wait_condition(lambda: self.is_booked)
+        request_id = workflow.current_update_info().id
+        known = self.progress.pickup_requests.get(request_id)
+        if known is not None:  # a retry of a request this deal took, maybe in an earlier run
+            await workflow.wait_condition(lambda: self._pickup(known).status != "booking")
+            return self._pickup(known)
         self._require_open()
         pickup_id = f"{self.terms.deal_id}-p{len(self.progress.pickups) + 1}"
+        self.progress.pickup_requests[request_id] = pickup_id
         self.progress.pickups.append(PickupView(id=pickup_id, status="booking", carrier="", tracking_number=""))
         booked: PickupView = await _local(TakebackActivities.book_pickup, PickupBookingInput(deal_id=self.terms.deal_id, pickup_id=pickup_id, request=request))
         if self.terms.sim_carrier_step_seconds > 0:
@@ -114,27 +159,45 @@ class TakebackDealWorkflow:
         self.dirty = True
         return booked
 
+    def _pickup(self, pickup_id: str) -> PickupView:
+        return next(p for p in self.progress.pickups if p.id == pickup_id)
+
     @request_pickup.validator
     def _validate_pickup(self, request: PickupRequest) -> None:
+        if self.progress is not None and workflow.current_update_info().id in self.progress.pickup_requests:
+            return  # a retry: answered with the pickup it booked
         self._require_open()
 
     @workflow.update
     async def record_receipt(self, batch_id: str) -> ReceiptCounts:
-        await workflow.wait_condition(lambda: self.is_booked)
-        self._require_open()
-        counts: ReceiptCounts = await _local(TakebackActivities.process_receipt, self.terms.deal_id, batch_id, timeout=LONG)
-        if batch_id not in self.progress.processed_batches:  # a repeated update counts once
-            self.progress.processed_batches.append(batch_id)
-            p = self.progress
-            p.received_units += counts.accepted
-            p.rejected_units += counts.rejected
-            p.dispositions = Dispositions(
-                refresh=p.dispositions.refresh + counts.refresh,
-                recycle=p.dispositions.recycle + counts.recycle,
-                other=p.dispositions.other + counts.other,
-            )
-            self.dirty = True
+        # Counted from acceptance: a deal that starts to close meanwhile waits for this receipt and decides with it.
+        self.receipts_in_flight += 1
+        try:
+            await workflow.wait_condition(lambda: self.is_booked)
+            if not self.v2:
+                self._require_open()
+            if self.v2:  # an activity of its own, heartbeating: a batch of thousands does not hold the workflow task
+                counts: ReceiptCounts = await _activity(TakebackActivities.process_receipt, self.terms.deal_id, batch_id, timeout=LONG)
+            else:
+                counts = await _local(TakebackActivities.process_receipt, self.terms.deal_id, batch_id, timeout=LONG)
+            self._count(counts)
+        finally:
+            self.receipts_in_flight -= 1
         return counts
+
+    def _count(self, counts: ReceiptCounts) -> None:
+        if counts.batch_id in self.progress.processed_batches:  # a repeated update counts once
+            return
+        self.progress.processed_batches.append(counts.batch_id)
+        p = self.progress
+        p.received_units += counts.accepted
+        p.rejected_units += counts.rejected
+        p.dispositions = Dispositions(
+            refresh=p.dispositions.refresh + counts.refresh,
+            recycle=p.dispositions.recycle + counts.recycle,
+            other=p.dispositions.other + counts.other,
+        )
+        self.dirty = True
 
     @record_receipt.validator
     def _validate_receipt(self, batch_id: str) -> None:
@@ -144,16 +207,18 @@ class TakebackDealWorkflow:
     async def extend(self, command: ExtendCommand) -> DealView:
         await workflow.wait_condition(lambda: self.is_booked)
         self._require_open()
+        # Applied before the await: two extends at once both move the deadline, each by its own amount.
         new_deadline = self.progress.deadline + timedelta(seconds=command.extend_by_seconds)
         sequence = len(self.progress.extensions) + 1
+        self.progress.deadline = new_deadline
+        self.progress.extensions.append(f"+{format_duration(timedelta(seconds=command.extend_by_seconds))}: {command.reason}")
+        self.dirty = True
+        answer = self.view()
         await _local(
             TakebackActivities.record_extension,
             ExtensionRecord(deal_id=self.terms.deal_id, sequence=sequence, extend_by_seconds=command.extend_by_seconds, reason=command.reason, new_deadline=new_deadline),
         )
-        self.progress.deadline = new_deadline
-        self.progress.extensions.append(f"+{format_duration(timedelta(seconds=command.extend_by_seconds))}: {command.reason}")
-        self.dirty = True
-        return self.view()
+        return answer
 
     @extend.validator
     def _validate_extend(self, command: ExtendCommand) -> None:
@@ -166,6 +231,8 @@ class TakebackDealWorkflow:
         await workflow.wait_condition(lambda: self.is_booked)
         self._validate_cancel(reason)
         self.progress.cancel_reason = reason
+        if self.v2:
+            self.progress.closing = True  # nothing arriving after this cancel changes the deal
         self.dirty = True
         # The deal may close another way first (its deadline passed while this waited):
         # then this cancel must end too, or the deal could never finish its handlers.
@@ -177,7 +244,7 @@ class TakebackDealWorkflow:
     @cancel.validator
     def _validate_cancel(self, reason: str) -> None:
         self._require_open()
-        if self.progress is not None and self.progress.incentive_status == IncentiveStatus.released:
+        if self.progress is not None and (self.progress.incentive_status == IncentiveStatus.released or self.progress.settlement is not None):
             raise ApplicationError("the incentive was already released; a paid deal cannot be cancelled", type="DealNotOpen")
 
     # --- signals ----------------------------------------------------------------------------
@@ -193,7 +260,11 @@ class TakebackDealWorkflow:
             return
         self.progress.pickups = [p.model_copy(update={"status": status}) if p.id == pickup_id else p for p in self.progress.pickups]
         if status in {s.value for s in ESCALATED_CARRIER_STATUSES}:
-            self.progress.pending_escalations.append(PickupEscalation(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, pickup_id=pickup_id, status=status))
+            escalation = PickupEscalation(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, pickup_id=pickup_id, status=status)
+            if self.v2:
+                self._notice(TakebackActivities.escalate_pickup, escalation)  # also after the decision, while the run lasts
+            else:
+                self.progress.pending_escalations.append(escalation)
         self.dirty = True
 
     # --- the process ------------------------------------------------------------------------
@@ -202,7 +273,23 @@ class TakebackDealWorkflow:
     async def run(self, input: DealWorkflowInput) -> DealView:
         if self.progress is None:
             await self._book()
+        if not self.v2:
+            return await self._run_v1()
         while not await self._step():
+            if workflow.info().is_continue_as_new_suggested():
+                # Handlers and mail finish in this run; a cancel or receipt arriving meanwhile is
+                # acted on first (a cancel waits for the deal to close: waiting on it would never end).
+                await workflow.wait_condition(lambda: self.dirty or (workflow.all_handlers_finished() and self.notices_pending == 0))
+                if not self.dirty:
+                    workflow.continue_as_new(DealWorkflowInput(terms=self.terms, progress=self.progress))
+                continue
+            await self._sleep_until_something_happens()
+        await workflow.wait_condition(lambda: workflow.all_handlers_finished() and self.notices_pending == 0)
+        return self.view()
+
+    async def _run_v1(self) -> DealView:
+        """Deals started before DECIDE_THEN_NOTIFY: as they ran. Removed once none is open."""
+        while not await self._step_v1():
             if workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(DealWorkflowInput(terms=self.terms, progress=self.progress))
@@ -225,6 +312,107 @@ class TakebackDealWorkflow:
         return [o for o in self.terms.reminder_offsets_seconds if o not in done]
 
     async def _step(self) -> bool:
+        """Act on the current state; True when the deal has closed.
+
+        Decide, record, then notify: every decision changes the state before its first await (so
+        a handler running meanwhile sees it), is recorded in the store before anything is told,
+        and mail goes beside the deal (`_notice`), never in the way of a decision.
+        """
+        p = self.progress
+        changed, self.dirty = self.dirty, False
+        now = workflow.now()
+        if not p.closing and (p.cancel_reason is not None or p.received_units >= self.terms.committed_units or now >= p.deadline):
+            p.closing = True  # from here receipts, extensions, pickups and cancels are refused
+        if p.closing:
+            await self._close()
+            return True
+        if self._condition_met() and p.status == DealStatus.awaiting_returns:
+            p.status = DealStatus.condition_met
+            changed = True
+            if self.terms.mode == IncentiveMode.rebate and p.settlement is None:
+                await self._settle("released")
+        elif not self._condition_met():
+            due = [o for o in self._pending_reminders() if p.deadline - timedelta(seconds=o) <= now]
+            if due:
+                # After downtime several may be due: send the most urgent, skip the stale ones.
+                nearest = min(due)
+                p.reminders_sent.append(nearest)
+                p.reminders_skipped.extend(o for o in due if o != nearest)
+                self._notice(
+                    TakebackActivities.send_reminder,
+                    ReminderInput(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, offset_seconds=nearest, deadline=p.deadline, received_units=p.received_units, required_units=self.required),
+                )
+                changed = True
+        if changed:
+            await self._project()
+        return False
+
+    async def _close(self) -> None:
+        """The deal's end: wait for the receipts it accepted, take in those staged by its deadline,
+        decide once, record, project, certify; then notify."""
+        p = self.progress
+        await workflow.wait_condition(lambda: self.receipts_in_flight == 0)
+        if p.cancel_reason is None and workflow.now() >= p.deadline:
+            for counts in await _activity(TakebackActivities.sweep_receipts, ReceiptSweep(deal_id=self.terms.deal_id, staged_until=p.deadline), timeout=LONG):
+                self._count(counts)
+        if p.settlement is None:
+            if p.cancel_reason is not None:
+                outcome = "cancelled"
+            elif self._condition_met():
+                outcome = "released" if self.terms.mode == IncentiveMode.rebate else "applied"
+            else:
+                outcome = "forfeited" if self.terms.mode == IncentiveMode.rebate else "clawed_back"
+            await self._settle(outcome)
+        p.status = SETTLED_STATUS[p.settlement]
+        if p.status == DealStatus.cancelled:
+            p.closed_reason = f"cancelled: {p.cancel_reason}"
+        elif p.received_units >= self.terms.committed_units:
+            p.closed_reason = "every committed unit returned"
+        elif self._condition_met():
+            p.closed_reason = "return window ended with the condition met"
+        else:
+            p.closed_reason = "return window ended short of the condition"
+        p.revision += 1
+        await _activity(TakebackActivities.close_deal, self.view(), timeout=LONG)
+        await self._stop_pickups()
+
+    async def _settle(self, outcome: str) -> None:
+        """Decide the deal's money once. The state changes first, so a cancel or a second decision
+        arriving while the store write runs is refused; the store keeps the first outcome for the
+        deal, and the deal adopts what it holds. Then the partner is told, beside the deal."""
+        p = self.progress
+        p.settlement = outcome
+        p.incentive_status = SETTLED_INCENTIVE[outcome]
+        amount = Decimal(0) if outcome == "cancelled" and self.terms.mode == IncentiveMode.rebate else self.amount
+        decided = await _local(TakebackActivities.record_settlement, SettlementEntry(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, outcome=outcome, amount=amount))
+        if decided.outcome != outcome:
+            workflow.logger.warning("deal %s: the store holds the settlement %s, not %s; it stands", self.terms.deal_id, decided.outcome, outcome)
+            p.settlement = decided.outcome
+            p.incentive_status = SETTLED_INCENTIVE[decided.outcome]
+            return
+        if outcome in ("released", "forfeited", "clawed_back"):
+            self._notice(TakebackActivities.notify_settlement, self._settlement_notice(outcome))
+
+    def _settlement_notice(self, kind: str) -> SettlementNotice:
+        p = self.progress
+        return SettlementNotice(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, kind=kind, amount=self.amount, deadline=p.deadline, received_units=p.received_units, required_units=self.required)
+
+    def _notice(self, activity, argument) -> None:
+        """Send mail beside the deal: retried for as long as the provider needs, and never failing
+        or holding up a decision. Its delivery state is in the store for ops."""
+        self.notices_pending += 1
+
+        async def deliver() -> None:
+            try:
+                await workflow.execute_activity_method(activity, argument, start_to_close_timeout=MAIL_ATTEMPT, retry_policy=MAIL_RETRY)
+            except ActivityError as error:
+                workflow.logger.warning("deal %s: a notice could not be sent: %s", self.terms.deal_id, error.cause or error)
+            finally:
+                self.notices_pending -= 1
+
+        asyncio.ensure_future(deliver())
+
+    async def _step_v1(self) -> bool:
         """Act on the current state; True when the deal has closed."""
         p = self.progress
         # A handler that changes the deal while this step awaits sets `dirty` again, so the
@@ -236,7 +424,7 @@ class TakebackDealWorkflow:
         if p.cancel_reason is not None:
             await self._ledger("cancelled")
             p.incentive_status = IncentiveStatus.cancelled
-            await self._close(DealStatus.cancelled, f"cancelled: {p.cancel_reason}")
+            await self._close_v1(DealStatus.cancelled, f"cancelled: {p.cancel_reason}")
             return True
         if self._condition_met() and p.status == DealStatus.awaiting_returns:
             if self.terms.mode == IncentiveMode.rebate:
@@ -247,18 +435,18 @@ class TakebackDealWorkflow:
             if self.terms.mode == IncentiveMode.rebate:
                 await self._notify("released")
         if p.received_units >= self.terms.committed_units:
-            await self._close(DealStatus.closed, "every committed unit returned")
+            await self._close_v1(DealStatus.closed, "every committed unit returned")
             return True
         now = workflow.now()
         if now >= p.deadline:
             if self._condition_met():
-                await self._close(DealStatus.closed, "return window ended with the condition met")
+                await self._close_v1(DealStatus.closed, "return window ended with the condition met")
             else:
                 kind = "forfeited" if self.terms.mode == IncentiveMode.rebate else "clawed_back"
                 await self._ledger(kind)
                 p.incentive_status = IncentiveStatus(kind)
                 await self._notify(kind)
-                await self._close(DealStatus.expired, "return window ended short of the condition")
+                await self._close_v1(DealStatus.expired, "return window ended short of the condition")
             return True
         if not self._condition_met():
             due = [o for o in self._pending_reminders() if p.deadline - timedelta(seconds=o) <= now]
@@ -307,9 +495,10 @@ class TakebackDealWorkflow:
         )
 
     async def _project(self) -> None:
+        self.progress.revision += 1
         await _local(TakebackActivities.project_deal, self.view())
 
-    async def _close(self, status: DealStatus, reason: str) -> None:
+    async def _close_v1(self, status: DealStatus, reason: str) -> None:
         self.progress.status = status
         self.progress.closed_reason = reason
         await _activity(TakebackActivities.close_deal, self.view(), timeout=LONG)
@@ -317,6 +506,15 @@ class TakebackDealWorkflow:
 
     async def _stop_pickups(self) -> None:
         """Pickups still in transit stop tracking, and the deal outlives them (no orphans)."""
+        if self.v2 and self.terms.sim_carrier_step_seconds > 0:
+            # Pickups started by an earlier run (before a continue-as-new) are no children of this one.
+            ours = {child.id for child in self.pickup_runs}
+            for pickup in self.progress.pickups:
+                if pickup.tracking_number and pickup_workflow_id(pickup.tracking_number) not in ours:
+                    try:
+                        await workflow.get_external_workflow_handle(pickup_workflow_id(pickup.tracking_number)).signal(PickupWorkflow.stop_tracking)
+                    except Exception:  # it ended already
+                        workflow.logger.info("pickup %s of deal %s already ended", pickup.id, self.terms.deal_id)
         running = [child for child in self.pickup_runs if not child.done()]
         for child in running:
             try:

@@ -1,11 +1,12 @@
 """One partner's specialization: certification, then one specialization year after another."""
 
+import asyncio
 from datetime import timedelta
 
 from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.partner_activities import PartnerActivities, PartnerMail, TrainingInput, TrainingTotals
@@ -20,6 +21,11 @@ with workflow.unsafe.imports_passed_through():
 
 ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 TIMEOUT = timedelta(seconds=30)
+MAIL_ATTEMPT = timedelta(minutes=1)  # as the deal's: above the provider's deadline, below the message's claim
+MAIL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=10))
+# The partner's status reaches the booking gate first, then mail goes beside the year, never in its
+# way. Years started before this change replay as they ran.
+STATUS_THEN_NOTIFY = "status-then-notify"
 
 
 class SpecializationInput(BaseModel):
@@ -39,6 +45,8 @@ def _activity(fn, *args):
 class PartnerSpecializationWorkflow:
     @workflow.init
     def __init__(self, input: SpecializationInput) -> None:
+        self.v2 = workflow.patched(STATUS_THEN_NOTIFY)
+        self.notices_pending = 0
         self.input = input
         self.state = input.state or SpecializationView()
         self.reminders_sent = list(input.reminders_sent_this_year)
@@ -91,12 +99,15 @@ class PartnerSpecializationWorkflow:
     async def reinstate(self, reason: str) -> SpecializationView:
         if self.state.status != SpecializationStatus.lapsed:
             raise ApplicationError(f"partner {self.input.partner_id} is {self.state.status.value}, not lapsed", type="NotLapsed")
-        await _activity(PartnerActivities.record_specialization_event, self.input.partner_id, f"reinstated-{self.state.year_number}", "reinstated", reason)
+        # Reinstated before the await: a second reinstate at the same moment finds it certified (NotLapsed).
+        lapsed_year = self.state.year_number
         self.state.status = SpecializationStatus.certified
         self.state.lapsed_at = None
         self._start_year(workflow.now())
         self.dirty = True
-        return self.view()
+        answer = self.view()
+        await _activity(PartnerActivities.record_specialization_event, self.input.partner_id, f"reinstated-{lapsed_year}", "reinstated", reason)
+        return answer
 
     @reinstate.validator
     def _validate_reinstate(self, reason: str) -> None:
@@ -137,7 +148,22 @@ class PartnerSpecializationWorkflow:
         )
 
     async def _mail(self, key: str, subject: str, body: str, copy_ops: bool = False) -> None:
-        await _activity(PartnerActivities.mail_partner, PartnerMail(key=key, partner_id=self.input.partner_id, subject=subject, body=body, copy_ops=copy_ops))
+        mail = PartnerMail(key=key, partner_id=self.input.partner_id, subject=subject, body=body, copy_ops=copy_ops)
+        if not self.v2:
+            await _activity(PartnerActivities.mail_partner, mail)
+            return
+        # Beside the year: a refused address or a mail outage never holds up certification or a lapse.
+        self.notices_pending += 1
+
+        async def deliver() -> None:
+            try:
+                await workflow.execute_activity_method(PartnerActivities.mail_partner, mail, start_to_close_timeout=MAIL_ATTEMPT, retry_policy=MAIL_RETRY)
+            except ActivityError as error:
+                workflow.logger.warning("partner %s: mail %s could not be sent: %s", self.input.partner_id, key, error.cause or error)
+            finally:
+                self.notices_pending -= 1
+
+        asyncio.ensure_future(deliver())
 
     def _next_wake(self):
         if self.state.status != SpecializationStatus.certified:
@@ -167,6 +193,8 @@ class PartnerSpecializationWorkflow:
                     return True
                 s.status = SpecializationStatus.lapsed
                 s.lapsed_at = now
+                if self.v2:
+                    await self._project()  # the booking gate closes before anyone is told
                 await _activity(PartnerActivities.record_specialization_event, partner, f"lapsed-{s.year_number}", "lapsed", "no takeback deal in the specialization year")
                 await self._mail(f"{partner}:year-{s.year_number}:lapsed", f"Partner {partner}: specialization lapsed",
                                  f"Partner {partner} booked no takeback deal in specialization year {s.year_number}, which ended {s.year_end.isoformat()}. "
@@ -195,7 +223,7 @@ class PartnerSpecializationWorkflow:
             await self._project()
         while True:
             if await self._step() or workflow.info().is_continue_as_new_suggested():
-                await workflow.wait_condition(workflow.all_handlers_finished)
+                await workflow.wait_condition(lambda: workflow.all_handlers_finished() and self.notices_pending == 0)
                 workflow.continue_as_new(
                     SpecializationInput(
                         partner_id=input.partner_id,

@@ -19,6 +19,7 @@ from domain.models import BookingRequest, CancelRequest, DealStatus, DealView, E
 from service import deals as service
 from service.partners import PartnerNotCertified
 from store import deals as store
+from store import mail as mail_store
 from store.db import session_scope
 from store.tables import Deal, IdempotencyRecord
 
@@ -28,6 +29,18 @@ router = APIRouter(prefix="/v1/deals", tags=["deals"])
 class DealPage(BaseModel):
     items: list[DealView]
     next_cursor: str | None
+
+
+class EmailState(BaseModel):
+    key: str
+    to: str
+    cc: str | None
+    subject: str
+    state: str  # queued | sending | sent | failed
+    attempts: int
+    last_error: str | None  # the provider's reason, for a failed message or the last failed attempt
+    created_at: datetime
+    sent_at: datetime | None
 
 
 def _request_hash(body: BookingRequest) -> str:
@@ -151,24 +164,76 @@ async def _deal_update(call):
         raise Problem(409, str(error), "deal-not-open") from None
     except service.DealNotFound as error:
         raise not_found(f"deal {error}") from None
+    except service.WriteStaged as error:
+        raise Problem(503, f"{error}; retry with the same request to see its result", "write-staged", headers={"Retry-After": "2"}, staged=True) from None
+
+
+def _claim_action_key(settings, key_id: int, scoped_key: str, request_hash: str, deal_id: str) -> IdempotencyRecord:
+    with session_scope(settings.effective_database_url) as session:
+        session.add(IdempotencyRecord(api_key_id=key_id, key=scoped_key, request_hash=request_hash, deal_id=deal_id))
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+        return session.execute(select(IdempotencyRecord).where(IdempotencyRecord.api_key_id == key_id, IdempotencyRecord.key == scoped_key)).scalar_one()
+
+
+async def _idempotent_action(settings, caller, deal_id: str, action: str, idempotency_key: str | None, body: BaseModel, run):
+    """An ops action on a deal with an optional Idempotency-Key: the same key and body is the same
+    action (one workflow update id, and the first answer once there is one); another body: 422."""
+    if not idempotency_key:
+        return await _deal_update(run(None))
+    scoped = f"{action}:" + hashlib.sha256(f"{deal_id}:{idempotency_key}".encode()).hexdigest()
+    request_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    record = await asyncio.to_thread(_claim_action_key, settings, caller.key_id, scoped, request_hash, deal_id)
+    if record.request_hash != request_hash:
+        raise Problem(422, "this Idempotency-Key was used with another request body", "idempotency-key-reused")
+    if record.response_json is not None:
+        return Response(record.response_json, status_code=record.status_code, media_type="application/json")
+    view = await _deal_update(run(f"{action}-{record.id}"))
+    answer = view.model_dump_json()
+    await asyncio.to_thread(_remember_answer, settings, record.id, 200, answer)
+    return Response(answer, media_type="application/json")
 
 
 @router.post("/{deal_id}/extend", response_model=DealView, summary="Extend the return window, with a reason (ops)")
-async def extend(deal_id: str, body: ExtendRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep) -> DealView:
+async def extend(
+    deal_id: str, body: ExtendRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+):
     await owned_deal(settings, caller, deal_id)
     require_ops(caller, "extending a deal")
     try:
         extend_by = service.parse_extension(body.extend_by)
     except ValueError as error:
         raise Problem(422, str(error), "invalid-duration") from None
-    return await _deal_update(service.extend_deal(client, deal_id, extend_by, body.reason))
+    return await _idempotent_action(
+        settings, caller, deal_id, "extend", idempotency_key, body, lambda request_id: service.extend_deal(client, deal_id, extend_by, body.reason, request_id=request_id)
+    )
 
 
 @router.post("/{deal_id}/cancel", response_model=DealView, summary="Cancel a deal: nothing is paid (ops)")
-async def cancel(deal_id: str, body: CancelRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep) -> DealView:
+async def cancel(
+    deal_id: str, body: CancelRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+):
     await owned_deal(settings, caller, deal_id)
     require_ops(caller, "cancelling a deal")
-    return await _deal_update(service.cancel_deal(client, deal_id, body.reason))
+    return await _idempotent_action(
+        settings, caller, deal_id, "cancel", idempotency_key, body, lambda request_id: service.cancel_deal(client, deal_id, body.reason, request_id=request_id)
+    )
+
+
+@router.get("/{deal_id}/emails", response_model=list[EmailState], summary="The deal's e-mails and their delivery state (ops)")
+async def emails(deal_id: str, caller: CallerDep, settings: SettingsDep) -> list[EmailState]:
+    await owned_deal(settings, caller, deal_id)
+    require_ops(caller, "reading a deal's e-mail")
+
+    def load():
+        with session_scope(settings.effective_database_url) as session:
+            return [EmailState.model_validate(row, from_attributes=True) for row in mail_store.messages(session, deal_id=deal_id)]
+
+    return await asyncio.to_thread(load)
 
 
 @router.get("/{deal_id}/certificate", summary="The certificate of recycling: JSON, or HTML with ?format=html")

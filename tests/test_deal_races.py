@@ -1,0 +1,412 @@
+"""Money under races: messages meeting timers, decisions and each other, and mail that fails.
+
+Each race is made to happen, not hoped for: an activity is held at a gate while the other message
+arrives, or messages are sent while no worker runs so that one workflow task carries them all;
+each test then shows from the history or the gate that the race took place.
+"""
+
+import asyncio
+import threading
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+import temporalio.workflow
+from sqlalchemy import select
+from temporalio import activity
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowExecutionStatus
+
+from activities.deal_activities import SettlementEntry, SettlementNotice, TakebackActivities
+from domain.models import DealStatus, IncentiveStatus
+from service import deals
+from store import reports
+from store.db import session_scope
+from store.tables import Certificate, DealExtension, EmailMessage, Pickup, ReceiptBatch, ReturnedItem, Settlement
+from domain.catalog import default_catalog
+from tests.conftest import add_partner, booking, make_settings
+from tests.deal_helpers import PICKUP, count, items, ledger, ledger_amounts
+from tests.sendgrid_standin import SendGridStandIn
+from worker import build_worker
+
+YEAR = timedelta(days=365)
+
+
+class Gate:
+    def __init__(self):
+        self.started, self.opened = threading.Event(), threading.Event()
+
+    def hold(self, seconds: float = 40) -> None:
+        self.started.set()
+        self.opened.wait(seconds)
+
+    async def reached(self) -> bool:
+        return await asyncio.to_thread(self.started.wait, 15)
+
+
+class GatedSettlement(TakebackActivities):
+    def __init__(self, settings, outcome: str):
+        super().__init__(settings)
+        self.outcome, self.gate = outcome, Gate()
+
+    @activity.defn(name="record_settlement")
+    def record_settlement(self, entry: SettlementEntry):
+        if entry.outcome == self.outcome:
+            self.gate.hold()
+        return TakebackActivities.record_settlement(self, entry)
+
+
+class GatedNotice(TakebackActivities):
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.gate = Gate()
+
+    @activity.defn(name="notify_settlement")
+    def notify_settlement(self, notice: SettlementNotice) -> bool:
+        self.gate.hold()
+        return TakebackActivities.notify_settlement(self, notice)
+
+
+class GatedReceipt(TakebackActivities):
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.gate = Gate()
+
+    @activity.defn(name="process_receipt")
+    def process_receipt(self, deal_id: str, batch_id: str):
+        if batch_id.endswith("-gated"):
+            self.gate.hold()
+        return TakebackActivities.process_receipt(self, deal_id, batch_id)
+
+
+def impact_money(settings) -> tuple[Decimal, Decimal]:
+    with session_scope(settings.effective_database_url) as session:
+        report = reports.impact(session, default_catalog())
+    return Decimal(report["incentives_released"]), Decimal(report["incentives_forfeited"])
+
+
+def views_money(*views) -> tuple[Decimal, Decimal]:
+    released = sum((v.incentive.amount for v in views if v.incentive.status == IncentiveStatus.released), Decimal(0))
+    lost = sum((v.incentive.amount for v in views if v.incentive.status in (IncentiveStatus.forfeited, IncentiveStatus.clawed_back)), Decimal(0))
+    return released, lost
+
+
+async def history_of(env, deal_id: str):
+    return await deals.deal_handle(env.client, deal_id).fetch_history()
+
+
+def in_one_task(history, first, *later) -> bool:
+    """True when the events matching `later` were accepted in the workflow task that handled the
+    event matching `first`: after that task's completion and before the next task started."""
+    events = list(history.events)
+    start = next(i for i, e in enumerate(events) if first(e))
+    done = next(i for i in range(start, len(events)) if events[i].event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)
+    following = next((i for i in range(done, len(events)) if events[i].event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED), len(events))
+    return all(any(match(events[i]) for i in range(done, following)) for match in later)
+
+
+async def deliver_staged_receipt(env, settings, deal_id: str, received) -> dict:
+    """What service.record_receipt does, with an update that waits for a worker as long as it takes."""
+    from store import deals as store
+    from workflows.deal import TakebackDealWorkflow
+
+    batch_id = deals.receipt_batch_id(deal_id, received)
+    with session_scope(settings.effective_database_url) as session:
+        store.stage_receipt(session, batch_id, deal_id, received, staged_at=await env.get_current_time())
+    await deals.deal_handle(env.client, deal_id).execute_update(TakebackDealWorkflow.record_receipt, batch_id, id=f"receipt-{batch_id}", rpc_timeout=timedelta(seconds=60))
+    with session_scope(settings.effective_database_url) as session:
+        return store.receipt_result(session, batch_id)
+
+
+async def deliver_extend(env, deal_id: str, extend_by: timedelta, reason: str):
+    from workflows.deal import ExtendCommand, TakebackDealWorkflow
+
+    command = ExtendCommand(extend_by_seconds=extend_by.total_seconds(), reason=reason)
+    return await deals.deal_handle(env.client, deal_id).execute_update(TakebackDealWorkflow.extend, command, id=reason, rpc_timeout=timedelta(seconds=60))
+
+
+async def eventually(check, seconds: float = 15) -> bool:
+    for _ in range(int(seconds * 10)):
+        if check():
+            return True
+        await asyncio.sleep(0.1)
+    return check()
+
+
+def uncached_worker(env, settings, activities=None):
+    """A worker that keeps no workflow in its cache, so the tasks it leaves behind when it stops
+    go to the normal queue, where the next worker takes them (not to its own sticky queue)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from activities.partner_activities import PartnerActivities
+    from temporalio.worker import Worker
+    from worker import WORKFLOWS
+
+    activities = activities or TakebackActivities(settings)
+    return Worker(
+        env.client, task_queue=settings.task_queue, workflows=WORKFLOWS, activities=activities.all() + PartnerActivities(activities).all(),
+        activity_executor=ThreadPoolExecutor(max_workers=8), max_cached_workflows=0,
+    )
+
+
+def is_event(kind):
+    return lambda e: e.event_type == kind
+
+
+def accepted_update(name: str):
+    return lambda e: e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED and e.workflow_execution_update_accepted_event_attributes.accepted_request.input.name == name
+
+
+async def test_a_cancel_during_the_release_write_is_refused_and_the_release_stands(time_skipping_env, tmp_path):
+    env = time_skipping_env
+    settings = make_settings(tmp_path)
+    add_partner(settings)
+    activities = GatedSettlement(settings, "released")
+    async with build_worker(env.client, settings, activities=activities):
+        view = await deals.book_deal(env.client, settings, booking(10))
+        receipt = asyncio.create_task(deals.record_receipt(env.client, settings, view.id, items("R", 8)))
+        assert await activities.gate.reached()  # the release is being written ...
+        with pytest.raises(deals.DealNotOpen):  # ... and a cancel comes in: refused while it is
+            await asyncio.wait_for(deals.cancel_deal(env.client, view.id, "customer withdrew"), 25)
+        assert not activities.gate.opened.is_set()  # the race happened
+        activities.gate.opened.set()
+        assert (await receipt)["accepted"] == 8
+        await env.sleep(YEAR)
+        final = await deals.deal_handle(env.client, view.id).result()
+    assert final.status == DealStatus.closed and final.incentive.status == IncentiveStatus.released
+    assert ledger_amounts(settings, view.id) == {"released": Decimal("5000.00")}  # no cancelled row beside it
+    assert impact_money(settings) == views_money(final) == (Decimal("5000.00"), Decimal(0))
+    assert count(settings, EmailMessage, key=f"{view.id}:settlement:released") == 1
+
+
+async def test_a_receipt_in_the_same_task_as_the_deadline_counts_in_the_decision(time_skipping_env, tmp_path):
+    env = time_skipping_env
+    settings = make_settings(tmp_path, reminder_offsets="")
+    add_partner(settings)
+    async with uncached_worker(env, settings):
+        view = await deals.book_deal(env.client, settings, booking(10))
+        await env.sleep(YEAR - timedelta(seconds=2))
+    # The deadline fires while no worker runs (the server skips no time while the task it made waits:
+    # the last second passes on the wall clock) ...
+    await env.sleep(timedelta(seconds=3))
+    receipt = asyncio.create_task(deliver_staged_receipt(env, settings, view.id, items("T", 8)))  # ... and a receipt waits beside it
+    await asyncio.sleep(1)
+    async with build_worker(env.client, settings):
+        answer = await asyncio.wait_for(receipt, 30)
+        final = await deals.deal_handle(env.client, view.id).result()
+    history = await history_of(env, view.id)
+    assert in_one_task(history, is_event(EventType.EVENT_TYPE_TIMER_FIRED), accepted_update("record_receipt"))  # the race happened
+    assert answer["accepted"] == 8
+    assert final.status == DealStatus.closed and final.received_units == 8 and final.incentive.status == IncentiveStatus.released
+    assert ledger(settings, view.id) == {"released": 1}
+    with session_scope(settings.effective_database_url) as session:
+        certificate = session.get(Certificate, view.id)
+    assert '"units_received":8' in certificate.content_json
+
+
+async def test_a_receipt_staged_by_the_deadline_whose_update_never_came_counts(time_skipping_env, tmp_path):
+    """The API staged the batch and its update timed out (a worker died): the deal sweeps it in."""
+    env = time_skipping_env
+    settings = make_settings(tmp_path, reminder_offsets="")
+    add_partner(settings)
+    async with build_worker(env.client, settings):
+        view = await deals.book_deal(env.client, settings, booking(10))
+        await env.sleep(YEAR - timedelta(days=1))
+        batch_id = deals.receipt_batch_id(view.id, items("W", 8))
+        with session_scope(settings.effective_database_url) as session:
+            from store import deals as store
+
+            store.stage_receipt(session, batch_id, view.id, items("W", 8), staged_at=await env.get_current_time())
+        await env.sleep(timedelta(days=2))
+        final = await deals.deal_handle(env.client, view.id).result()
+        retried = await deals.record_receipt(env.client, settings, view.id, items("W", 8))  # the caller's retry learns the result
+    assert final.status == DealStatus.closed and final.received_units == 8 and final.incentive.status == IncentiveStatus.released
+    assert retried["accepted"] == 8 and count(settings, ReturnedItem, deal_id=view.id) == 8
+
+
+async def test_a_receipt_during_the_forfeit_notice_is_refused_and_burns_nothing(time_skipping_env, tmp_path):
+    env = time_skipping_env
+    settings = make_settings(tmp_path, reminder_offsets="")
+    add_partner(settings)
+    activities = GatedNotice(settings)
+    async with build_worker(env.client, settings, activities=activities):
+        view = await deals.book_deal(env.client, settings, booking(10))
+        await env.sleep(YEAR)
+        assert await activities.gate.reached()  # the forfeit notice is on its way (held) ...
+        # ... and the decision did not wait for it: settled, certified and shown expired
+        assert await eventually(lambda: count(settings, Certificate, deal_id=view.id) == 1)
+        assert (await deals.get_deal(env.client, settings, view.id)).status == DealStatus.expired
+        assert ledger(settings, view.id) == {"forfeited": 1}
+        with pytest.raises(deals.DealNotOpen):
+            await deals.record_receipt(env.client, settings, view.id, items("N", 8))
+        assert not activities.gate.opened.is_set()
+        activities.gate.opened.set()
+        final = await deals.deal_handle(env.client, view.id).result()
+        # the refused serials were not burnt: another deal receives them
+        other = await deals.book_deal(env.client, settings, booking(10))
+        assert (await deals.record_receipt(env.client, settings, other.id, items("N", 8)))["accepted"] == 8
+    assert final.status == DealStatus.expired and final.received_units == 0
+    assert count(settings, ReturnedItem, deal_id=view.id) == 0
+    with session_scope(settings.effective_database_url) as session:
+        refused = session.execute(select(ReceiptBatch).where(ReceiptBatch.deal_id == view.id)).scalars().one()
+    assert refused.refused_at is not None and refused.processed_at is None
+    assert count(settings, EmailMessage, key=f"{view.id}:settlement:forfeited", state="sent") == 1
+
+
+async def test_two_extends_in_one_task_both_move_the_deadline(time_skipping_env, tmp_path):
+    env = time_skipping_env
+    settings = make_settings(tmp_path)
+    add_partner(settings)
+    async with uncached_worker(env, settings):
+        view = await deals.book_deal(env.client, settings, booking(10))
+        await deals.request_pickup(env.client, view.id, PICKUP)
+    first = asyncio.create_task(deliver_extend(env, view.id, timedelta(days=30), "site closed"))
+    second = asyncio.create_task(deliver_extend(env, view.id, timedelta(days=60), "customer audit"))
+    await asyncio.sleep(1)
+    async with build_worker(env.client, settings):
+        answers = await asyncio.wait_for(asyncio.gather(first, second), 30)
+        current = await deals.get_deal(env.client, settings, view.id)
+    history = await history_of(env, view.id)
+    accepted = [i for i, e in enumerate(history.events) if accepted_update("extend")(e)]
+    assert len(accepted) == 2
+    between = history.events[accepted[0] : accepted[1]]
+    assert not any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED for e in between)  # one task took both: the race happened
+    assert current.return_deadline == view.return_deadline + timedelta(days=90)
+    assert max(a.return_deadline for a in answers) == current.return_deadline
+    assert sorted(current.extensions) == ["+30d: site closed", "+60d: customer audit"]
+    assert count(settings, DealExtension, deal_id=view.id) == 2
+
+
+class ForcedContinueAsNew:
+    """Makes `is_continue_as_new_suggested` true for the next `n` checks of one workflow."""
+
+    def __init__(self, monkeypatch):
+        self.pending: dict[str, int] = {}
+        original = temporalio.workflow.Info.is_continue_as_new_suggested
+
+        def suggested(info) -> bool:
+            if self.pending.get(info.workflow_id, 0) > 0:
+                self.pending[info.workflow_id] -= 1
+                return True
+            return original(info)
+
+        monkeypatch.setattr(temporalio.workflow.Info, "is_continue_as_new_suggested", suggested)
+
+
+async def test_continue_as_new_with_a_receipt_in_flight_and_a_pending_cancel_still_closes(time_skipping_env, tmp_path, monkeypatch):
+    env = time_skipping_env
+    settings = make_settings(tmp_path)
+    add_partner(settings)
+    forced = ForcedContinueAsNew(monkeypatch)
+    activities = GatedReceipt(settings)
+    async with build_worker(env.client, settings, activities=activities):
+        view = await deals.book_deal(env.client, settings, booking(10))
+        handle = deals.deal_handle(env.client, view.id)
+        receipt = asyncio.create_task(deals.record_receipt(env.client, settings, view.id, items("F", 3), batch_id=f"{view.id}-gated"))
+        assert await activities.gate.reached()
+        forced.pending[handle.id] = 1
+        await deals.request_pickup(env.client, view.id, PICKUP)  # wakes the deal: continue-as-new is suggested, a receipt is in flight
+        cancel = asyncio.create_task(deals.cancel_deal(env.client, view.id, "customer withdrew"))
+        await asyncio.sleep(1)
+        activities.gate.opened.set()
+        cancelled = await asyncio.wait_for(cancel, 30)
+        answer = await asyncio.wait_for(receipt, 30)
+        final = await asyncio.wait_for(handle.result(), 30)
+        description = await handle.describe()
+    assert forced.pending[handle.id] == 0  # the suggestion was seen
+    assert description.status == WorkflowExecutionStatus.COMPLETED
+    assert cancelled.status == DealStatus.cancelled and answer["accepted"] == 3
+    assert final.status == DealStatus.cancelled and final.received_units == 3
+    assert ledger_amounts(settings, view.id) == {"cancelled": Decimal("0.00")}
+
+
+async def test_continue_as_new_keeps_the_deal_and_a_retried_pickup_books_once(time_skipping_env, tmp_path, monkeypatch):
+    env = time_skipping_env
+    settings = make_settings(tmp_path)
+    add_partner(settings)
+    forced = ForcedContinueAsNew(monkeypatch)
+    async with build_worker(env.client, settings):
+        view = await deals.book_deal(env.client, settings, booking(10))
+        handle = deals.deal_handle(env.client, view.id)
+        first_run = (await handle.describe()).run_id
+        await deals.record_receipt(env.client, settings, view.id, items("K", 3))
+        forced.pending[handle.id] = 1
+        pickup = await deals.request_pickup(env.client, view.id, PICKUP, request_id="order-7-pickup")
+        for _ in range(100):
+            if (await handle.describe()).run_id != first_run:
+                break
+            await asyncio.sleep(0.1)
+        assert (await handle.describe()).run_id != first_run  # continued as new
+        again = await deals.request_pickup(env.client, view.id, PICKUP, request_id="order-7-pickup")  # a retry after it
+        current = await deals.get_deal(env.client, settings, view.id)
+        await deals.record_receipt(env.client, settings, view.id, items("K", 5, start=3))
+        await env.sleep(YEAR)
+        final = await handle.result()
+    assert again == pickup and len(current.pickups) == 1 and count(settings, Pickup, deal_id=view.id) == 1
+    assert current.received_units == 3
+    assert final.status == DealStatus.closed and final.received_units == 8 and ledger(settings, view.id) == {"released": 1}
+
+
+def mail_settings(tmp_path, standin, **overrides):
+    return make_settings(tmp_path, sendgrid_api_key="SG.test", sendgrid_host=standin.url, reminder_offsets="", **overrides)
+
+
+@pytest.fixture
+def standin():
+    fake = SendGridStandIn()
+    yield fake
+    fake.close()
+
+
+async def test_a_rejected_address_fails_the_mail_not_the_deal(time_skipping_env, tmp_path, standin):
+    env = time_skipping_env
+    settings = mail_settings(tmp_path, standin)
+    add_partner(settings, email="bounces@partner.example")
+    standin.rejected_addresses.add("bounces@partner.example")
+    async with build_worker(env.client, settings):
+        view = await deals.book_deal(env.client, settings, booking(10))
+        await env.sleep(YEAR)
+        final = await asyncio.wait_for(deals.deal_handle(env.client, view.id).result(), 30)
+        description = await deals.deal_handle(env.client, view.id).describe()
+    assert description.status == WorkflowExecutionStatus.COMPLETED and final.status == DealStatus.expired
+    assert ledger(settings, view.id) == {"forfeited": 1}
+    with session_scope(settings.effective_database_url) as session:
+        notice = session.get(EmailMessage, f"{view.id}:settlement:forfeited")
+    assert notice.state == "failed" and "400" in notice.last_error and notice.attempts == 1
+    assert standin.refusals[400] == 1 and standin.delivered_to("bounces@partner.example") == 0
+
+
+async def test_a_revoked_key_and_a_long_outage_never_delay_a_decision(time_skipping_env, tmp_path, standin):
+    env = time_skipping_env
+    settings = mail_settings(tmp_path, standin)
+    add_partner(settings)
+    async with build_worker(env.client, settings):
+        revoked = await deals.book_deal(env.client, settings, booking(10))
+        released = await deals.book_deal(env.client, settings, booking(10))
+        await env.sleep(YEAR - timedelta(hours=1))
+        standin.key_revoked = True  # SendGrid refuses our key from here on
+        await deals.record_receipt(env.client, settings, released.id, items("O", 8))  # released now ...
+        await env.sleep(timedelta(hours=2))  # ... and the other deal's deadline passes
+        # decided on time while no mail could go out: the store shows both decisions and certificates
+        assert await eventually(lambda: count(settings, Certificate) == 2)
+        assert ledger(settings, revoked.id) == {"forfeited": 1} and ledger(settings, released.id) == {"released": 1}
+        assert (await deals.get_deal(env.client, settings, revoked.id)).status == DealStatus.expired
+        with session_scope(settings.effective_database_url) as session:
+            waiting = {row.key: row for row in session.execute(select(EmailMessage)).scalars()}
+        assert {row.state for row in waiting.values()} == {"queued"} and len(waiting) == 2
+        assert all("SENDGRID_API_KEY" in row.last_error for row in waiting.values())
+        standin.key_revoked, standin.down = False, True  # the key is fixed; now SendGrid is down
+        await env.sleep(timedelta(hours=2))
+        assert standin.refusals[503] >= 1
+        standin.down = False  # and back
+        await env.sleep(timedelta(hours=1))
+        finals = [await asyncio.wait_for(deals.deal_handle(env.client, d.id).result(), 60) for d in (revoked, released)]
+    assert [f.status for f in finals] == [DealStatus.expired, DealStatus.closed]
+    with session_scope(settings.effective_database_url) as session:
+        states = {row.key: (row.state, row.attempts) for row in session.execute(select(EmailMessage)).scalars()}
+    assert {state for state, _ in states.values()} == {"sent"} and all(attempts >= 3 for _, attempts in states.values())
+    assert standin.delivered_to("partner@example.com", "forfeited") == 1 and standin.delivered_to("partner@example.com", "released") == 1
+    assert standin.delivered_twice() == []
+    assert impact_money(settings) == views_money(*finals)
+    with session_scope(settings.effective_database_url) as session:
+        assert {s.deal_id: s.outcome for s in session.execute(select(Settlement)).scalars()} == {revoked.id: "forfeited", released.id: "released"}
