@@ -26,9 +26,10 @@ test-slow: install
 bench: install
 	$(BIN)/python bench/run.py
 
-# Re-record the replay histories after an intended workflow change.
+# Record the histories of a newly released workflow version, once: make histories VERSION=v3.
+# A version's folder is never re-recorded; every later change must replay it.
 histories: install
-	$(BIN)/python -m tests.record_histories
+	$(BIN)/python -m tests.record_histories --version $(VERSION)
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache *.egg-info

@@ -147,6 +147,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(demo.run(args))
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay recorded files, or the server's workflows, against this code; 1 on any non-determinism."""
+    import asyncio
+
+    from service import replay
+
+    async def run():
+        if args.histories:
+            return await replay.replay_files([Path(p) for p in args.histories], replay.print_progress)
+        from settings import get_settings
+        from temporal_client import connect
+
+        return await replay.replay_server(await connect(get_settings()), args.query or replay.DEFAULT_QUERY, replay.print_progress)
+
+    report = asyncio.run(run())
+    for workflow_id, failure in report.failures:
+        print(f"NOT DETERMINISTIC {workflow_id}: {failure}")
+    print(f"replayed {report.replayed} histories: {len(report.failures)} failed")
+    if report.replayed == 0:
+        print("nothing was replayed: check --query or the paths", file=sys.stderr)
+        return 2
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="takeback", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -173,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--partner-id")
     create.add_argument("--data-dir", help="use D/takeback.db (default: TAKEBACK_DATABASE_URL)")
     create.set_defaults(func=cmd_apikey_create)
+
+    replay = commands.add_parser("replay", help="replay workflow histories against this code (before a deploy); exit 1 on non-determinism")
+    replay.add_argument("--query", default=None, help="visibility query of the workflows to replay (default: every takeback workflow, open or closed)")
+    replay.add_argument("--histories", nargs="+", metavar="PATH", help="replay recorded history files (JSON, or folders of them) instead of a server's")
+    replay.set_defaults(func=cmd_replay)
 
     demo = commands.add_parser("demo", help="book one deal with a short window on a running stack and print its life")
     demo.add_argument("--window", default="60s")

@@ -1,14 +1,17 @@
-"""Record the replay histories of tests/test_replay.py: `python -m tests.record_histories` (make histories).
+"""Record the replay histories of a released workflow version: `python -m tests.record_histories --version vN`.
 
-Runs each scenario on a fresh time-skipping server and saves the finished workflows'
-histories as tests/histories/<name>.json. Re-record only after an intended workflow change
-that is made safe for running deals (e.g. with workflow.patched); test_replay.py then checks
-that every later change still replays them.
+Runs each scenario on a fresh time-skipping server and saves its workflows' histories (finished
+ones, and deals left open on purpose) as tests/histories/<version>/<name>.json. A version's folder
+is written once, when that version is released, and never again: its histories stand for the
+deals of that version still running in production, which every later change must replay
+(test_replay.py; a change that would break them uses workflow.patched). The script refuses to
+write into a folder that exists.
 """
 
 import argparse
 import asyncio
 import tempfile
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,6 +22,101 @@ from workflows.ids import pickup_workflow_id
 
 HISTORIES = Path(__file__).with_name("histories")
 YEAR = timedelta(days=365)
+
+
+async def open_deal(env, settings) -> dict:
+    """A deal still awaiting returns: a pickup, a receipt, an extension, a reminder sent; not closed."""
+    deal = await deals.book_deal(env.client, settings, booking(10), deal_id="H-OPEN")
+    await deals.request_pickup(env.client, deal.id, PICKUP, request_id="pickup-1")
+    await deals.record_receipt(env.client, settings, deal.id, items("O", 3), batch_id="H-OPEN-r1")
+    await deals.extend_deal(env.client, deal.id, "30d", "customer asked for more time", request_id="extend-1")
+    await env.sleep(YEAR - timedelta(days=80))  # past the 90-day reminder of the extended deadline
+    return {"open_deal_awaiting_returns": f"deal-{deal.id}"}
+
+
+async def continued_as_new(env, settings) -> dict:
+    """A deal the server tells to continue as new (a dev server whose history limit is low, so the
+    suggestion is in the recorded task events as production makes it) and that finishes in its next run."""
+    from temporalio.client import WorkflowExecutionStatus
+
+    deal = await deals.book_deal(env.client, settings, booking(10), deal_id="H-CAN")
+    handle = deals.deal_handle(env.client, deal.id)
+    first_run = (await handle.describe()).run_id
+    await deals.request_pickup(env.client, deal.id, PICKUP, request_id="pickup-1")
+    for n in range(3):
+        await deals.record_receipt(env.client, settings, deal.id, items("N", 1, start=n), batch_id=f"H-CAN-r{n}")
+    while (await env.client.get_workflow_handle(handle.id, run_id=first_run).describe()).status == WorkflowExecutionStatus.RUNNING:
+        await asyncio.sleep(0.05)
+    await deals.request_pickup(env.client, deal.id, PICKUP, request_id="pickup-1")  # a retry, after it
+    await deals.record_receipt(env.client, settings, deal.id, items("N", 7, start=3), batch_id="H-CAN-r3")
+    await handle.result()
+    return {"deal_continued_as_new_first_run": (handle.id, first_run), "deal_continued_as_new_second_run": (handle.id, None)}
+
+
+async def concurrent_updates(env, settings) -> dict:
+    """Two extends taken in one workflow task, then a receipt taken in the task of the deadline
+    timer: the worker is away while they arrive, so one task carries them."""
+    from tests.conftest import add_partner
+    from tests.test_deal_races import deliver_extend, deliver_staged_receipt, uncached_worker
+
+    add_partner(settings)
+    async with uncached_worker(env, settings):
+        deal = await deals.book_deal(env.client, settings, booking(10), deal_id="H-TWO")
+    extends = [asyncio.create_task(deliver_extend(env, deal.id, timedelta(days=days), reason)) for days, reason in ((30, "site closed"), (60, "audit"))]
+    await asyncio.sleep(1)
+    async with uncached_worker(env, settings):
+        extended = await asyncio.gather(*extends)
+        deadline = max(view.return_deadline for view in extended)
+        await env.sleep(deadline - await env.get_current_time() - timedelta(seconds=2))
+    await env.sleep(timedelta(seconds=3))  # the deadline fires while no worker runs
+    receipt = asyncio.create_task(deliver_staged_receipt(env, settings, deal.id, items("T", 8)))
+    await asyncio.sleep(1)
+    async with uncached_worker(env, settings):
+        await receipt
+        await deals.deal_handle(env.client, deal.id).result()
+    return {"deal_concurrent_updates": f"deal-{deal.id}"}
+
+
+async def cancel_racing_release(env, settings) -> dict:
+    """A cancel that arrives while the release is being written: refused, the release stands."""
+    from tests.conftest import add_partner
+    from tests.test_deal_races import GatedSettlement
+    from worker import build_worker
+
+    add_partner(settings)
+    activities = GatedSettlement(settings, "released")
+    async with build_worker(env.client, settings, activities=activities):
+        deal = await deals.book_deal(env.client, settings, booking(10), deal_id="H-RACE")
+        receipt = asyncio.create_task(deals.record_receipt(env.client, settings, deal.id, items("C", 8), batch_id="H-RACE-r1"))
+        assert await activities.gate.reached()
+        try:
+            await asyncio.wait_for(deals.cancel_deal(env.client, deal.id, "customer withdrew", request_id="cancel-1"), 25)
+        except deals.DealNotOpen:
+            pass
+        activities.gate.opened.set()
+        await receipt
+        await env.sleep(YEAR)
+        await deals.deal_handle(env.client, deal.id).result()
+    return {"deal_cancel_racing_release": f"deal-{deal.id}"}
+
+
+async def mail_failing(env, settings) -> dict:
+    """A partner whose address SendGrid refuses, and SendGrid down when the deal is forfeited."""
+    from tests.conftest import add_partner
+
+    add_partner(settings)
+    add_partner(settings, "H-BOUNCE", email="bounces@partner.example")
+    STANDIN.rejected_addresses.add("bounces@partner.example")
+    bounced = await deals.book_deal(env.client, settings, booking(10, partner_id="H-BOUNCE"), deal_id="H-BOUNCED")
+    outage = await deals.book_deal(env.client, settings, booking(10), deal_id="H-OUTAGE")
+    await env.sleep(YEAR - timedelta(hours=1))
+    STANDIN.down = True
+    await env.sleep(timedelta(hours=2))
+    STANDIN.down = False
+    await env.sleep(timedelta(hours=1))
+    for deal in (bounced, outage):
+        await deals.deal_handle(env.client, deal.id).result()
+    return {"deal_mail_rejected": f"deal-{bounced.id}", "deal_mail_outage": f"deal-{outage.id}"}
 
 
 async def rebate_released(env, settings) -> dict:
@@ -110,40 +208,90 @@ async def partner_years(env, settings) -> dict:
             "partner_reminded_lapsed_reinstated": (partner_workflow_id("H-PARTNER"), second_run)}
 
 
+STANDIN = None  # the SendGrid stand-in of mail_failing
+
+
+def _with_sendgrid() -> dict:
+    global STANDIN
+    from tests.sendgrid_standin import SendGridStandIn
+
+    STANDIN = STANDIN or SendGridStandIn()
+    return {"sendgrid_api_key": "SG.history", "sendgrid_host": STANDIN.url, "reminder_offsets": ""}
+
+
+# A dev server that suggests continue-as-new once a history has 20 events.
+EARLY_CONTINUE_AS_NEW = ["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=20"]
+
+# (scenario, settings overrides, whether the scenario runs its own workers, dev server arguments or None for time skipping)
 SCENARIOS = [
-    (rebate_released, {}),
-    (shortfall_forfeited, {}),
-    (upfront_clawed_back, {"incentive_mode": "upfront"}),
-    (cancelled_in_transit, {"sim_carrier_step": "1h"}),
-    (all_returned_early, {}),
-    (partner_years, {}),
+    (rebate_released, {}, False, None),
+    (shortfall_forfeited, {}, False, None),
+    (upfront_clawed_back, {"incentive_mode": "upfront"}, False, None),
+    (cancelled_in_transit, {"sim_carrier_step": "1h"}, False, None),
+    (all_returned_early, {}, False, None),
+    (partner_years, {}, False, None),
+    (open_deal, {}, False, None),
+    (continued_as_new, {"reminder_offsets": ""}, False, EARLY_CONTINUE_AS_NEW),
+    (concurrent_updates, {"reminder_offsets": ""}, True, None),
+    (cancel_racing_release, {}, True, None),
+    (mail_failing, _with_sendgrid, False, None),
 ]
 
 
-async def record(out_dir: Path = HISTORIES) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for scenario, overrides in SCENARIOS:
+@asynccontextmanager
+async def server(dev_server_args):
+    if dev_server_args is None:
         async with time_skipping_server() as env:
+            yield env
+        return
+    from temporalio.contrib.pydantic import pydantic_data_converter
+    from temporalio.testing import WorkflowEnvironment
+
+    from tests.conftest import binary
+
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter, dev_server_existing_path=binary("temporal"), dev_server_extra_args=dev_server_args, dev_server_log_level="error"
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+async def record(out_dir: Path) -> list[Path]:
+    if out_dir.exists():
+        raise SystemExit(f"{out_dir} exists: a released version's histories are never re-recorded (record a new version)")
+    out_dir.mkdir(parents=True)
+    written = []
+    for scenario, overrides, own_workers, dev_server_args in SCENARIOS:
+        async with server(dev_server_args) as env:
             with tempfile.TemporaryDirectory() as tmp:
-                settings = make_settings(Path(tmp), **overrides)
-                async with running_worker(env.client, settings):
+                settings = make_settings(Path(tmp), **(overrides() if callable(overrides) else overrides))
+                if own_workers:
                     workflows = await scenario(env, settings)
-                    for name, workflow_id in workflows.items():
-                        workflow_id, run_id = workflow_id if isinstance(workflow_id, tuple) else (workflow_id, None)
-                        history = await env.client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
-                        path = out_dir / f"{name}.json"
-                        path.write_text(history.to_json())
-                        written.append(path)
+                else:
+                    async with running_worker(env.client, settings):
+                        workflows = await scenario(env, settings)
+                for name, workflow_id in workflows.items():
+                    workflow_id, run_id = workflow_id if isinstance(workflow_id, tuple) else (workflow_id, None)
+                    history = await env.client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+                    path = out_dir / f"{name}.json"
+                    path.write_text(history.to_json())
+                    written.append(path)
+                    print(f"wrote {path} ({len(history.events)} events)", flush=True)
     return written
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HISTORIES)
+    parser.add_argument("--version", required=True, help="the released workflow version, e.g. v2: writes tests/histories/<version>/")
+    parser.add_argument("--out", type=Path, help="another folder (to try the scenarios without touching tests/histories)")
+    parser.add_argument("--only", nargs="*", help="scenario names to run (with --out)")
     args = parser.parse_args()
-    for path in asyncio.run(record(args.out)):
-        print(f"wrote {path}")
+    if args.only:
+        global SCENARIOS
+        SCENARIOS = [entry for entry in SCENARIOS if entry[0].__name__ in args.only]
+    asyncio.run(record(args.out or HISTORIES / args.version))
 
 
 if __name__ == "__main__":

@@ -53,7 +53,10 @@ def test_the_recorded_histories_cover_both_workflows_and_every_ending():
     assert types == {"TakebackDealWorkflow", "PickupWorkflow", "PartnerSpecializationWorkflow"}
     endings = {EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW}
     for path, history in zip(FILES, histories):
-        assert history.events[-1].event_type in endings, path.name
+        if path.stem.startswith("open_"):  # a deal still running when recorded, as deals are at a deploy
+            assert history.events[-1].event_type not in endings, path.name
+        else:
+            assert history.events[-1].event_type in endings, path.name
     activities = set().union(*(activity_types(h) for h in histories))
     # Mail and closing are activities of their own; store writes run as local activities: markers.
     assert {"send_reminder", "notify_settlement", "escalate_pickup", "close_deal"} <= activities
@@ -69,10 +72,69 @@ def test_the_recorded_histories_cover_both_workflows_and_every_ending():
     assert {"stop_tracking", "pickup_status"} <= signals
 
 
+def test_every_version_keeps_its_generations_and_the_newest_covers_races_and_running_deals():
+    """Each released version has its folder; the newest holds the shapes a deploy meets: an open
+    deal, a continue-as-new, two updates in one task, a cancel racing a release, failing mail."""
+    versions = sorted({path.parent.name for path in FILES}, key=lambda v: int(v[1:]))
+    assert versions[:2] == ["v1", "v2"]
+    newest = {path.stem for path in FILES if path.parent.name == versions[-1]}
+    assert {"open_deal_awaiting_returns", "deal_continued_as_new_first_run", "deal_continued_as_new_second_run", "deal_concurrent_updates",
+            "deal_cancel_racing_release", "deal_mail_rejected", "deal_mail_outage", "partner_certified_year_rolled_over"} <= newest
+    first_run = load(HISTORIES / "v2" / "deal_continued_as_new_first_run.json")
+    assert first_run.events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+    concurrent = load(HISTORIES / "v2" / "deal_concurrent_updates.json")
+    accepted = [i for i, e in enumerate(concurrent.events) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED]
+    assert any(
+        not any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED for e in concurrent.events[a:b]) for a, b in zip(accepted, accepted[1:])
+    ), "two updates accepted in one workflow task"
+
+
 @pytest.mark.parametrize("path", FILES, ids=[f"{path.parent.name}/{path.stem}" for path in FILES])
 async def test_history_replays_on_todays_code(path):
     result = await replayer().replay_workflow(load(path), raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{path.name} no longer replays: {result.replay_failure!r}"
+
+
+# What each money history decided (booking(10) or booking(4): 5% of 100,000.00), as the scenarios
+# in tests/record_histories.py drive them: replay checks commands, this checks the values.
+DECIDED = {
+    "deal_rebate_released": ("closed", "released", "5000.00", 9),
+    "deal_shortfall_forfeited": ("expired", "forfeited", "5000.00", 3),
+    "deal_upfront_clawed_back": ("expired", "clawed_back", "5000.00", 2),
+    "deal_cancelled": ("cancelled", "cancelled", "5000.00", 0),
+    "deal_all_returned_early": ("closed", "released", "5000.00", 4),
+    "deal_continued_as_new_second_run": ("closed", "released", "5000.00", 10),
+    "deal_concurrent_updates": ("closed", "released", "5000.00", 8),
+    "deal_cancel_racing_release": ("closed", "released", "5000.00", 8),
+    "deal_mail_rejected": ("expired", "forfeited", "5000.00", 0),
+    "deal_mail_outage": ("expired", "forfeited", "5000.00", 0),
+}
+# The settlement each v2+ history recorded in the store (the local activity's result in its marker).
+SETTLED = {"released": "5000.00", "forfeited": "5000.00", "clawed_back": "5000.00", "cancelled": "0.00"}
+MONEY_FILES = [path for path in FILES if path.stem in DECIDED]
+
+
+def settlements_recorded(history: WorkflowHistory) -> list[dict]:
+    found = []
+    for event in history.events:
+        if event.event_type != EventType.EVENT_TYPE_MARKER_RECORDED:
+            continue
+        details = event.marker_recorded_event_attributes.details
+        if "data" in details and json.loads(details["data"].payloads[0].data).get("activity_type") == "record_settlement":
+            found.append(json.loads(details["result"].payloads[0].data))
+    return found
+
+
+@pytest.mark.parametrize("path", MONEY_FILES, ids=[f"{path.parent.name}/{path.stem}" for path in MONEY_FILES])
+async def test_each_money_history_decided_what_its_scenario_expects(path):
+    history = load(path)
+    completed = history.events[-1].workflow_execution_completed_event_attributes.result
+    (view,) = await pydantic_data_converter.decode(completed.payloads, [DealView])
+    status, incentive, amount, received = DECIDED[path.stem]
+    assert (view.status.value, view.incentive.status.value, str(view.incentive.amount), view.received_units) == (status, incentive, amount, received)
+    settled = settlements_recorded(history)
+    if path.parent.name != "v1":  # v1 wrote ledger rows whose markers hold only a flag
+        assert settled == [{"outcome": incentive, "amount": SETTLED[incentive]}], settled
 
 
 # --- the replay test must be able to fail -------------------------------------------------
@@ -123,8 +185,35 @@ async def test_the_unchanged_subclass_replays():
         await replayer(DealUnchanged, PickupWorkflow).replay_workflow(load(HISTORIES / "v1" / f"{name}.json"))
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize("altered", [DealWithAnExtraTimer, DealWithAnExtraActivity], ids=["extra-timer", "extra-activity"])
-async def test_an_altered_deal_workflow_fails_replay(altered):
-    history = load(HISTORIES / "v1" / "deal_rebate_released.json")
+async def test_an_altered_deal_workflow_fails_replay(altered, version):
+    history = load(HISTORIES / version / "deal_rebate_released.json")
     with pytest.raises(NondeterminismError):
         await replayer(altered, PickupWorkflow).replay_workflow(history)
+
+
+def test_the_replay_command_passes_over_every_kept_generation():
+    """`takeback replay --histories` is what a deploy pipeline runs; here over the recorded corpus."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "cli", "replay", "--histories", str(HISTORIES)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"replayed {len(FILES)} histories: 0 failed" in done.stdout
+
+
+async def test_the_replay_command_finds_a_change_that_breaks_an_open_deal_on_a_live_server(dev_server_env, tmp_path, monkeypatch):
+    from service import deals, replay
+    from tests.conftest import booking, make_settings, running_worker
+
+    settings = make_settings(tmp_path)
+    async with running_worker(dev_server_env.client, settings):
+        view = await deals.book_deal(dev_server_env.client, settings, booking(10))
+        await deals.request_pickup(dev_server_env.client, view.id, __import__("tests.deal_helpers", fromlist=["PICKUP"]).PICKUP)
+    query = f"WorkflowId = 'deal-{view.id}'"
+    today = await replay.replay_server(dev_server_env.client, query)
+    assert today.replayed == 1 and today.ok  # the open deal replays on today's code
+    monkeypatch.setattr(replay, "WORKFLOWS", [DealWithAnExtraTimer, PickupWorkflow, PartnerSpecializationWorkflow])
+    altered = await replay.replay_server(dev_server_env.client, query)
+    assert altered.replayed == 1 and not altered.ok and "deal-" + view.id in altered.failures[0][0]
