@@ -107,11 +107,14 @@ class SendGridMailer(Mailer):
 
     def send(self, mail: Mail, sender: str) -> str:
         from python_http_client.exceptions import HTTPError
-        from sendgrid.helpers.mail import Cc, Mail as SendGridMail
+        from sendgrid.helpers.mail import Cc, CustomArg, Mail as SendGridMail
 
         message = SendGridMail(from_email=sender, to_emails=mail.to, subject=mail.subject, plain_text_content=mail.body)
         if mail.cc:
             message.add_cc(Cc(mail.cc))
+        # Our key travels with the message: SendGrid's activity feed and event webhooks name it,
+        # so ops can match a delivery (or an "outcome unknown") to the deal's message.
+        message.custom_arg = CustomArg(key="takeback_key", value=mail.key)
         try:
             response = self.client.send(message)
         except HTTPError as error:  # python_http_client's: status_code, reason, body (bytes), headers (HTTPMessage)

@@ -2,8 +2,8 @@
 
 The real `sendgrid` client talks to it (SENDGRID_HOST), as in production. It can refuse some
 addresses (400), refuse the API key (401), be down (503), answer some requests after the client
-has given up, and it counts each message it accepted by (to, subject): a message there twice was
-delivered twice, whatever the client saw.
+has given up, and it counts each message it accepted by (to, subject, the sender's message key
+in `custom_args`): a message there twice was delivered twice, whatever the client saw.
 """
 
 import json
@@ -22,7 +22,7 @@ class SendGridStandIn:
         self.slow_every = 0  # every n-th request is accepted, but answered after `slow_seconds`
         self.slow_seconds = 0.0
         self.requests = 0
-        self.delivered: Counter = Counter()  # (to, subject) -> times accepted
+        self.delivered: Counter = Counter()  # (to, subject, message key) -> times accepted
         self.refusals: Counter = Counter()  # status -> count
         self.lock = threading.Lock()
         outer = self
@@ -31,7 +31,7 @@ class SendGridStandIn:
             def do_POST(self):
                 payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 to = payload["personalizations"][0]["to"][0]["email"]
-                status, delay = outer._answer(to, payload["subject"])
+                status, delay = outer._answer(to, payload["subject"], payload.get("custom_args", {}).get("takeback_key", ""))
                 time.sleep(delay)
                 body = b'{"errors":[{"message":"refused by the stand-in"}]}' if status >= 400 else b""
                 try:
@@ -52,7 +52,7 @@ class SendGridStandIn:
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         self.thread.start()
 
-    def _answer(self, to: str, subject: str) -> tuple[int, float]:
+    def _answer(self, to: str, subject: str, key: str) -> tuple[int, float]:
         with self.lock:
             self.requests += 1
             n = self.requests
@@ -65,7 +65,7 @@ class SendGridStandIn:
             else:
                 status = 202
             if status == 202:
-                self.delivered[(to, subject)] += 1
+                self.delivered[(to, subject, key)] += 1
             else:
                 self.refusals[status] += 1
             delay = self.slow_seconds if status == 202 and self.slow_every and n % self.slow_every == 0 else 0.0
@@ -73,7 +73,7 @@ class SendGridStandIn:
 
     def delivered_to(self, to: str, subject_part: str = "") -> int:
         with self.lock:
-            return sum(n for (address, subject), n in self.delivered.items() if address == to and subject_part in subject)
+            return sum(n for (address, subject, _key), n in self.delivered.items() if address == to and subject_part in subject)
 
     def delivered_twice(self) -> list:
         with self.lock:

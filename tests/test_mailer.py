@@ -78,6 +78,7 @@ def test_the_real_client_sends_a_v3_payload(sendgrid):
     assert request["headers"]["Content-Type"] == "application/json"
     payload = request["json"]
     assert payload["from"]["email"] == "takeback@vendor.example" and payload["subject"] == MAIL.subject
+    assert payload["custom_args"] == {"takeback_key": MAIL.key}  # SendGrid's activity feed names our message
     assert payload["personalizations"][0]["to"] == [{"email": "partner@example.com"}]
     assert payload["personalizations"][0]["cc"] == [{"email": "ops@example.com"}]
     assert payload["content"] == [{"type": "text/plain", "value": MAIL.body}]

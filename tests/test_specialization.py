@@ -168,3 +168,43 @@ async def test_booking_needs_a_certified_partner_and_counts_in_its_year(time_ski
         deal = await deals.book_deal(env.client, settings, booking(4, partner_id=pid))
         view = await settle(env, settings, pid)
     assert view.deals_this_year == 1 and deal.partner_id == pid
+
+
+async def test_a_partner_lapses_on_time_while_its_mail_bounces_or_sendgrid_is_down(time_skipping_env, tmp_path):
+    """The booking gate closes at the year's end whatever mail does: the status is projected first."""
+    from store.tables import EmailMessage
+    from temporalio.client import WorkflowExecutionStatus
+
+    from tests.sendgrid_standin import SendGridStandIn
+    from workflows.ids import partner_workflow_id
+
+    env = time_skipping_env
+    standin = SendGridStandIn()
+    settings = make_settings(tmp_path, sendgrid_api_key="SG.test", sendgrid_host=standin.url)
+    standin.rejected_addresses.add("bounces@bounced.example")
+    try:
+        async with running_worker(env.client, settings):
+            for partner_id, email in (("BOUNCED", "bounces@bounced.example"), ("UNLUCKY", "ops@unlucky.example")):
+                add_partner(settings, partner_id, email=email, certified=False)
+                await partners.start_specialization(env.client, settings, partner_id)
+                await certify(env.client, partner_id)
+            await env.sleep(YEAR - timedelta(hours=1))
+            standin.down = True  # SendGrid goes down as the years end
+            await env.sleep(timedelta(hours=2))
+            for partner_id in ("BOUNCED", "UNLUCKY"):
+                assert (await partners.specialization(env.client, settings, partner_id)).status == SpecializationStatus.lapsed
+                with pytest.raises(partners.PartnerNotCertified):
+                    partners.ensure_may_book(settings, partner_id)  # the gate reads the store's projection
+            assert standin.refusals[503] >= 1 and standin.delivered_to("ops@unlucky.example", "lapsed") == 0
+            standin.down = False
+            await env.sleep(timedelta(hours=1))
+            for partner_id in ("BOUNCED", "UNLUCKY"):
+                description = await env.client.get_workflow_handle(partner_workflow_id(partner_id)).describe()
+                assert description.status == WorkflowExecutionStatus.RUNNING  # not failed by its mail
+        assert standin.delivered_to("ops@unlucky.example", "lapsed") == 1 and standin.delivered_to("bounces@bounced.example") == 0
+        with session_scope(settings.effective_database_url) as session:
+            bounced = session.execute(select(EmailMessage.state).where(EmailMessage.partner_id == "BOUNCED")).scalars().all()
+        assert bounced and set(bounced) == {"failed"}
+        assert standin.delivered_twice() == []
+    finally:
+        standin.close()
