@@ -384,3 +384,27 @@ async def test_a_retried_booking_joins_its_deal_and_after_close_answers_the_clos
     starts = [e for e in history.events if e.HasField("workflow_execution_started_event_attributes")]
     assert len(starts) == 1
     assert ledger_amounts(settings, "D-RETRY") == {"cancelled": Decimal("0.00")}
+
+
+async def test_an_open_deal_keeps_the_terms_it_was_booked_with_when_the_rules_change(time_skipping_env, tmp_path, monkeypatch):
+    """Amount and required units are frozen at booking: a later change of the rules (a lower cap,
+    other rounding, another threshold) never re-prices a deal already running."""
+    from domain import rules
+
+    from tests.test_deal_races import uncached_worker
+
+    env = time_skipping_env
+    settings = make_settings(tmp_path)
+    add_partner(settings)
+    async with uncached_worker(env, settings):  # every task replays the deal from its history, as after a deploy
+        view = await deals.book_deal(env.client, settings, booking(10, rate="0.07", value="100000.00"))
+        assert (view.incentive.amount, view.required_units) == (Decimal("7000.00"), 8)
+        # A new release changes the rules while the deal runs (and its workflow is replayed afresh).
+        monkeypatch.setattr(rules, "incentive_amount", lambda value, rate: Decimal("1.00"))
+        monkeypatch.setattr(rules, "required_units", lambda committed, threshold: committed)
+        await deals.record_receipt(env.client, settings, view.id, items("T", 8))
+        await env.sleep(YEAR)
+        final = await deals.deal_handle(env.client, view.id).result()
+    assert final.incentive.amount == Decimal("7000.00") and final.required_units == 8
+    assert final.status == DealStatus.closed and final.incentive.status == IncentiveStatus.released
+    assert ledger_amounts(settings, view.id) == {"released": Decimal("7000.00")}

@@ -151,3 +151,59 @@ def test_carrier_events_racing_on_one_pickup_never_move_it_backwards(database_ur
             recorded = session.execute(select(func.count()).select_from(ShipmentEvent).where(ShipmentEvent.tracking_number == tracking)).scalar_one()
         assert recorded == 2
         assert sorted(o.repeated for o in outcomes) == [False, False, True, True]
+
+
+def test_a_deal_settles_once_and_a_contradicting_outcome_is_refused(database_url, tmp_path):
+    """Release and cancel racing on one deal: one settlement, one terminal ledger row, and both
+    callers told the same outcome (the store, not the order of arrival, decides)."""
+    from store.tables import Settlement
+
+    setup_store(database_url, tmp_path)
+    for deal in range(12):
+        deal_id = f"D{deal}"
+        outcomes = {}
+        barrier = threading.Barrier(2)
+
+        def settle(outcome, amount):
+            barrier.wait()
+            with session_scope(database_url) as session:
+                outcomes[outcome] = store.record_settlement(session, deal_id, "P1", outcome, amount).outcome
+
+        threads = [threading.Thread(target=settle, args=args) for args in (("released", Decimal("5000.00")), ("cancelled", Decimal("0.00")))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        with session_scope(database_url) as session:
+            settled = session.execute(select(Settlement.outcome, Settlement.amount).where(Settlement.deal_id == deal_id)).all()
+            rows = session.execute(select(IncentiveLedger.kind, IncentiveLedger.amount).where(IncentiveLedger.deal_id == deal_id)).all()
+        assert len(settled) == 1 and set(outcomes.values()) == {settled[0].outcome}  # both callers adopt the one outcome
+        assert [tuple(row) for row in rows] == [tuple(settled[0])]  # and the ledger holds just that movement
+
+
+def test_an_older_projection_never_overwrites_a_newer_one(database_url, tmp_path):
+    settings = setup_store(database_url, tmp_path)
+    stage(database_url, settings, "D1", booking(4))
+    newer = booked_view("D1", 4, status="condition_met", incentive_status="released").model_copy(update={"revision": 3})
+    older = booked_view("D1", 4).model_copy(update={"revision": 2})  # a late retry of an earlier local activity
+    with session_scope(database_url) as session:
+        store.project_deal(session, newer)
+        store.project_deal(session, older)
+        stored = store.deal_view_from_store(session, "D1")
+    assert stored.status.value == "condition_met" and stored.revision == 3
+
+
+def test_a_refused_batch_burns_nothing_and_a_processed_one_cannot_be_refused(database_url, tmp_path):
+    from domain.models import ReceiptItem
+
+    settings = setup_store(database_url, tmp_path)
+    stage(database_url, settings, "D1", booking(4))
+    late = [ReceiptItem(product_id="ISR4331/K9", serial_number="LATE-1", condition="working", age_years=2)]
+    with session_scope(database_url) as session:
+        store.stage_receipt(session, "late", "D1", late)
+        assert store.refuse_receipt(session, "late")  # the deal had decided: refused
+        counts = store.process_receipt(session, "D1", "late", 5, default_catalog())  # a sweep finds nothing to count
+        assert counts.accepted == 0 and session.execute(select(func.count()).select_from(ReturnedItem)).scalar_one() == 0
+    assert receive(database_url, "D1", "on-time", ["OK-1"]).accepted == 1
+    with session_scope(database_url) as session:
+        assert not store.refuse_receipt(session, "on-time")  # it counted: the caller gets its result, not a 409
