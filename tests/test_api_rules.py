@@ -280,3 +280,26 @@ async def test_a_revoked_key_is_refused_once_the_key_cache_window_passes(tmp_pat
         later = time.monotonic() + deps.KEY_CACHE_SECONDS + 1
         monkeypatch.setattr(deps, "_clock", lambda: later)
         assert_problem(await http.get("/v1/deals", headers=ops), 401)
+
+
+async def test_extend_and_cancel_take_an_idempotency_key_and_ops_read_a_deals_mail(two_partners):
+    http, settings, keys, deals = two_partners
+    body = {"extend_by": "30d", "reason": "customer asked"}
+    first = await http.post(f"/v1/deals/{deals['A']}/extend", json=body, headers={**keys["ops"], "Idempotency-Key": "ext-1"})
+    retry = await http.post(f"/v1/deals/{deals['A']}/extend", json=body, headers={**keys["ops"], "Idempotency-Key": "ext-1"})
+    assert first.status_code == retry.status_code == 200 and first.json() == retry.json()  # a retry is the same extension
+    assert first.json()["extensions"] == ["+30d: customer asked"]
+    assert_problem(await http.post(f"/v1/deals/{deals['A']}/extend", json={**body, "extend_by": "60d"}, headers={**keys["ops"], "Idempotency-Key": "ext-1"}), 422)
+    second = await http.post(f"/v1/deals/{deals['A']}/extend", json=body, headers={**keys["ops"], "Idempotency-Key": "ext-2"})
+    assert second.json()["extensions"] == ["+30d: customer asked", "+30d: customer asked"]  # another key, another extension
+
+    cancel = {"reason": "customer withdrew"}
+    done = await http.post(f"/v1/deals/{deals['A']}/cancel", json=cancel, headers={**keys["ops"], "Idempotency-Key": "cancel-1"})
+    again = await http.post(f"/v1/deals/{deals['A']}/cancel", json=cancel, headers={**keys["ops"], "Idempotency-Key": "cancel-1"})
+    assert done.status_code == again.status_code == 200 and again.json()["status"] == "cancelled"  # not a 409: the same cancel
+    assert_problem(await http.post(f"/v1/deals/{deals['A']}/cancel", json=cancel, headers=keys["ops"]), 409)  # a new one: closed
+
+    mail = await http.get(f"/v1/deals/{deals['B']}/emails", headers=keys["ops"])
+    assert mail.status_code == 200 and mail.json() == []  # nothing due yet on an open deal
+    assert_problem(await http.get(f"/v1/deals/{deals['B']}/emails", headers=keys["B"]), 403)  # a partner's own deal: ops only
+    assert_problem(await http.get(f"/v1/deals/{deals['B']}/emails", headers=keys["A"]), 404)  # not its own: not there
