@@ -43,13 +43,18 @@ class EmailState(BaseModel):
     sent_at: datetime | None
 
 
-def _request_hash(body: BookingRequest) -> str:
+def _request_hash(body: BaseModel) -> str:
     return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
 
 
 def _claim_idempotency_key(settings, key_id: int, key: str, request_hash: str) -> IdempotencyRecord:
+    """A booking's key: a retry books the same deal, whose id the key derives."""
+    deal_id = "D" + hashlib.sha256(f"{key_id}:{key}".encode()).hexdigest()[:16].upper()
+    return _claim_key(settings, key_id, key, request_hash, deal_id)
+
+
+def _claim_key(settings, key_id: int, key: str, request_hash: str, deal_id: str) -> IdempotencyRecord:
     """The first request with a key claims it; later ones get the same record back."""
-    deal_id = "D" + hashlib.sha256(f"{key_id}:{key}".encode()).hexdigest()[:16].upper()  # a retry books the same deal
     with session_scope(settings.effective_database_url) as session:
         session.add(IdempotencyRecord(api_key_id=key_id, key=key, request_hash=request_hash, deal_id=deal_id))
         try:
@@ -168,25 +173,14 @@ async def _deal_update(call):
         raise Problem(503, f"{error}; retry with the same request to see its result", "write-staged", headers={"Retry-After": "2"}, staged=True) from None
 
 
-def _claim_action_key(settings, key_id: int, scoped_key: str, request_hash: str, deal_id: str) -> IdempotencyRecord:
-    with session_scope(settings.effective_database_url) as session:
-        session.add(IdempotencyRecord(api_key_id=key_id, key=scoped_key, request_hash=request_hash, deal_id=deal_id))
-        try:
-            session.commit()
-        except IntegrityError:
-            session.rollback()
-        return session.execute(select(IdempotencyRecord).where(IdempotencyRecord.api_key_id == key_id, IdempotencyRecord.key == scoped_key)).scalar_one()
-
-
 async def _idempotent_action(settings, caller, deal_id: str, action: str, idempotency_key: str | None, body: BaseModel, run):
     """An ops action on a deal with an optional Idempotency-Key: the same key and body is the same
     action (one workflow update id, and the first answer once there is one); another body: 422."""
     if not idempotency_key:
         return await _deal_update(run(None))
     scoped = f"{action}:" + hashlib.sha256(f"{deal_id}:{idempotency_key}".encode()).hexdigest()
-    request_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-    record = await asyncio.to_thread(_claim_action_key, settings, caller.key_id, scoped, request_hash, deal_id)
-    if record.request_hash != request_hash:
+    record = await asyncio.to_thread(_claim_key, settings, caller.key_id, scoped, _request_hash(body), deal_id)
+    if record.request_hash != _request_hash(body):
         raise Problem(422, "this Idempotency-Key was used with another request body", "idempotency-key-reused")
     if record.response_json is not None:
         return Response(record.response_json, status_code=record.status_code, media_type="application/json")
