@@ -3,19 +3,103 @@
 Workflow inputs and results carry ids and counts only: serial lists live in the store.
 """
 
-from datetime import datetime
+import re
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
-MAX_SERIALS_PER_BOOKING = 50_000
+from domain.durations import parse_duration
+
+MAX_SERIALS_PER_BOOKING = 50_000  # listed serials in one booking, all lines together
 MAX_RECEIPT_ITEMS = 5_000
+MAX_EXTENSION = timedelta(days=365)  # one `extend_by`; a longer one is a 422, never an overflow in the deal
 
-ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
-ProductId = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
-Serial = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
+# --- text that is safe to store, log and mail ---------------------------------------------------
+# Control characters (C0, DEL, C1), NUL above all (PostgreSQL refuses it in text: a 500), and the
+# Unicode line and paragraph separators (they forge log lines and mail headers). Lone surrogates
+# never get this far (pydantic refuses them). Free text (addresses, reasons) may keep line breaks and tabs.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_BUT_LINE_BREAKS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _refuse(pattern: re.Pattern, value: str) -> str:
+    found = pattern.search(value)
+    if found:
+        raise ValueError(f"control character U+{ord(found.group()):04X} is not allowed here")
+    return value
+
+
+def single_line(value: str) -> str:
+    """Names, ids, phone numbers, serials: printable text on one line."""
+    return _refuse(_CONTROL, value)
+
+
+def free_text(value: str) -> str:
+    """Addresses and reasons: may span lines, but hold no other control character."""
+    return _refuse(_CONTROL_BUT_LINE_BREAKS, value)
+
+
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True), AfterValidator(single_line)]
+ProductId = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True), AfterValidator(single_line)]
+Serial = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True), AfterValidator(single_line)]
+FreeText = Annotated[str, StringConstraints(min_length=1, max_length=1000, strip_whitespace=True), AfterValidator(free_text)]
+
+# Ids in paths: bounded, and of the characters ids are made of (deal ids are `D` + 16 hex digits;
+# partner ids follow the pattern of registration). For `{deal_id}` and `{partner_id}` route parameters.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+DealId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=ID_PATTERN)]
+PartnerId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=ID_PATTERN)]
+
+# One mailbox: `local@domain`, no display name, no list. A comma or semicolon would make one field
+# several recipients; quotes, angle brackets and whitespace a display name or a header of its own.
+_EMAIL = re.compile(r"^[^\s@,;:<>()\[\]\\\"]{1,64}@(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,63}$")
+
+
+def one_mailbox(value: str) -> str:
+    if not _EMAIL.fullmatch(value):
+        raise ValueError("one e-mail address, local@domain (no list, no display name)")
+    return single_line(value)
+
+
+EmailAddress = Annotated[str, StringConstraints(min_length=3, max_length=254, strip_whitespace=True), AfterValidator(one_mailbox)]
+
+
+def not_negative_zero(value: Decimal) -> Decimal:
+    """`-0.00` passes `>= 0` and would be stored, summed and shown as "-0.00"."""
+    if value.is_zero() and value.is_signed():
+        raise ValueError("negative zero is not an amount")
+    return value
+
+
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def calendar_date(value: object) -> object:
+    """A calendar date, `YYYY-MM-DD` (or a `date`): not a time, a timestamp or free text."""
+    if isinstance(value, datetime) or not isinstance(value, (date, str)) or (isinstance(value, str) and not _ISO_DATE.fullmatch(value)):
+        raise ValueError("a date, YYYY-MM-DD")
+    return value
+
+
+def extension_duration(text: str) -> timedelta:
+    """An `extend_by` as a duration: positive, at least a second and at most MAX_EXTENSION (ValueError)."""
+    try:
+        duration = parse_duration(text)
+    except OverflowError:  # `99999999999d` is more days than a timedelta holds
+        raise ValueError(f"extend_by is at most {MAX_EXTENSION.days}d") from None
+    if duration > MAX_EXTENSION:
+        raise ValueError(f"extend_by is at most {MAX_EXTENSION.days}d, got {text!r}")
+    if duration < timedelta(seconds=1):
+        raise ValueError(f"extend_by is at least 1s, got {text!r}")
+    return duration
+
+
+def _extension(text: str) -> str:
+    extension_duration(text)
+    return text
 
 
 class Opportunity(StrEnum):
@@ -103,13 +187,20 @@ SIMULATED_CARRIER_PATH = [
 
 class Customer(BaseModel):
     name: ShortText
-    country: Annotated[str, StringConstraints(min_length=2, max_length=56, strip_whitespace=True)]
+    country: Annotated[str, StringConstraints(min_length=2, max_length=56, strip_whitespace=True), AfterValidator(single_line)]
 
 
 class EquipmentLine(BaseModel):
     product_id: ProductId
     quantity: int = Field(ge=1, le=1_000_000)
+    # Listed serials number exactly `quantity` (an empty list lists none).
     serial_numbers: list[Serial] | None = Field(default=None, max_length=MAX_SERIALS_PER_BOOKING)
+
+    @model_validator(mode="after")
+    def _serials_match_quantity(self) -> "EquipmentLine":
+        if self.serial_numbers and len(self.serial_numbers) != self.quantity:
+            raise ValueError(f"{len(self.serial_numbers)} serial_numbers listed for quantity {self.quantity}: list exactly one per unit, or none")
+        return self
 
 
 class BookingRequest(BaseModel):
@@ -118,13 +209,23 @@ class BookingRequest(BaseModel):
     partner_id: ShortText
     customer: Customer
     opportunity: Opportunity
-    new_products_value: Decimal = Field(ge=0, le=Decimal("1e12"), max_digits=16, decimal_places=2)
-    incentive_rate: Decimal = Field(max_digits=6, decimal_places=4)
+    new_products_value: Annotated[Decimal, AfterValidator(not_negative_zero)] = Field(ge=0, le=Decimal("1e12"), max_digits=16, decimal_places=2)
+    incentive_rate: Annotated[Decimal, AfterValidator(not_negative_zero)] = Field(max_digits=6, decimal_places=4)
     equipment: list[EquipmentLine] = Field(min_length=1, max_length=1_000)
+
+    @model_validator(mode="after")
+    def _serials_in_total(self) -> "BookingRequest":
+        if self.listed_serials > MAX_SERIALS_PER_BOOKING:
+            raise ValueError(f"a booking lists at most {MAX_SERIALS_PER_BOOKING} serial numbers in total, got {self.listed_serials}")
+        return self
 
     @property
     def committed_units(self) -> int:
         return sum(line.quantity for line in self.equipment)
+
+    @property
+    def listed_serials(self) -> int:
+        return sum(len(line.serial_numbers or ()) for line in self.equipment)
 
 
 class DealTerms(BaseModel):
@@ -156,10 +257,13 @@ class Incentive(BaseModel):
 
 
 class PickupRequest(BaseModel):
-    address: Annotated[str, StringConstraints(min_length=1, max_length=500, strip_whitespace=True)]
+    """Its shape; against the deal (ready_on up to the deadline, expected_units at most the units
+    outstanding, open pickups per deal) it is checked by `rules.validate_pickup`."""
+
+    address: Annotated[str, StringConstraints(min_length=1, max_length=500, strip_whitespace=True), AfterValidator(free_text)]
     contact_name: ShortText
-    contact_phone: Annotated[str, StringConstraints(min_length=3, max_length=40, strip_whitespace=True)]
-    ready_on: datetime | str
+    contact_phone: Annotated[str, StringConstraints(min_length=3, max_length=40, strip_whitespace=True), AfterValidator(single_line)]
+    ready_on: Annotated[date, BeforeValidator(calendar_date)]
     expected_units: int = Field(ge=1, le=1_000_000)
 
 
@@ -171,10 +275,10 @@ class PickupView(BaseModel):
 
 
 class CarrierEvent(BaseModel):
-    event_id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    tracking_number: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    event_id: Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(single_line)]
+    tracking_number: Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(single_line)]
     status: CarrierStatus
-    occurred_at: datetime
+    occurred_at: AwareDatetime  # with its offset: a naive time is ambiguous by up to a day
 
 
 class ReceiptItem(BaseModel):
@@ -200,12 +304,12 @@ class ReceiptCounts(BaseModel):
 
 
 class ExtendRequest(BaseModel):
-    extend_by: Annotated[str, StringConstraints(min_length=2, max_length=20)]
-    reason: Annotated[str, StringConstraints(min_length=1, max_length=1000, strip_whitespace=True)]
+    extend_by: Annotated[str, StringConstraints(min_length=2, max_length=20), AfterValidator(_extension)]  # at most MAX_EXTENSION
+    reason: FreeText
 
 
 class CancelRequest(BaseModel):
-    reason: Annotated[str, StringConstraints(min_length=1, max_length=1000, strip_whitespace=True)]
+    reason: FreeText
 
 
 class Dispositions(BaseModel):

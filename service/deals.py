@@ -14,8 +14,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from domain import rules
 from domain.deal_progress import deal_view, initial_progress
-from domain.durations import parse_duration
-from domain.models import OPEN_DEAL_STATUSES, BookingRequest, CarrierEvent, DealTerms, DealView, PickupRequest, PickupView, ReceiptItem
+from domain.models import OPEN_DEAL_STATUSES, BookingRequest, CarrierEvent, DealTerms, DealView, PickupRequest, PickupView, ReceiptItem, extension_duration
 from service.partners import ensure_may_book
 from settings import Settings
 from store import deals as store
@@ -255,14 +254,16 @@ async def _deliver(handle: WorkflowHandle, update, *args, **kwargs):
 
 
 def parse_extension(extend_by: str) -> str:
-    """Check an `extend_by` duration before any workflow sees it (ValueError if it is none)."""
-    parse_duration(extend_by)
+    """Check an `extend_by` duration before any workflow sees it: ValueError if it is none, or
+    longer than MAX_EXTENSION (a huge one would overflow the deal's deadline and stall it)."""
+    extension_duration(extend_by)
     return extend_by
 
 
 async def extend_deal(client: Client, deal_id: str, extend_by: str, reason: str, request_id: str | None = None) -> DealView:
-    """`request_id` (from an Idempotency-Key) makes a retry the same extension."""
-    seconds = parse_duration(extend_by).total_seconds()
+    """`request_id` (from an Idempotency-Key) makes a retry the same extension. ValueError for an
+    `extend_by` that `parse_extension` refuses: nothing reaches the deal."""
+    seconds = extension_duration(extend_by).total_seconds()
     return await _update(deal_handle(client, deal_id), TakebackDealWorkflow.extend, ExtendCommand(extend_by_seconds=seconds, reason=reason), id=request_id or uuid.uuid4().hex)
 
 
