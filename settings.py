@@ -1,5 +1,6 @@
 """All configuration in one place, read from the environment (see shared/api.md)."""
 
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 
@@ -7,7 +8,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from domain.durations import parse_duration, parse_duration_list
-from domain.models import IncentiveMode
+from domain.models import MAX_SERIALS_PER_BOOKING, IncentiveMode
 
 TASK_QUEUE = "takeback"
 
@@ -53,6 +54,10 @@ class Settings(BaseSettings):
     return_threshold: float = Field(0.8, gt=0, le=1, alias="TAKEBACK_RETURN_THRESHOLD")
     incentive_mode: IncentiveMode = Field(IncentiveMode.rebate, alias="TAKEBACK_INCENTIVE_MODE")
     refresh_max_age_years: float = Field(5.0, ge=0, alias="TAKEBACK_REFRESH_MAX_AGE_YEARS")
+    # Limits on what callers send (see README "Security"). A partner key books a deal of at most this
+    # much new products' value; above it ops book it (403 needs-ops-approval for the partner).
+    partner_booking_limit: Decimal = Field(Decimal("1000000.00"), ge=0, alias="TAKEBACK_PARTNER_BOOKING_LIMIT")
+    max_serials_per_booking: int = Field(MAX_SERIALS_PER_BOOKING, ge=1, le=MAX_SERIALS_PER_BOOKING, alias="TAKEBACK_MAX_SERIALS_PER_BOOKING")
     sim_carrier_step: str = Field("0s", alias="TAKEBACK_SIM_CARRIER_STEP")
     specialization_year: str = Field("365d", alias="TAKEBACK_SPECIALIZATION_YEAR")
     specialization_reminder_offsets: str = Field("60d,30d", alias="TAKEBACK_SPECIALIZATION_REMINDER_OFFSETS")

@@ -62,3 +62,14 @@ def moves_forward(current: str, new: CarrierStatus) -> bool:
 def statuses_moving_forward_to(new: CarrierStatus) -> list[str]:
     """The pickup statuses from which `new` is a step forward: the guard of an atomic status update."""
     return [status for status in ["scheduled", *(s.value for s in CarrierStatus)] if moves_forward(status, new)]
+
+
+def needs_ops_approval(new_products_value: Decimal, partner_limit: Decimal) -> bool:
+    """A partner books alone up to `partner_limit` of new products; above it only ops book the deal
+    (7% of any value a partner declares is money the programme would owe)."""
+    return new_products_value > partner_limit
+
+
+def validate_serial_total(listed: int, limit: int) -> None:
+    if listed > limit:
+        raise RuleViolation(f"a booking lists at most {limit} serial numbers in total, got {listed}")

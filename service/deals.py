@@ -12,6 +12,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from api.problems import Problem
 from domain import rules
 from domain.deal_progress import deal_view, initial_progress
 from domain.models import OPEN_DEAL_STATUSES, BookingRequest, CarrierEvent, DealTerms, DealView, PickupRequest, PickupView, ReceiptItem, extension_duration
@@ -43,6 +44,26 @@ class WriteStaged(Exception):
 
 class DealNotFound(LookupError):
     pass
+
+
+# Refusals that are also problem details, so that the API answers them as such whichever route
+# (or idempotency layer) the call came through, instead of a 500.
+
+
+class NeedsOpsApproval(Problem):
+    """A partner key booking above TAKEBACK_PARTNER_BOOKING_LIMIT: 403, and ops book the deal.
+    Nothing is staged and no serial is claimed, so the same request by ops books it as it is.
+    (Not a RuleViolation: a route mapping those to 422 lets this one through as the 403 it is.)"""
+
+    def __init__(self, new_products_value, limit):
+        Problem.__init__(
+            self, 403,
+            f"new_products_value {new_products_value} is above {limit}, the most a partner books alone: "
+            "ops review the deal and book it (POST /v1/deals with an ops key, the same body)",
+            "needs-ops-approval",
+            limit=str(limit),
+            new_products_value=str(new_products_value),
+        )
 
 
 async def _update(handle: WorkflowHandle, update, *args, **kwargs):
@@ -103,7 +124,7 @@ def deal_handle(client: Client, deal_id: str) -> WorkflowHandle:
     return client.get_workflow_handle_for(TakebackDealWorkflow.run, deal_workflow_id(deal_id))
 
 
-async def book_deal(client: Client, settings: Settings, request: BookingRequest, deal_id: str | None = None) -> DealView:
+async def book_deal(client: Client, settings: Settings, request: BookingRequest, deal_id: str | None = None, *, by_partner: bool = False) -> DealView:
     """Validate, stage the booking with its first view (claiming listed serials), start the workflow.
 
     A deal is durable once its workflow has started, so the answer does not wait for a worker: it
@@ -111,9 +132,16 @@ async def book_deal(client: Client, settings: Settings, request: BookingRequest,
     terms. Bookings are thus accepted at the engine's own pace, and while workers restart.
     A retry with the same deal id starts nothing new and answers with the deal as it is.
 
-    Raises RuleViolation (422), PartnerNotCertified, store.UnknownPartner, store.SerialConflict (409).
+    `by_partner`: a partner key books it, alone up to TAKEBACK_PARTNER_BOOKING_LIMIT (else
+    NeedsOpsApproval, before anything is staged).
+
+    Raises RuleViolation (422), NeedsOpsApproval (403), PartnerNotCertified, store.UnknownPartner,
+    store.SerialConflict (409).
     """
     rules.validate_incentive_rate(request.incentive_rate)
+    rules.validate_serial_total(request.listed_serials, settings.max_serials_per_booking)
+    if by_partner and rules.needs_ops_approval(request.new_products_value, settings.partner_booking_limit):
+        raise NeedsOpsApproval(request.new_products_value, settings.partner_booking_limit)
     deal_id = deal_id or new_deal_id()
     terms = deal_terms(deal_id, request, settings, booked_at=await booking_clock())
     view = deal_view(terms, initial_progress(terms, terms.booked_at))

@@ -54,9 +54,14 @@ class UnknownPartner(LookupError):
 
 
 class SerialConflict(Exception):
+    """Listed serials that another open deal holds. What a caller is told is `count` and the message,
+    which names none: the deals holding them may be another partner's, and their serials are not the
+    caller's to learn. `serials` is for the store's own callers and tests, never for an answer."""
+
     def __init__(self, serials: list[str]):
-        super().__init__(f"serials committed on another open deal: {', '.join(serials[:10])}")
         self.serials = serials
+        self.count = len(serials)
+        super().__init__(f"{self.count} of the listed serials {'is' if self.count == 1 else 'are'} committed on another open deal")
 
 
 class UnknownBatch(LookupError):

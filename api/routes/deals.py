@@ -94,7 +94,7 @@ async def book_deal(
     except store.UnknownPartner:
         raise not_found(f"partner {body.partner_id}") from None
     except store.SerialConflict as error:
-        raise Problem(409, str(error), "serial-committed-elsewhere", serials=error.serials[:100]) from None
+        raise Problem(409, str(error), "serial-committed-elsewhere", conflicting_serials=error.count) from None
     answer = view.model_dump_json()  # serialized once: the hot path of booking
     if record is not None:
         await asyncio.to_thread(_remember_answer, settings, record.id, 201, answer)
