@@ -11,6 +11,7 @@ from domain.durations import parse_duration, parse_duration_list
 from domain.models import MAX_SERIALS_PER_BOOKING, IncentiveMode
 
 TASK_QUEUE = "takeback"
+DEFAULT_MAX_OPEN_PICKUPS = 20
 
 
 def _seconds_or_zero(value: str) -> float:
@@ -58,6 +59,7 @@ class Settings(BaseSettings):
     # much new products' value; above it ops book it (403 needs-ops-approval for the partner).
     partner_booking_limit: Decimal = Field(Decimal("1000000.00"), ge=0, alias="TAKEBACK_PARTNER_BOOKING_LIMIT")
     max_serials_per_booking: int = Field(MAX_SERIALS_PER_BOOKING, ge=1, le=MAX_SERIALS_PER_BOOKING, alias="TAKEBACK_MAX_SERIALS_PER_BOOKING")
+    max_open_pickups: int = Field(DEFAULT_MAX_OPEN_PICKUPS, ge=1, le=1000, alias="TAKEBACK_MAX_OPEN_PICKUPS")
     sim_carrier_step: str = Field("0s", alias="TAKEBACK_SIM_CARRIER_STEP")
     specialization_year: str = Field("365d", alias="TAKEBACK_SPECIALIZATION_YEAR")
     specialization_reminder_offsets: str = Field("60d,30d", alias="TAKEBACK_SPECIALIZATION_REMINDER_OFFSETS")

@@ -1,9 +1,20 @@
 """Business rules of the takeback program (see shared/domain.md)."""
 
 import math
+from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 
-from domain.models import CARRIER_PROGRESS, ESCALATED_CARRIER_STATUSES, FINAL_CARRIER_STATUSES, CarrierStatus, Condition, Disposition, SanitizationMethod
+from domain.models import (
+    CARRIER_PROGRESS,
+    ESCALATED_CARRIER_STATUSES,
+    FINAL_CARRIER_STATUSES,
+    CarrierStatus,
+    Condition,
+    DealView,
+    Disposition,
+    PickupRequest,
+    SanitizationMethod,
+)
 
 MAX_INCENTIVE_RATE = Decimal("0.07")
 CENTS = Decimal("0.01")
@@ -62,6 +73,36 @@ def moves_forward(current: str, new: CarrierStatus) -> bool:
 def statuses_moving_forward_to(new: CarrierStatus) -> list[str]:
     """The pickup statuses from which `new` is a step forward: the guard of an atomic status update."""
     return [status for status in ["scheduled", *(s.value for s in CarrierStatus)] if moves_forward(status, new)]
+
+
+# --- limits on what a caller may ask of a deal -------------------------------------------------
+
+# A date is "today" somewhere on Earth from UTC-12 to UTC+14: a partner's own today is never refused.
+EARLIEST_UTC_OFFSET = timedelta(hours=-12)
+LATEST_UTC_OFFSET = timedelta(hours=14)
+
+
+def pickup_dates(now: datetime, deadline: datetime) -> tuple[date, date]:
+    """The first and last day a pickup may be ready on: today (anywhere) to the deal's deadline (anywhere)."""
+    return (now.astimezone(timezone.utc) + EARLIEST_UTC_OFFSET).date(), (deadline.astimezone(timezone.utc) + LATEST_UTC_OFFSET).date()
+
+
+def open_pickups(view: DealView) -> int:
+    """Pickups the carrier has not finished with (delivered, returned or cancelled)."""
+    return sum(1 for pickup in view.pickups if pickup.status not in FINAL_CARRIER_STATUSES)
+
+
+def validate_pickup(request: PickupRequest, view: DealView, now: datetime, max_open_pickups: int) -> None:
+    """A pickup the deal can use: ready between today and its deadline, no more units than it still
+    awaits (committed - received) and no more than `max_open_pickups` under way at once."""
+    first, last = pickup_dates(now, view.return_deadline)
+    if not first <= request.ready_on <= last:
+        raise RuleViolation(f"ready_on {request.ready_on.isoformat()} is outside {first.isoformat()} (today) to {last.isoformat()} (the deal's deadline)")
+    outstanding = max(view.committed_units - view.received_units, 0)
+    if request.expected_units > outstanding:
+        raise RuleViolation(f"expected_units {request.expected_units} is more than the {outstanding} units deal {view.id} still awaits")
+    if open_pickups(view) >= max_open_pickups:
+        raise RuleViolation(f"deal {view.id} has {max_open_pickups} pickups under way already, the most it may have at once")
 
 
 def needs_ops_approval(new_products_value: Decimal, partner_limit: Decimal) -> bool:

@@ -17,7 +17,7 @@ from domain import rules
 from domain.deal_progress import deal_view, initial_progress
 from domain.models import OPEN_DEAL_STATUSES, BookingRequest, CarrierEvent, DealTerms, DealView, PickupRequest, PickupView, ReceiptItem, extension_duration
 from service.partners import ensure_may_book
-from settings import Settings
+from settings import DEFAULT_MAX_OPEN_PICKUPS, Settings
 from store import deals as store
 from store.db import session_scope
 from workflows.deal import DealWorkflowInput, ExtendCommand, TakebackDealWorkflow
@@ -48,6 +48,13 @@ class DealNotFound(LookupError):
 
 # Refusals that are also problem details, so that the API answers them as such whichever route
 # (or idempotency layer) the call came through, instead of a 500.
+
+
+class PickupRefused(rules.RuleViolation, Problem):
+    """The pickup does not fit the deal as it is now (its dates, the units it awaits, the pickups under way): 422."""
+
+    def __init__(self, detail: str):
+        Problem.__init__(self, 422, detail, "pickup-refused")
 
 
 class NeedsOpsApproval(Problem):
@@ -228,9 +235,38 @@ async def get_deal_json(client: Client, settings: Settings, deal_id: str, visibl
         raise
 
 
-async def request_pickup(client: Client, deal_id: str, request: PickupRequest, request_id: str | None = None) -> PickupView:
-    """`request_id` makes a retried request book one pickup: the deal remembers the ids it took."""
-    return await _update(deal_handle(client, deal_id), TakebackDealWorkflow.request_pickup, request, id=request_id or uuid.uuid4().hex)
+async def request_pickup(
+    client: Client, deal_id: str, request: PickupRequest, request_id: str | None = None, *, settings: Settings | None = None
+) -> PickupView:
+    """Check the pickup against the deal as it is now (`rules.validate_pickup`: ready between today
+    and the deadline, no more units than it awaits, a bounded number under way), then book it.
+    `request_id` makes a retried request book one pickup: the deal remembers the ids it took.
+
+    With `settings` the deal is read as `get_deal` reads it (pickups with the carrier's latest status
+    from the store); without, from its workflow (pickups the carrier finished may still count as under
+    way). A deal that cannot be read refuses the pickup with the read's error (a 503), never unchecked.
+    A retry whose first request was booked is checked again: if the deal moved on meanwhile (units
+    received), the retry may be refused although its pickup exists (GET the deal to see it).
+    """
+    handle = deal_handle(client, deal_id)
+    if settings is not None:
+        view = await get_deal(client, settings, deal_id)
+        if view is None:
+            raise DealNotFound(deal_id)
+    else:
+        try:
+            view = await handle.query(TakebackDealWorkflow.view, rpc_timeout=timedelta(seconds=3))
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                raise DealNotFound(deal_id) from error
+            raise
+    if view.status in OPEN_DEAL_STATUSES:  # a closed deal's refusal (409) comes from the deal itself
+        max_open = settings.max_open_pickups if settings is not None else DEFAULT_MAX_OPEN_PICKUPS
+        try:
+            rules.validate_pickup(request, view, await booking_clock(), max_open)
+        except rules.RuleViolation as error:
+            raise PickupRefused(str(error)) from None
+    return await _update(handle, TakebackDealWorkflow.request_pickup, request, id=request_id or uuid.uuid4().hex)
 
 
 def receipt_batch_id(deal_id: str, items: list[ReceiptItem]) -> str:

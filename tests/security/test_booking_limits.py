@@ -1,20 +1,25 @@
-"""Issue 11, point 6: limits on bookings, and no serials of another partner's deals.
+"""Issue 11, points 6 and 7: limits on bookings and pickups, and no serials of another partner's deals.
 
-Listed serials number exactly the line's quantity; a booking lists a bounded total; a serial
-conflict answers with a count, never with the serials another partner's deal holds; a partner
-books alone only up to TAKEBACK_PARTNER_BOOKING_LIMIT, above it ops book the deal.
+6. Listed serials number exactly the line's quantity; a booking lists a bounded total; a serial
+   conflict answers with a count, never with the serials another partner's deal holds; a partner
+   books alone only up to TAKEBACK_PARTNER_BOOKING_LIMIT, above it ops book the deal.
+7. A pickup fits its deal: ready between today and the deadline, no more units than the deal still
+   awaits, and a bounded number under way at once.
 """
+
+from datetime import timedelta
 
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from domain.models import MAX_SERIALS_PER_BOOKING
+from domain.models import MAX_SERIALS_PER_BOOKING, PickupRequest
 from service import deals
 from store.db import session_scope
-from store.tables import Deal, OpenSerialClaim
+from store.tables import Deal, OpenSerialClaim, Pickup
 from tests.api_helpers import api_client, booking_body, key
-from tests.conftest import add_partner, booking, make_settings
+from tests.conftest import add_partner, booking, make_settings, running_worker
+from tests.deal_helpers import event, items
 
 
 def rows(settings, table, *where) -> int:
@@ -88,3 +93,39 @@ async def test_a_partner_key_above_the_limit_gets_a_403_and_ops_book_it(time_ski
         refused = await http.post("/v1/deals", json=body, headers=key(settings, "partner", "A"))
         assert refused.status_code == 403 and refused.json()["type"].endswith("/needs-ops-approval"), refused.text
         assert (await http.post("/v1/deals", json=body, headers=key(settings))).status_code == 201
+
+
+# --- 7. pickups ----------------------------------------------------------------------------------
+
+
+def pickup(ready_on, units: int) -> PickupRequest:
+    return PickupRequest(address="1 Main St, Toronto", contact_name="Sam", contact_phone="+1 555 0100", ready_on=ready_on, expected_units=units)
+
+
+async def test_a_pickup_fits_its_deal(time_skipping_env, tmp_path):
+    env = time_skipping_env
+    settings = on_engine(env, tmp_path, return_window="30d", max_open_pickups=2)
+    async with running_worker(env.client, settings), api_client(settings) as http:
+        view = await deals.book_deal(env.client, settings, booking(10))
+        today = (await env.get_current_time()).date()
+
+        async def ask(request: PickupRequest):
+            return await deals.request_pickup(env.client, view.id, request, settings=settings)
+
+        for late_or_early_or_too_many in (pickup(today - timedelta(days=2), 1), pickup(today + timedelta(days=40), 1), pickup(today, 11)):
+            with pytest.raises(deals.PickupRefused):
+                await ask(late_or_early_or_too_many)
+        # Through the API (its route passes no settings: the deal's own view is read), a 422 problem.
+        refused = await http.post(f"/v1/deals/{view.id}/pickups", json=pickup(today, 50).model_dump(mode="json"), headers=key(settings))
+        assert refused.status_code == 422 and refused.json()["type"].endswith("/pickup-refused"), refused.text
+
+        await deals.record_receipt(env.client, settings, view.id, items("R", 4))
+        with pytest.raises(deals.PickupRefused, match="still awaits"):
+            await ask(pickup(today, 7))  # 10 committed, 4 received: 6 outstanding
+        first = await ask(pickup(today, 6))
+        await ask(pickup(view.return_deadline.date(), 1))  # the deadline's day is still in time
+        with pytest.raises(deals.PickupRefused, match="under way"):
+            await ask(pickup(today, 1))  # two under way: the most this deal may have at once
+        await deals.send_carrier_event(env.client, settings, event("e1", first.tracking_number, "delivered"))
+        await ask(pickup(today, 1))  # the carrier finished one: another fits
+    assert rows(settings, Pickup, Pickup.deal_id == view.id) == 3
