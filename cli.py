@@ -206,7 +206,42 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="book one deal with a short window on a running stack and print its life")
     demo.add_argument("--window", default="60s")
     demo.set_defaults(func=cmd_demo)
+
+    purge = commands.add_parser(
+        "purge-personal-data",
+        help="anonymise pickup addresses and contacts of deals closed, and trainees' e-mails and names, longer ago than the retention (run it daily)",
+    )
+    purge.add_argument("--older-than", metavar="DURATION", help="the retention, e.g. 365d (default: TAKEBACK_PERSONAL_DATA_RETENTION)")
+    purge.add_argument("--dry-run", action="store_true", help="count what would be erased, erase nothing")
+    purge.add_argument("--data-dir", help="use D/takeback.db (default: TAKEBACK_DATABASE_URL)")
+    purge.set_defaults(func=cmd_purge_personal_data)
     return parser
+
+
+def cmd_purge_personal_data(args: argparse.Namespace) -> int:
+    """Anonymise the personal data kept longer than the retention (README, Security): pickups' address
+    and contact once their deal closed that long ago, trainees once their last training is that old."""
+    from datetime import datetime, timezone
+
+    from domain.durations import parse_duration
+    from settings import Settings
+    from store import deals as store
+    from store.db import session_scope
+
+    settings = Settings(data_dir=Path(args.data_dir).resolve(), database_url="") if args.data_dir else Settings()
+    try:
+        before = datetime.now(timezone.utc) - parse_duration(args.older_than or settings.personal_data_retention)
+    except (ValueError, OverflowError) as error:
+        print(f"error: --older-than: {error}", file=sys.stderr)
+        return 2
+    with session_scope(settings.effective_database_url) as session:
+        counts = store.purge_personal_data(session, before, dry_run=args.dry_run)
+    verb = "would erase" if args.dry_run else "erased"
+    print(
+        f"{verb} the address and contact of {counts.pickups} pickup(s) of deals closed before {before:%Y-%m-%dT%H:%MZ}, "
+        f"and the e-mail and name of {counts.trainees} trainee(s) last trained before then or whose partner is gone"
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

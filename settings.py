@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     partner_booking_limit: Decimal = Field(Decimal("1000000.00"), ge=0, alias="TAKEBACK_PARTNER_BOOKING_LIMIT")
     max_serials_per_booking: int = Field(MAX_SERIALS_PER_BOOKING, ge=1, le=MAX_SERIALS_PER_BOOKING, alias="TAKEBACK_MAX_SERIALS_PER_BOOKING")
     max_open_pickups: int = Field(DEFAULT_MAX_OPEN_PICKUPS, ge=1, le=1000, alias="TAKEBACK_MAX_OPEN_PICKUPS")
+    # Pickup contacts and addresses, trainees' e-mails and names: anonymised this long after their
+    # deal closed or the person's last training (`takeback purge-personal-data`).
+    personal_data_retention: str = Field("365d", alias="TAKEBACK_PERSONAL_DATA_RETENTION")
     sim_carrier_step: str = Field("0s", alias="TAKEBACK_SIM_CARRIER_STEP")
     specialization_year: str = Field("365d", alias="TAKEBACK_SPECIALIZATION_YEAR")
     specialization_reminder_offsets: str = Field("60d,30d", alias="TAKEBACK_SPECIALIZATION_REMINDER_OFFSETS")
@@ -70,7 +73,7 @@ class Settings(BaseSettings):
     sendgrid_api_key: str | None = Field(None, alias="SENDGRID_API_KEY")
     sendgrid_host: str = Field("https://api.sendgrid.com", alias="SENDGRID_HOST")
 
-    @field_validator("return_window", "specialization_year")
+    @field_validator("return_window", "specialization_year", "personal_data_retention")
     @classmethod
     def _window_is_a_duration(cls, value: str) -> str:
         parse_duration(value)
@@ -121,6 +124,10 @@ class Settings(BaseSettings):
     @property
     def worker_drain_seconds(self) -> float:
         return _seconds_or_zero(self.worker_drain)
+
+    @property
+    def personal_data_retention_seconds(self) -> float:
+        return parse_duration(self.personal_data_retention).total_seconds()
 
     @property
     def effective_database_url(self) -> str:
