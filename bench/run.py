@@ -1,12 +1,16 @@
 """`make bench`: the cost of a takeback deal against the engine's own limit, measured side by side.
 
 For an in-memory and a file-backed dev server, each with the product worker (which also runs a
-raw two-activity workflow) and the API: booking rate, lifecycle CPU, message round trips, one
-deal at scale, parked deals and the read path. Prints one table of ratios; see bench/RESULTS.md.
+raw two-activity workflow) and the API: booking rate, lifecycle CPU on four paths (early close;
+met, then closed at the deadline after a reminder; short and forfeited after reminders; upfront,
+short and clawed back), message round trips, one deal at scale, parked deals and the read path.
+Prints one table; a ratio measured over rounds shows the median and the range [min-max] of the
+rounds, never a best round. See bench/RESULTS.md.
 """
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -30,12 +34,32 @@ WEBHOOK_SECRET = "bench-secret"
 PARTNER = "BENCH-PARTNER"
 WORKFLOW_CACHE = 1000  # the worker's max_cached_workflows (the SDK default): older open deals are evicted
 BOOKING_ROUNDS = 3
+PHASES = ("booking", "lifecycle", "trips", "scale", "reads", "parked")
 _STARTED = time.monotonic()
 
-# Parked deals: 10,000 on the file-backed server, whose database size they show; 2,000 in memory (twice the
-# worker's cache, so the evicted/cached latencies still mean something), which keeps `make bench` under 10 minutes.
-FULL = {"bookings": 250, "lifecycles": 30, "trips": 50, "reads": 2000, "scale_serials": 100_000, "parked": 10_000, "parked_memory": 2_000}
-QUICK = {"bookings": 60, "lifecycles": 5, "trips": 20, "reads": 300, "scale_serials": 10_000, "parked": 500, "parked_memory": 500}
+# The full-window lifecycle paths. A deal's window, reminder offsets and incentive mode are its booking caller's
+# settings (service/deals.py builds the terms from them), so these deals are booked through API processes of their
+# own, started with these settings on the same dev server, worker and store: one raw baseline serves every path.
+# Reminders go out 4 s and 2 s before the deadline (2 s and 4 s after booking) to deals short of their units.
+LIFECYCLE_WINDOW = {"TAKEBACK_RETURN_WINDOW": "6s", "TAKEBACK_REMINDER_OFFSETS": "4s,2s"}
+WINDOW_APIS = {"window": LIFECYCLE_WINDOW, "upfront": LIFECYCLE_WINDOW | {"TAKEBACK_INCENTIVE_MODE": "upfront"}}
+RECEIPTS_AFTER_REMINDER_S = 3.0  # after booking: past the first reminder (2 s), well before the deadline (6 s)
+# key: (label, API, units received of 10 committed (8 required), received after the first reminder, expected
+# (status, incentive status, reminders sent))
+LIFECYCLE_PATHS = {
+    "early": ("early close: all 10 units back", "main", 10, False, ("closed", "released", 0)),
+    "met": ("met after a reminder, closed at deadline", "window", 8, True, ("closed", "released", 1)),
+    "forfeit": ("short (5 of 8), 2 reminders, forfeited", "window", 5, False, ("expired", "forfeited", 2)),
+    "clawback": ("upfront, short, 2 reminders, clawed back", "upfront", 5, False, ("expired", "clawed_back", 2)),
+}
+
+# Parked deals: 3,000 on the file-backed server (three times the worker's cache; their database size shows) and 2,000
+# in memory (twice the cache, so the evicted/cached latencies still mean something). 10,000 file-backed parked deals
+# took 200 s; the lifecycle rounds of the full-window paths (~95 s per server) need that time now, and `make bench`
+# also runs bench/decision_latency.py and bench/worker_kill_latency.py: all of it stays near 12 minutes.
+# Lifecycles: deals per path and round (and 3x as many raw workflows), in `lifecycle_rounds` rounds.
+FULL = {"bookings": 250, "lifecycles": 20, "lifecycle_rounds": 3, "trips": 50, "reads": 2000, "scale_serials": 100_000, "parked": 3_000, "parked_memory": 2_000}
+QUICK = {"bookings": 60, "lifecycles": 3, "lifecycle_rounds": 2, "trips": 20, "reads": 300, "scale_serials": 10_000, "parked": 500, "parked_memory": 500}
 
 
 def log(message: str) -> None:
@@ -45,6 +69,13 @@ def log(message: str) -> None:
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] * 1000 if ordered else float("nan")
+
+
+def spread(values: list[float], digits: int = 2) -> str:
+    """The median of rounds (or deals) and their range: "1.63 [1.52-1.80]"."""
+    if not values:
+        raise KeyError("no values")
+    return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
 
 
 async def gather_limited(n: int, concurrency: int, make, progress: str | None = None, every: int = 1000):
@@ -142,17 +173,31 @@ async def certify(http: LoadClient) -> None:
     raise RuntimeError("partner never certified")
 
 
-async def complete_deal(http: LoadClient, index: int) -> str:
-    deal = (await http.post("/v1/deals", json=booking_body(10))).json()
+async def book_and_ship(http: LoadClient) -> str:
+    """A deal of 10 units booked, a pickup requested, and the carrier's four events up to delivery."""
+    r = await http.post("/v1/deals", json=booking_body(10))
+    assert r.status_code == 201, r.text[:300]
+    deal = r.json()
     pickup = (await http.post(f"/v1/deals/{deal['id']}/pickups", json={"address": "1 Bench St", "contact_name": "B", "contact_phone": "+1 555 0100", "ready_on": "2026-12-01", "expected_units": 10})).json()
     for n, status in enumerate(("pre_transit", "in_transit", "out_for_delivery", "delivered")):
         raw, headers = signed({"event_id": f"{deal['id']}-{n}", "tracking_number": pickup["tracking_number"], "status": status, "occurred_at": datetime.now(timezone.utc).isoformat()})
         r = await http.post("/v1/carrier-events", content=raw, headers={**headers, "Authorization": ""})
         assert r.status_code == 202, r.text
-    items = [{"product_id": "C9300-48P", "serial_number": f"{deal['id']}-{n}", "condition": "working", "age_years": 2} for n in range(10)]
-    r = await http.post(f"/v1/deals/{deal['id']}/receipts", json={"items": items})
-    assert r.status_code == 200, r.text
     return deal["id"]
+
+
+async def receive(http: LoadClient, deal_id: str, units: int) -> int:
+    """`units` working items received in one batch; the answer's status (a deal already closing answers 409)."""
+    items = [{"product_id": "C9300-48P", "serial_number": f"{deal_id}-{n}", "condition": "working", "age_years": 2} for n in range(units)]
+    r = await http.post(f"/v1/deals/{deal_id}/receipts", json={"items": items})
+    assert r.status_code in (200, 409), r.text[:300]
+    return r.status_code
+
+
+async def complete_deal(http: LoadClient, index: int) -> str:
+    deal_id = await book_and_ship(http)
+    assert await receive(http, deal_id, 10) == 200
+    return deal_id
 
 
 async def wait_closed(client, deal_ids: list[str]) -> None:
@@ -182,9 +227,10 @@ async def booking_rounds(client, settings, http, stack, n: int) -> dict:
 
     Each batch is `n` calls with concurrency 32 and starts on an idle stack: after the SDK starts the
     raw workflows are awaited to completion, and after every batch server, worker and API settle.
-    A warm-up round, then BOOKING_ROUNDS rounds, the order rotated each round. Efficiency: the median
-    over rounds of that round's API rate / SDK rate. Rates: medians. Latencies: p50 / p99 over the
-    counted rounds. CPU per call, by process (this process is the load generator), their mean.
+    A warm-up round, then BOOKING_ROUNDS rounds, the order rotated each round. Efficiency: each
+    round's API rate / SDK rate, shown as the median and range of the rounds; rates the same way.
+    Latencies: p50 / p99 over the counted rounds' calls. CPU per call, by process (this process is
+    the load generator): the counted rounds' CPU over their calls.
     """
     from domain.models import BookingRequest
     from service import deals as service
@@ -224,12 +270,14 @@ async def booking_rounds(client, settings, http, stack, n: int) -> dict:
         order = order[1:] + order[:1]  # each path takes each place in the order once: none always follows the heaviest
     out = {}
     for name, key in (("sdk", "sdk_starts"), ("api", "bookings"), ("service", "service_bookings")):
-        out[f"{key}_per_s"] = statistics.median(rates[name])
+        out[f"{key}_per_s_rounds"] = rates[name]
         out[f"{key}_p50_ms"], out[f"{key}_p99_ms"] = pct(latencies[name], 0.5), pct(latencies[name], 0.99)
         out[f"{key}_cpu_ms"] = cpu_ms[name]
-    # Each round's paths run back to back on the same server state: the ratio is taken per round, then the median.
-    out["booking_efficiency"] = statistics.median(a / s for a, s in zip(rates["api"], rates["sdk"]))
-    out["service_efficiency"] = statistics.median(a / s for a, s in zip(rates["service"], rates["sdk"]))
+    # Each round's paths run back to back on the same server state: the ratio is taken per round; the table shows
+    # the median and the range of the rounds.
+    out["booking_efficiency_rounds"] = [a / s for a, s in zip(rates["api"], rates["sdk"])]
+    out["service_efficiency_rounds"] = [a / s for a, s in zip(rates["service"], rates["sdk"])]
+    log("  booking efficiency per round: " + ", ".join(f"{v:.2f}" for v in out["booking_efficiency_rounds"]))
     return out
 
 
@@ -299,6 +347,103 @@ async def round_trips(client, settings, http, n: int) -> dict:
     return out
 
 
+def start_apis(stack: Stack, settings_by_name: dict[str, dict]) -> dict[str, str]:
+    """More API processes on the stack's server and store, each with its own settings (started together; the
+    stack stops them): their URLs by name. Their processes are `api_<name>` in stack.cpu()."""
+    ports = {}
+    for name, overrides in settings_by_name.items():
+        ports[name] = free_port()
+        stack.processes[f"api_{name}"] = subprocess.Popen(
+            [sys.executable, "-m", "cli", "api", "--port", str(ports[name])], env=stack.env | overrides, cwd=ROOT, stdout=subprocess.DEVNULL,
+            stderr=open(stack.data_dir.parent / f"{stack.data_dir.name}-api_{name}.log", "w"),
+        )
+    for name, port in ports.items():
+        wait_port(port, stack.processes[f"api_{name}"])
+    return {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+
+
+async def lifecycle_rounds(client, settings, stack: Stack, apis: dict[str, LoadClient], n: int, rounds: int) -> dict:
+    """(2) The CPU of a deal's whole life, on each path of LIFECYCLE_PATHS, against a raw 2-activity workflow.
+
+    Each round runs one batch of 3n raw workflows and one batch of n deals per path, the order
+    rotated each round; each batch starts on a settled stack and ends when its workflows have
+    completed and the stack has settled again. A batch's CPU by process, over its deals, is its cost
+    per deal; its ratio to the same round's raw workflow is taken per round. History events are
+    counted for every deal. A full-window batch spans its deals' 6 s window, in which the idle
+    server spends ~2 ms/s: about 1 ms per deal at 20 deals, within the rounds' spread.
+    """
+    from domain.models import DealView
+    from service.deals import deal_handle
+
+    async def raw_batch() -> None:
+        handles = await asyncio.gather(*(client.start_workflow(RawTwoActivityWorkflow.run, i, id=f"raw-{uuid.uuid4().hex}", task_queue=settings.task_queue) for i in range(n * 3)))
+        await asyncio.gather(*(h.result() for h in handles))
+
+    async def deal_batch(path: str) -> list[DealView]:
+        _, api, units, after_reminder, _ = LIFECYCLE_PATHS[path]
+        http, semaphore = apis[api], asyncio.Semaphore(8)
+
+        async def one() -> str:
+            async with semaphore:
+                deal_id = await book_and_ship(http)
+                booked = time.monotonic()
+                if not after_reminder:
+                    await receive(http, deal_id, units)
+            if after_reminder:  # outside the semaphore: every deal waits out its own first reminder
+                await asyncio.sleep(max(0.0, booked + RECEIPTS_AFTER_REMINDER_S - time.monotonic()))
+                async with semaphore:
+                    await receive(http, deal_id, units)
+            return deal_id
+
+        deal_ids = await asyncio.gather(*(one() for _ in range(n)))
+        views = await asyncio.gather(*(deal_handle(client, d).result() for d in deal_ids))
+        return [v if isinstance(v, DealView) else DealView.model_validate(v) for v in views]
+
+    async def events_of(view: DealView) -> int:
+        # A pickup has a workflow of its own only when the simulated carrier runs: count it if it exists.
+        deal_events, _ = await history_stats(client, f"deal-{view.id}")
+        return deal_events + sum([(await history_stats(client, f"pickup-{p.tracking_number}", missing_ok=True))[0] for p in view.pickups if p.tracking_number])
+
+    api_process = {"main": "api", **{name: f"api_{name}" for name in WINDOW_APIS}}
+    out: dict = {"raw": {"server": [], "worker": []}} | {path: {"server": [], "worker": [], "api": [], "events": [], "off_path": []} for path in LIFECYCLE_PATHS}
+    order = ["raw", *LIFECYCLE_PATHS]
+    closed: dict[str, list] = {path: [] for path in LIFECYCLE_PATHS}
+    await settle(stack, label="before the lifecycle rounds")
+    after = stack.cpu()
+    for round_no in range(1, rounds + 1):
+        for path in order:
+            # Each batch starts where the last one settled: nothing runs between that reading and this batch.
+            before, began = after, time.monotonic()
+            views = await raw_batch() if path == "raw" else await deal_batch(path)
+            await settle(stack, label=f"after lifecycle {path} round {round_no}")
+            after, seconds = stack.cpu(), time.monotonic() - began
+            count = n * 3 if path == "raw" else n
+            per = {process: (after[process] - before[process]) * 1000 / count for process in after}
+            row = out[path]
+            row["server"].append(per["server"])
+            row["worker"].append(per["worker"])
+            if path == "raw":
+                log(f"  round {round_no} raw: {count} workflows, CPU ms per workflow server {per['server']:.1f}, worker {per['worker']:.1f} ({seconds:.1f}s)")
+                continue
+            _, api, _, _, expected = LIFECYCLE_PATHS[path]
+            row["api"].append(per[api_process[api]])
+            for view in views:
+                got = (str(view.status), str(view.incentive.status), len(view.reminders_sent))
+                if got != expected:
+                    row["off_path"].append(f"{view.id}: {got}, expected {expected}")
+            closed[path] += views
+            off = f", {len(row['off_path'])} off their path so far" if row["off_path"] else ""
+            log(f"  round {round_no} {path}: {count} deals, CPU ms per deal server {per['server']:.1f}, worker {per['worker']:.1f}, API {row['api'][-1]:.1f} ({seconds:.1f}s){off}")
+        order = order[1:] + order[:1]  # no batch always follows the same one
+    for path, views in closed.items():  # once every batch's CPU was read
+        out[path]["events"] = await asyncio.gather(*(events_of(v) for v in views))
+    out["early_deal_ids"] = [v.id for v in closed["early"]]
+    for path in LIFECYCLE_PATHS:
+        for problem in out[path]["off_path"][:5]:
+            log(f"  {path}: a deal took another path: {problem}")
+    return out
+
+
 async def bench_backend(file_backed: bool, args, backend: str) -> dict:
     log(f"{backend}: starting dev server, worker and API")
     started = time.monotonic()
@@ -316,62 +461,76 @@ async def bench_backend(file_backed: bool, args, backend: str) -> dict:
         settings = Settings(temporal_address=f"127.0.0.1:{stack.temporal_port}", data_dir=stack.data_dir, database_url="", carrier_webhook_secret=WEBHOOK_SECRET, sim_carrier_step="0s")
         client = await connect(settings)
         key = ops_key(stack)
-        async with LoadClient(stack.api_url, headers={"Authorization": f"Bearer {key}"}) as http:
+        headers = {"Authorization": f"Bearer {key}"}
+        async with LoadClient(stack.api_url, headers=headers) as http, contextlib.AsyncExitStack() as clients:
             await certify(http)
-            await complete_deal(http, -1)  # warm-up
+            closed_deal_ids = [await complete_deal(http, -1)]  # warm-up
+            phase_s = out["phase_s"] = {}
 
-            log(f"{backend}: (1) booking, {BOOKING_ROUNDS} rounds of {args.bookings} SDK starts / API bookings / service bookings")
-            out.update(await booking_rounds(client, settings, http, stack, args.bookings))
+            def phase(name: str) -> bool:
+                phase_s[name] = 0.0
+                return name in args.phases
 
-            log(f"{backend}: (2) lifecycle cost, {args.lifecycles * 3} raw workflows then {args.lifecycles} complete deals")
-            await settle(stack)
-            before = stack.cpu()
-            handles = await asyncio.gather(*(client.start_workflow(RawTwoActivityWorkflow.run, i, id=f"raw-{uuid.uuid4().hex}", task_queue=settings.task_queue) for i in range(args.lifecycles * 3)))
-            await asyncio.gather(*(h.result() for h in handles))
-            await settle(stack)
-            mid = stack.cpu()
-            deal_ids, _, _ = await gather_limited(args.lifecycles, 8, lambda i: complete_deal(http, i))
-            await wait_closed(client, deal_ids)
-            await settle(stack)
-            after = stack.cpu()
-            raw_server = (mid["server"] - before["server"]) / (args.lifecycles * 3)
-            deal_server = (after["server"] - mid["server"]) / args.lifecycles
-            out["raw_server_cpu_ms"], out["deal_server_cpu_ms"] = raw_server * 1000, deal_server * 1000
-            out["raw_worker_cpu_ms"] = (mid["worker"] - before["worker"]) / (args.lifecycles * 3) * 1000
-            out["deal_worker_cpu_ms"] = (after["worker"] - mid["worker"]) / args.lifecycles * 1000
-            out["deal_api_cpu_ms"] = (after["api"] - mid["api"]) / args.lifecycles * 1000
-            deal_events, _ = await history_stats(client, f"deal-{deal_ids[0]}")
-            view = (await http.get(f"/v1/deals/{deal_ids[0]}")).json()
-            # A pickup has a workflow of its own only when the simulated carrier runs: count it if it exists.
-            pickup_events = sum([(await history_stats(client, f"pickup-{p['tracking_number']}", missing_ok=True))[0] for p in view["pickups"]])
-            out["deal_history_events"], out["pickup_history_events"] = deal_events, pickup_events
-            out["history_events_per_deal"] = deal_events + pickup_events
+            if phase("booking"):
+                log(f"{backend}: (1) booking, {BOOKING_ROUNDS} rounds of {args.bookings} SDK starts / API bookings / service bookings")
+                began = time.monotonic()
+                out.update(await booking_rounds(client, settings, http, stack, args.bookings))
+                phase_s["booking"] = time.monotonic() - began
 
-            log(f"{backend}: (3) round trips, {args.trips} each API and SDK")
-            await settle(stack)
-            out.update(await round_trips(client, settings, http, args.trips))
+            if phase("lifecycle"):
+                log(f"{backend}: (2) lifecycle cost, {args.lifecycle_rounds} rounds of {args.lifecycles * 3} raw workflows and {args.lifecycles} deals on each of {len(LIFECYCLE_PATHS)} paths")
+                began = time.monotonic()
+                apis = {"main": http}
+                for name, url in start_apis(stack, WINDOW_APIS).items():
+                    apis[name] = await clients.enter_async_context(LoadClient(url, headers=headers))
+                    # Warm the new API process up on every call the paths make; the cancel leaves no timer behind.
+                    deal_id = await book_and_ship(apis[name])
+                    await receive(apis[name], deal_id, 1)
+                    r = await apis[name].post(f"/v1/deals/{deal_id}/cancel", json={"reason": "bench warm-up"})
+                    assert r.status_code == 200, r.text[:300]
+                    await wait_closed(client, [deal_id])
+                lifecycle = await lifecycle_rounds(client, settings, stack, apis, args.lifecycles, args.lifecycle_rounds)
+                closed_deal_ids += lifecycle.pop("early_deal_ids")
+                out["lifecycle"] = lifecycle
+                phase_s["lifecycle"] = time.monotonic() - began
 
-            log(f"{backend}: (4) one deal with {args.scale_serials:,} committed serials")
-            await settle(stack)
-            out.update(await scale_of_one_deal(client, settings, http, stack, args.scale_serials))
+            if phase("trips"):
+                log(f"{backend}: (3) round trips, {args.trips} each API and SDK")
+                began = time.monotonic()
+                await settle(stack)
+                out.update(await round_trips(client, settings, http, args.trips))
+                phase_s["trips"] = time.monotonic() - began
 
-            log(f"{backend}: (6) read path, {args.reads} reads with 32 clients")
-            await settle(stack)
+            if phase("scale"):
+                log(f"{backend}: (4) one deal with {args.scale_serials:,} committed serials")
+                began = time.monotonic()
+                await settle(stack)
+                out.update(await scale_of_one_deal(client, settings, http, stack, args.scale_serials))
+                phase_s["scale"] = time.monotonic() - began
 
-            async def rps(url_for, n):
-                _, _, seconds = await gather_limited(n, 32, lambda i: http.get(url_for(i)))
-                return n / seconds
+            if phase("reads"):
+                log(f"{backend}: (6) read path, {args.reads} reads with 32 clients")
+                began = time.monotonic()
+                await settle(stack)
 
-            out["get_deal_rps"] = await rps(lambda i: f"/v1/deals/{deal_ids[i % len(deal_ids)]}", args.reads)
-            out["list_deals_rps"] = await rps(lambda i: "/v1/deals?limit=100", args.reads // 2)
-            async with LoadClient(f"http://127.0.0.1:{trivial_port}") as plain:
-                _, _, seconds = await gather_limited(args.reads, 32, lambda i: plain.get("/ping"))
-            out["trivial_rps"] = args.reads / seconds
+                async def rps(url_for, n):
+                    _, _, seconds = await gather_limited(n, 32, lambda i: http.get(url_for(i)))
+                    return n / seconds
 
-            parked = args.parked if file_backed else args.parked_memory
-            log(f"{backend}: (5) {parked:,} parked deals through the API, concurrency 32")
-            await settle(stack)
-            out.update(await parked_deals(client, http, stack, parked))
+                out["get_deal_rps"] = await rps(lambda i: f"/v1/deals/{closed_deal_ids[i % len(closed_deal_ids)]}", args.reads)
+                out["list_deals_rps"] = await rps(lambda i: "/v1/deals?limit=100", args.reads // 2)
+                async with LoadClient(f"http://127.0.0.1:{trivial_port}") as plain:
+                    _, _, seconds = await gather_limited(args.reads, 32, lambda i: plain.get("/ping"))
+                out["trivial_rps"] = args.reads / seconds
+                phase_s["reads"] = time.monotonic() - began
+
+            if phase("parked"):
+                parked = args.parked if file_backed else args.parked_memory
+                log(f"{backend}: (5) {parked:,} parked deals through the API, concurrency 32")
+                began = time.monotonic()
+                await settle(stack)
+                out.update(await parked_deals(client, http, stack, parked))
+                phase_s["parked"] = time.monotonic() - began
     except Exception as error:  # keep what was measured: the table shows n/a for the rest, and the run exits 1
         import traceback
 
@@ -469,21 +628,42 @@ def table(results: dict[str, dict]) -> str:
             return "/".join(f"{cpu[p]:.1f}" for p in ("server", "worker", "api", "load") if p != "api" or key == "bookings")
         return cell
 
+    def lifecycle_ratio(path: str, process: str):
+        """Per round: the path's CPU per deal / the same round's raw workflow's; median [range]."""
+        return lambda r: spread([d / w for d, w in zip(r["lifecycle"][path][process], r["lifecycle"]["raw"][process])])
+
+    def lifecycle_ms(path: str, process: str):
+        return lambda r: spread(r["lifecycle"][path][process], 1)
+
+    def phases(*names: str):
+        return lambda r: " / ".join(f"{r['phase_s'][n]:.0f}" for n in names)
+
     rows = [
-        (f"booking efficiency (API / SDK, median of {BOOKING_ROUNDS} rounds)", lambda r: r["booking_efficiency"], ">= 0.9"),
-        ("  service layer, no HTTP (deals/s / SDK starts/s)", lambda r: r["service_efficiency"], ""),
-        ("  deals/s API / service / SDK starts/s (median)", lambda r: f"{r['bookings_per_s']:.0f} / {r['service_bookings_per_s']:.0f} / {r['sdk_starts_per_s']:.0f}", ""),
+        ("booking efficiency (API / SDK rate, per round)", lambda r: spread(r["booking_efficiency_rounds"]), ">= 0.9"),
+        ("  service layer, no HTTP (deals/s / SDK starts/s)", lambda r: spread(r["service_efficiency_rounds"]), ""),
+        ("  API deals/s", lambda r: spread(r["bookings_per_s_rounds"], 0), ""),
+        ("  service layer deals/s", lambda r: spread(r["service_bookings_per_s_rounds"], 0), ""),
+        ("  SDK starts/s", lambda r: spread(r["sdk_starts_per_s_rounds"], 0), ""),
         ("  booking p50 / p99 ms API", lambda r: f"{r['bookings_p50_ms']:.0f} / {r['bookings_p99_ms']:.0f}", ""),
         ("  booking p50 / p99 ms service layer", lambda r: f"{r['service_bookings_p50_ms']:.0f} / {r['service_bookings_p99_ms']:.0f}", ""),
         ("  SDK start p50 / p99 ms", lambda r: f"{r['sdk_starts_p50_ms']:.0f} / {r['sdk_starts_p99_ms']:.0f}", ""),
         ("  CPU ms per API booking: server/worker/API/load", cpu_split("bookings"), ""),
         ("  CPU ms per SDK start: server/worker/load", cpu_split("sdk_starts"), ""),
-        ("lifecycle cost (server CPU deal / raw 2-activity wf)", lambda r: r["deal_server_cpu_ms"] / r["raw_server_cpu_ms"], "<= 3"),
-        ("  server CPU ms per deal / per raw wf", lambda r: f"{r['deal_server_cpu_ms']:.0f} / {r['raw_server_cpu_ms']:.0f}", ""),
-        ("  worker CPU ms per deal / per raw wf", lambda r: f"{r['deal_worker_cpu_ms']:.0f} / {r['raw_worker_cpu_ms']:.0f}", ""),
-        ("  API CPU ms per deal", lambda r: r["deal_api_cpu_ms"], ""),
-        ("  history events per deal (deal + pickup)", lambda r: r["history_events_per_deal"], "<= 60"),
-        ("  history events deal / pickup workflow", lambda r: f"{r['deal_history_events']} / {r['pickup_history_events']}", ""),
+        ("lifecycle: raw 2-activity wf, server CPU ms", lifecycle_ms("raw", "server"), ""),
+        ("  raw 2-activity wf, worker CPU ms", lifecycle_ms("raw", "worker"), ""),
+    ]
+    for path, (label, *_) in LIFECYCLE_PATHS.items():
+        rows += [
+            (f"lifecycle: {label}", lambda r: "", ""),
+            ("  server CPU deal / raw wf (per round)", lifecycle_ratio(path, "server"), "<= 3"),
+            ("  worker CPU deal / raw wf (per round)", lifecycle_ratio(path, "worker"), ""),
+            ("  server CPU ms per deal", lifecycle_ms(path, "server"), ""),
+            ("  worker CPU ms per deal", lifecycle_ms(path, "worker"), ""),
+            ("  API CPU ms per deal", lifecycle_ms(path, "api"), ""),
+            ("  history events per deal (deal + pickup wfs)", lambda r, path=path: spread(r["lifecycle"][path]["events"], 0), "<= 60"),
+            ("  deals that took another path", lambda r, path=path: len(r["lifecycle"][path]["off_path"]), "0"),
+        ]
+    rows += [
         ("update (pickup) round trip API / SDK (p50)", lambda r: r["api_update_p50_ms"] / r["sdk_update_p50_ms"], ""),
         ("  update p50/p99 ms API | SDK", trip("update", 0), ""),
         ("receipt (1 item) round trip API / SDK (p50)", lambda r: r["api_receipt_p50_ms"] / r["sdk_receipt_p50_ms"], ""),
@@ -509,18 +689,23 @@ def table(results: dict[str, dict]) -> str:
         ("read path GET list(100) rps / trivial rps", lambda r: r["list_deals_rps"] / r["trivial_rps"], ""),
         ("  GET deal / list / trivial rps", lambda r: f"{r['get_deal_rps']:.0f} / {r['list_deals_rps']:.0f} / {r['trivial_rps']:.0f}", ""),
         ("wall time s", lambda r: f"{r['wall_s']:.0f}", ""),
+        ("  s booking / lifecycle / round trips", phases("booking", "lifecycle", "trips"), ""),
+        ("  s one deal / reads / parked", phases("scale", "reads", "parked"), ""),
     ]
-    names = list(results)
-    lines = [f"{'measure':<55}" + "".join(f"{n:>22}" for n in names) + f"{'goal':>10}"]
+    names, width = list(results), 26
+    lines = [
+        "x [a-b]: the median x and the range a-b of the rounds (history events: of every deal); no best round anywhere",
+        f"{'measure':<52}" + "".join(f"{n:>{width}}" for n in names) + f"{'goal':>10}",
+    ]
     for label, value, goal in rows:
         cells = []
         for name in names:
             try:
                 v = value(results[name])
-                cells.append(f"{v:>22.2f}" if isinstance(v, float) else f"{v!s:>22}")
-            except (KeyError, ZeroDivisionError):
-                cells.append(f"{'n/a':>22}")
-        lines.append(f"{label:<55}" + "".join(cells) + f"{goal:>10}")
+                cells.append(f"{v:>{width}.2f}" if isinstance(v, float) else f"{v!s:>{width}}")
+            except (KeyError, ZeroDivisionError, statistics.StatisticsError):
+                cells.append(f"{'n/a':>{width}}")
+        lines.append(f"{label:<52}" + "".join(cells) + f"{goal:>10}")
     return "\n".join(lines)
 
 
@@ -528,18 +713,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
     parser.add_argument("--bookings", type=int, help=f"per round and path (default {FULL['bookings']})")
-    parser.add_argument("--lifecycles", type=int, help=f"complete deals (default {FULL['lifecycles']})")
+    parser.add_argument("--lifecycles", type=int, help=f"deals per lifecycle path and round, 3x as many raw workflows (default {FULL['lifecycles']})")
+    parser.add_argument("--lifecycle-rounds", type=int, help=f"rounds of every lifecycle path (default {FULL['lifecycle_rounds']})")
     parser.add_argument("--trips", type=int, help=f"round trips per operation and side (default {FULL['trips']})")
     parser.add_argument("--reads", type=int, help=f"GET requests (default {FULL['reads']})")
     parser.add_argument("--scale-serials", type=int, help=f"committed serials of the one big deal (default {FULL['scale_serials']})")
     parser.add_argument("--parked", type=int, help=f"open deals left waiting on the file-backed server (default {FULL['parked']})")
     parser.add_argument("--parked-memory", type=int, help=f"open deals left waiting on the in-memory server (default {FULL['parked_memory']})")
     parser.add_argument("--backends", default="memory,file")
+    parser.add_argument("--phases", default=",".join(PHASES), help="a subset of " + ",".join(PHASES) + " (default all)")
     args = parser.parse_args()
+    args.phases = args.phases.split(",")
+    unknown = set(args.phases) - set(PHASES)
+    if unknown:
+        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
     for name, value in (QUICK if args.quick else FULL).items():  # explicit flags win over --quick
         if getattr(args, name) is None:
             setattr(args, name, value)
-    log("sizes: " + ", ".join(f"{name}={getattr(args, name)}" for name in FULL) + f", backends={args.backends}")
+    log("sizes: " + ", ".join(f"{name}={getattr(args, name)}" for name in FULL) + f", backends={args.backends}, phases={','.join(args.phases)}")
     results = {}
     for backend in args.backends.split(","):
         results[f"{backend} dev server"] = asyncio.run(bench_backend(backend == "file", args, backend))
