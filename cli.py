@@ -117,24 +117,98 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def _create_key(role: str, partner_id: str | None, data_dir: Path | None) -> str:
+def _key_session(data_dir: Path | None):
     from settings import Settings
-    from store.api_keys import create_api_key
     from store.db import session_scope
 
     settings = Settings(data_dir=data_dir, database_url="") if data_dir else Settings()
-    with session_scope(settings.effective_database_url) as session:
-        return create_api_key(session, role, partner_id)
+    return session_scope(settings.effective_database_url)
+
+
+def _data_dir(args: argparse.Namespace) -> Path | None:
+    return Path(args.data_dir).resolve() if args.data_dir else None
+
+
+def _duration(text: str | None, what: str, zero_ok: bool = False):
+    from datetime import timedelta
+
+    from domain.durations import parse_duration
+
+    if text is None:
+        return None
+    if zero_ok and text.strip() in ("0", "0s"):
+        return timedelta(0)
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise ValueError(f"{what}: {error}") from None
+
+
+def _create_key(role: str, partner_id: str | None, data_dir: Path | None, owner: str | None = None, expires_in=None) -> str:
+    from store.api_keys import create_api_key
+
+    with _key_session(data_dir) as session:
+        return create_api_key(session, role, partner_id, owner=owner, expires_in=expires_in)
 
 
 def cmd_apikey_create(args: argparse.Namespace) -> int:
     try:
-        key = _create_key(args.role, args.partner_id, Path(args.data_dir).resolve() if args.data_dir else None)
+        key = _create_key(args.role, args.partner_id, _data_dir(args), owner=args.owner, expires_in=_duration(args.expires_in, "--expires-in"))
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     owner = f" for partner {args.partner_id}" if args.partner_id else ""
-    print(f"created a {args.role} key{owner}; it is shown once, store it now:")
+    expiry = f", expiring in {args.expires_in}" if args.expires_in else ""
+    print(f"created a {args.role} key{owner}{expiry}; it is shown once, store it now:")
+    print(key)
+    return 0
+
+
+def _when(moment) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%MZ") if moment else "-"
+
+
+def cmd_apikey_list(args: argparse.Namespace) -> int:
+    """One line per key: never the key itself (only its hash is stored), its prefix to recognise it."""
+    from store.api_keys import list_api_keys, state
+
+    with _key_session(_data_dir(args)) as session:
+        rows = list_api_keys(session, include_inactive=args.all)
+    columns = ("id", "prefix", "role", "account", "created", "expires", "last used", "state")
+    lines = [columns] + [
+        (str(row.id), row.prefix, row.role, row.account, _when(row.created_at), _when(row.expires_at), _when(row.last_used_at), state(row)) for row in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+    for line in lines:
+        print("  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip())
+    return 0
+
+
+def cmd_apikey_revoke(args: argparse.Namespace) -> int:
+    from store.api_keys import ApiKeyError, revoke_api_key
+
+    try:
+        with _key_session(_data_dir(args)) as session:
+            row = revoke_api_key(session, args.key_id)
+    except ApiKeyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"revoked key {row.id} ({row.prefix}..., {row.account}): every API process refuses it from its next request")
+    return 0
+
+
+def cmd_apikey_rotate(args: argparse.Namespace) -> int:
+    from store.api_keys import ApiKeyError, rotate_api_key
+
+    try:
+        overlap = _duration(args.overlap, "--overlap", zero_ok=True)
+        expires_in = _duration(args.expires_in, "--expires-in")
+        with _key_session(_data_dir(args)) as session:
+            key, new = rotate_api_key(session, args.key_id, overlap, expires_in=expires_in)
+    except (ApiKeyError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"key {args.key_id} is replaced by key {new.id} ({new.account}) and stops working in {args.overlap}; the new key is shown once, store it now:")
     print(key)
     return 0
 
@@ -195,8 +269,24 @@ def build_parser() -> argparse.ArgumentParser:
     create = apikey.add_parser("create", help="create a key; the key is the last line printed")
     create.add_argument("--role", choices=["ops", "partner"], required=True)
     create.add_argument("--partner-id")
+    create.add_argument("--owner", help="whose ops key (a person or team): its idempotency keys and audit entries are that account's")
+    create.add_argument("--expires-in", metavar="DURATION", help="the key stops working after this long, e.g. 90d (default: never)")
     create.add_argument("--data-dir", help="use D/takeback.db (default: TAKEBACK_DATABASE_URL)")
     create.set_defaults(func=cmd_apikey_create)
+    listing = apikey.add_parser("list", help="list keys (id, prefix, role, account, expiry, last use, state); never the keys themselves")
+    listing.add_argument("--all", action="store_true", help="also revoked and expired keys")
+    listing.add_argument("--data-dir", help="use D/takeback.db (default: TAKEBACK_DATABASE_URL)")
+    listing.set_defaults(func=cmd_apikey_list)
+    revoke = apikey.add_parser("revoke", help="stop a key at once, in every API process")
+    revoke.add_argument("key_id", type=int, metavar="ID", help="the key's id, as `apikey list` shows it")
+    revoke.add_argument("--data-dir", help="use D/takeback.db (default: TAKEBACK_DATABASE_URL)")
+    revoke.set_defaults(func=cmd_apikey_revoke)
+    rotate = apikey.add_parser("rotate", help="make a new key for the same account; the old one works for --overlap more, then stops")
+    rotate.add_argument("key_id", type=int, metavar="ID", help="the key's id, as `apikey list` shows it")
+    rotate.add_argument("--overlap", default="24h", metavar="DURATION", help="how long the old key keeps working (default 24h; 0s stops it now)")
+    rotate.add_argument("--expires-in", metavar="DURATION", help="the new key stops working after this long (default: never)")
+    rotate.add_argument("--data-dir", help="use D/takeback.db (default: TAKEBACK_DATABASE_URL)")
+    rotate.set_defaults(func=cmd_apikey_rotate)
 
     replay = commands.add_parser("replay", help="replay workflow histories against this code (before a deploy); exit 1 on non-determinism")
     replay.add_argument("--query", default=None, help="visibility query of the workflows to replay (default: every takeback workflow, open or closed)")

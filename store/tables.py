@@ -3,7 +3,7 @@
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from sqlalchemy import Column, Index, Numeric, Text, UniqueConstraint
+from sqlalchemy import CheckConstraint, Column, Index, Numeric, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -215,14 +215,29 @@ class Certificate(SQLModel, table=True):
     issued_at: datetime = Field(default_factory=utcnow)
 
 
+# A partner key always names its partner and an ops key never does: a partner key without one
+# would pass every "is it yours" check that compares partner ids, and list every partner's deals.
+APIKEY_ROLE_CHECK = "(role = 'ops' AND partner_id IS NULL) OR (role = 'partner' AND partner_id IS NOT NULL AND partner_id <> '')"
+
+
 class ApiKey(SQLModel, table=True):
+    """A key, stored as its SHA-256. It works while not revoked and not expired; a rotation gives the
+    old key an `expires_at` (the overlap) and points it at the key that replaced it."""
+
+    __table_args__ = (CheckConstraint(APIKEY_ROLE_CHECK, name="ck_apikey_role_partner"),)
     id: int | None = Field(default=None, primary_key=True)
     key_hash: str = Field(unique=True)
     prefix: str
     role: str  # ops | partner
     partner_id: str | None = None
+    # Whose key it is: "partner:<id>", or "ops:<owner>" (the key's own id when no owner was given).
+    # Idempotency keys and the audit trail are scoped by it, so a rotated key's retries stay the same action.
+    account: str = Field(default="", max_length=200)
     created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None  # written at most about once a minute per key
     revoked_at: datetime | None = None
+    replaced_by_id: int | None = None  # the key a rotation made in its place
 
 
 class IdempotencyRecord(SQLModel, table=True):
