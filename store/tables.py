@@ -241,14 +241,41 @@ class ApiKey(SQLModel, table=True):
 
 
 class IdempotencyRecord(SQLModel, table=True):
-    """`Idempotency-Key` of a booking, scoped per API key: same key and body, same answer."""
+    """One `Idempotency-Key` of one account on one route (`scope` is their hash): the request's
+    fingerprint, the id the route derived for the action (deal, batch or update id), whether a request
+    holds it (`locked_until`) and, once there is one, the answer every retry gets."""
 
-    __table_args__ = (UniqueConstraint("api_key_id", "key"),)
     id: int | None = Field(default=None, primary_key=True)
-    api_key_id: int = Field(index=True)
+    scope: str = Field(unique=True, max_length=64)  # sha256 of account, method, path and key
+    account: str = Field(max_length=200)
+    method: str = Field(max_length=10)
+    path: str = Field(sa_column=Column(Text, nullable=False))
     key: str = Field(max_length=200)
-    request_hash: str
-    deal_id: str
+    api_key_id: int  # the key that made the first request
+    fingerprint: str = Field(max_length=64)
+    derived_id: str | None = Field(default=None, max_length=200)
+    locked_until: datetime | None = None  # a request is running it until then (a lease: a dead process frees it)
     status_code: int | None = None
     response_json: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(index=True)
+
+
+class AuditEvent(SQLModel, table=True):
+    """Who did what, and why: one row per mutating call the API ran (not per replayed retry)."""
+
+    __table_args__ = (Index("ix_auditevent_deal_id_id", "deal_id", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow)
+    api_key_id: int = Field(index=True)
+    account: str = Field(max_length=200)
+    role: str = Field(max_length=20)
+    action: str = Field(max_length=40)  # booking | pickup | receipts | extend | cancel | partner | training | exam | pledge | reinstate
+    method: str = Field(max_length=10)
+    path: str = Field(sa_column=Column(Text, nullable=False))
+    deal_id: str | None = Field(default=None, max_length=64)
+    partner_id: str | None = Field(default=None, index=True, max_length=200)
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    detail_json: str | None = Field(default=None, sa_column=Column(Text))
+    idempotency_key: str | None = Field(default=None, max_length=200)
+    status_code: int

@@ -58,6 +58,7 @@ def route_table(deals: dict, partner: str) -> dict:
         ("GET", "/v1/deals/{deal_id}"): (None, 200),
         ("GET", "/v1/deals/{deal_id}/certificate"): (None, 404),  # not issued while the deal is open
         ("GET", "/v1/deals/{deal_id}/emails"): (None, 403),  # ops read the delivery state of a deal's mail
+        ("GET", "/v1/deals/{deal_id}/audit"): (None, 403),  # ops read who did what to a deal
         ("POST", "/v1/deals/{deal_id}/extend"): ({"extend_by": "30d", "reason": "r"}, 403),
         ("POST", "/v1/deals/{deal_id}/pickups"): (PICKUP, 201),
         ("POST", "/v1/deals/{deal_id}/receipts"): (items, 403),

@@ -9,19 +9,20 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import and_, or_, select
-from sqlalchemy.exc import IntegrityError
 
 from api.deps import CallerDep, ClientDep, SettingsDep, owned_deal, require_ops, require_partner_access, temporal
+from api.idempotency import Action, once
 from api.problems import Problem, not_found
 from domain import rules
 from domain.certificate import render_html
 from domain.models import BookingRequest, CancelRequest, DealStatus, DealView, ExtendRequest
 from service import deals as service
 from service.partners import PartnerNotCertified
+from store import audit as audit_store
 from store import deals as store
 from store import mail as mail_store
 from store.db import session_scope
-from store.tables import Deal, IdempotencyRecord
+from store.tables import Deal
 
 router = APIRouter(prefix="/v1/deals", tags=["deals"])
 
@@ -43,62 +44,39 @@ class EmailState(BaseModel):
     sent_at: datetime | None
 
 
-def _request_hash(body: BaseModel) -> str:
-    return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-
-
-def _claim_idempotency_key(settings, key_id: int, key: str, request_hash: str) -> IdempotencyRecord:
-    """A booking's key: a retry books the same deal, whose id the key derives."""
-    deal_id = "D" + hashlib.sha256(f"{key_id}:{key}".encode()).hexdigest()[:16].upper()
-    return _claim_key(settings, key_id, key, request_hash, deal_id)
-
-
-def _claim_key(settings, key_id: int, key: str, request_hash: str, deal_id: str) -> IdempotencyRecord:
-    """The first request with a key claims it; later ones get the same record back."""
-    with session_scope(settings.effective_database_url) as session:
-        session.add(IdempotencyRecord(api_key_id=key_id, key=key, request_hash=request_hash, deal_id=deal_id))
-        try:
-            session.commit()
-        except IntegrityError:
-            session.rollback()
-        return session.execute(select(IdempotencyRecord).where(IdempotencyRecord.api_key_id == key_id, IdempotencyRecord.key == key)).scalar_one()
-
-
-def _remember_answer(settings, record_id: int, status_code: int, body_json: str) -> None:
-    with session_scope(settings.effective_database_url) as session:
-        record = session.get(IdempotencyRecord, record_id)
-        record.status_code, record.response_json = status_code, body_json
-        session.add(record)
-        session.commit()
+def booking_deal_id(key_id: int, idempotency_key: str) -> str:
+    """The deal a keyed booking books: every retry books this one deal (the key's record keeps it)."""
+    return "D" + hashlib.sha256(f"{key_id}:{idempotency_key}".encode()).hexdigest()[:16].upper()
 
 
 @router.post("", status_code=201, response_model=DealView, summary="Book a takeback deal (ops, or a partner for itself)")
 async def book_deal(
-    body: BookingRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep,
+    body: BookingRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ):
     require_partner_access(caller, body.partner_id)
-    record = None
-    if idempotency_key:
-        record = await asyncio.to_thread(_claim_idempotency_key, settings, caller.key_id, idempotency_key, _request_hash(body))
-        if record.request_hash != _request_hash(body):
-            raise Problem(422, "this Idempotency-Key was used with another request body", "idempotency-key-reused")
-        if record.response_json is not None:
-            return Response(record.response_json, status_code=record.status_code, media_type="application/json")
-    try:
-        view = await temporal(service.book_deal(client, settings, body, deal_id=record.deal_id if record else None), timeout=20)
-    except rules.RuleViolation as error:
-        raise Problem(422, str(error), "rule-violation") from None
-    except PartnerNotCertified as error:
-        raise Problem(409, str(error), "partner-not-certified") from None
-    except store.UnknownPartner:
-        raise not_found(f"partner {body.partner_id}") from None
-    except store.SerialConflict as error:
-        raise Problem(409, str(error), "serial-committed-elsewhere", conflicting_serials=error.count) from None
-    answer = view.model_dump_json()  # serialized once: the hot path of booking
-    if record is not None:
-        await asyncio.to_thread(_remember_answer, settings, record.id, 201, answer)
-    return Response(answer, status_code=201, media_type="application/json")
+    action = Action("booking", partner_id=body.partner_id, detail={
+        "units": sum(line.quantity for line in body.equipment), "new_products_value": str(body.new_products_value), "incentive_rate": str(body.incentive_rate),
+    })
+
+    async def run(deal_id: str | None) -> DealView:
+        try:
+            view = await temporal(service.book_deal(client, settings, body, deal_id=deal_id), timeout=20)
+        except rules.RuleViolation as error:
+            raise Problem(422, str(error), "rule-violation") from None
+        except PartnerNotCertified as error:
+            raise Problem(409, str(error), "partner-not-certified") from None
+        except store.UnknownPartner:
+            raise not_found(f"partner {body.partner_id}") from None
+        except store.SerialConflict as error:
+            raise Problem(409, str(error), "serial-committed-elsewhere", conflicting_serials=error.count) from None
+        action.deal_id = view.id
+        return view
+
+    return await once(
+        request, caller, settings, key=idempotency_key, body=body, status_code=201, action=action, run=run,
+        derive=lambda: booking_deal_id(caller.key_id, idempotency_key),
+    )
 
 
 def _encode_cursor(deal) -> str:
@@ -173,49 +151,87 @@ async def _deal_update(call):
         raise Problem(503, f"{error}; retry with the same request to see its result", "write-staged", headers={"Retry-After": "2"}, staged=True) from None
 
 
-async def _idempotent_action(settings, caller, deal_id: str, action: str, idempotency_key: str | None, body: BaseModel, run):
-    """An ops action on a deal with an optional Idempotency-Key: the same key and body is the same
-    action (one workflow update id, and the first answer once there is one); another body: 422."""
-    if not idempotency_key:
-        return await _deal_update(run(None))
-    scoped = f"{action}:" + hashlib.sha256(f"{deal_id}:{idempotency_key}".encode()).hexdigest()
-    record = await asyncio.to_thread(_claim_key, settings, caller.key_id, scoped, _request_hash(body), deal_id)
-    if record.request_hash != _request_hash(body):
-        raise Problem(422, "this Idempotency-Key was used with another request body", "idempotency-key-reused")
-    if record.response_json is not None:
-        return Response(record.response_json, status_code=record.status_code, media_type="application/json")
-    view = await _deal_update(run(f"{action}-{record.id}"))
-    answer = view.model_dump_json()
-    await asyncio.to_thread(_remember_answer, settings, record.id, 200, answer)
-    return Response(answer, media_type="application/json")
+async def _deal_action(request, settings, caller, deal, action: str, idempotency_key: str | None, body: BaseModel, run, detail: dict | None = None):
+    """An ops action on a deal through the idempotency layer: a retry with the key is the same
+    workflow update (its id is derived once, from the key that first sent it)."""
+    deal_id = deal.id
+
+    async def update(request_id: str | None) -> DealView:
+        return await _deal_update(run(request_id))
+
+    return await once(
+        request, caller, settings, key=idempotency_key, body=body, status_code=200,
+        action=Action(action, deal_id=deal_id, partner_id=deal.partner_id, reason=getattr(body, "reason", None), detail=detail or {}), run=update,
+        derive=lambda: f"{action}-" + hashlib.sha256(f"{caller.key_id}:{deal_id}:{idempotency_key}".encode()).hexdigest()[:32],
+    )
 
 
 @router.post("/{deal_id}/extend", response_model=DealView, summary="Extend the return window, with a reason (ops)")
 async def extend(
-    deal_id: str, body: ExtendRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep,
+    deal_id: str, body: ExtendRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ):
-    await owned_deal(settings, caller, deal_id)
+    deal = await owned_deal(settings, caller, deal_id)
     require_ops(caller, "extending a deal")
     try:
         extend_by = service.parse_extension(body.extend_by)
     except ValueError as error:
         raise Problem(422, str(error), "invalid-duration") from None
-    return await _idempotent_action(
-        settings, caller, deal_id, "extend", idempotency_key, body, lambda request_id: service.extend_deal(client, deal_id, extend_by, body.reason, request_id=request_id)
+    return await _deal_action(
+        request, settings, caller, deal, "extend", idempotency_key, body,
+        lambda request_id: service.extend_deal(client, deal_id, extend_by, body.reason, request_id=request_id), detail={"extend_by": body.extend_by},
     )
 
 
 @router.post("/{deal_id}/cancel", response_model=DealView, summary="Cancel a deal: nothing is paid (ops)")
 async def cancel(
-    deal_id: str, body: CancelRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep,
+    deal_id: str, body: CancelRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ):
-    await owned_deal(settings, caller, deal_id)
+    deal = await owned_deal(settings, caller, deal_id)
     require_ops(caller, "cancelling a deal")
-    return await _idempotent_action(
-        settings, caller, deal_id, "cancel", idempotency_key, body, lambda request_id: service.cancel_deal(client, deal_id, body.reason, request_id=request_id)
+    return await _deal_action(
+        request, settings, caller, deal, "cancel", idempotency_key, body, lambda request_id: service.cancel_deal(client, deal_id, body.reason, request_id=request_id)
     )
+
+
+class AuditEntry(BaseModel):
+    id: int
+    at: datetime
+    action: str  # booking | pickup | receipts | extend | cancel
+    status: int  # the answer the call got
+    key_id: int  # the acting API key ...
+    key_prefix: str | None  # ... and the first characters of it, as `takeback apikey list` shows them
+    role: str
+    account: str
+    reason: str | None
+    detail: dict | None
+    idempotency_key: str | None
+    method: str
+    path: str
+
+
+@router.get("/{deal_id}/audit", response_model=list[AuditEntry], summary="Who did what to the deal, and why, oldest first (ops)")
+async def audit(
+    deal_id: str, caller: CallerDep, settings: SettingsDep,
+    after: Annotated[int | None, Query(ge=0, le=2**62, description="only entries after this id (the last id of the previous page)")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> list[AuditEntry]:
+    await owned_deal(settings, caller, deal_id)
+    require_ops(caller, "reading a deal's audit trail")
+
+    def load():
+        with session_scope(settings.effective_database_url) as session:
+            return audit_store.deal_trail(session, deal_id, after=after, limit=limit)
+
+    return [
+        AuditEntry(
+            id=event.id, at=event.at, action=event.action, status=event.status_code, key_id=event.api_key_id, key_prefix=prefix, role=event.role,
+            account=event.account, reason=event.reason, detail=json.loads(event.detail_json) if event.detail_json else None,
+            idempotency_key=event.idempotency_key, method=event.method, path=event.path,
+        )
+        for event, prefix in await asyncio.to_thread(load)
+    ]
 
 
 @router.get("/{deal_id}/emails", response_model=list[EmailState], summary="The deal's e-mails and their delivery state (ops)")

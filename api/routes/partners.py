@@ -1,12 +1,13 @@
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, StringConstraints
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
 from api.deps import CallerDep, ClientDep, SettingsDep, require_ops, require_partner_access, temporal
+from api.idempotency import Action, once
 from api.problems import Problem, not_found
 from domain.specialization import ExamResult, ReinstateRequest, SpecializationView, TrainingRecord
 from service import partners
@@ -71,17 +72,25 @@ async def _unfinished_retry(settings, client, body: PartnerCreate) -> bool:
     return False
 
 
+IdempotencyKey = Annotated[str | None, Header(max_length=200, description="Retries with the same key are the same action, applied once")]
+
+
 @router.post("", status_code=201, response_model=PartnerOut, summary="Register a partner (ops)")
-async def create_partner(body: PartnerCreate, caller: CallerDep, settings: SettingsDep, client: ClientDep) -> PartnerOut:
+async def create_partner(body: PartnerCreate, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request, idempotency_key: IdempotencyKey = None):
     require_ops(caller, "registering a partner")
-    try:
-        await temporal(partners.create_partner(client, settings, body.id, body.name, body.contact_email, body.country))
-    except partners.PartnerExists:
-        if not await _unfinished_retry(settings, client, body):
-            raise Problem(409, f"partner {body.id} exists already", "partner-exists") from None
-        # The first attempt stored the row, then lost the engine (503): finish it now.
-        await temporal(partners.start_specialization(client, settings, body.id))
-    return await _out(settings, client, await _partner_row(settings, body.id), SpecializationView())
+
+    async def run(_derived: str | None) -> PartnerOut:
+        try:
+            await temporal(partners.create_partner(client, settings, body.id, body.name, body.contact_email, body.country))
+        except partners.PartnerExists:
+            if not await _unfinished_retry(settings, client, body):
+                raise Problem(409, f"partner {body.id} exists already", "partner-exists") from None
+            # The first attempt stored the row, then lost the engine (503): finish it now.
+            await temporal(partners.start_specialization(client, settings, body.id))
+        return await _out(settings, client, await _partner_row(settings, body.id), SpecializationView())
+
+    action = Action("partner", partner_id=body.id, detail={"country": body.country})
+    return await once(request, caller, settings, key=idempotency_key, body=body, status_code=201, action=action, run=run)
 
 
 @router.get("/{partner_id}", response_model=PartnerOut, summary="A partner and its specialization")
@@ -91,13 +100,6 @@ async def get_partner(partner_id: str, caller: CallerDep, settings: SettingsDep,
 
 
 UPDATE_TIMEOUT = 15.0  # seconds a partner write waits for the workflow's answer before a 503
-
-
-def _request_id(caller, idempotency_key: str | None) -> str | None:
-    return partners.idempotent_request_id(caller.key_id, idempotency_key) if idempotency_key else None
-
-
-IdempotencyKey = Annotated[str | None, Header(max_length=200, description="Retries with the same key are the same action, applied once")]
 
 
 async def _specialization_update(settings, client, caller, partner_id: str, call) -> SpecializationView:
@@ -114,33 +116,54 @@ async def _specialization_update(settings, client, caller, partner_id: str, call
         raise Problem(409, str(getattr(cause, "message", error)), "conflict") from None
 
 
+async def _audited_update(request, settings, client, caller, partner_id: str, name: str, key: str | None, body: BaseModel | None, call, reason=None, detail=None):
+    """A partner write through the idempotency layer; `call(request_id)` gets the update id derived
+    from the key that first sent it (None without a key, or where the workflow needs none)."""
+    return await once(
+        request, caller, settings, key=key, body=body, status_code=201 if name != "reinstate" else 200,
+        action=Action(name, partner_id=partner_id, reason=reason, detail=detail or {}),
+        run=lambda request_id: _specialization_update(settings, client, caller, partner_id, lambda: call(request_id)),
+        derive=lambda: partners.idempotent_request_id(caller.key_id, key),
+    )
+
+
 @router.post("/{partner_id}/trainings", status_code=201, response_model=SpecializationView, summary="Record a person's training (ops)")
 async def record_training(
-    partner_id: str, body: TrainingRecord, caller: CallerDep, settings: SettingsDep, client: ClientDep, idempotency_key: IdempotencyKey = None,
-) -> SpecializationView:
+    partner_id: str, body: TrainingRecord, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request, idempotency_key: IdempotencyKey = None,
+):
     require_partner_access(caller, partner_id)
     require_ops(caller, "recording training")
-    request_id = _request_id(caller, idempotency_key)
-    return await _specialization_update(settings, client, caller, partner_id, lambda: partners.record_training(client, partner_id, body, request_id))
+    # Hours only: the trainee's name and e-mail stay with the training.
+    return await _audited_update(
+        request, settings, client, caller, partner_id, "training", idempotency_key, body,
+        lambda request_id: partners.record_training(client, partner_id, body, request_id), detail={"hours": body.hours},
+    )
 
 
 @router.post("/{partner_id}/exams", status_code=201, response_model=SpecializationView, summary="Record an exam result (ops)")
 async def record_exam(
-    partner_id: str, body: ExamResult, caller: CallerDep, settings: SettingsDep, client: ClientDep, idempotency_key: IdempotencyKey = None,
-) -> SpecializationView:
+    partner_id: str, body: ExamResult, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request, idempotency_key: IdempotencyKey = None,
+):
     require_partner_access(caller, partner_id)
     require_ops(caller, "recording exams")
-    request_id = _request_id(caller, idempotency_key)
-    return await _specialization_update(settings, client, caller, partner_id, lambda: partners.record_exam(client, partner_id, body, request_id))
+    return await _audited_update(
+        request, settings, client, caller, partner_id, "exam", idempotency_key, body,
+        lambda request_id: partners.record_exam(client, partner_id, body, request_id), detail={"exam": body.exam, "passed": body.passed},
+    )
 
 
 @router.post("/{partner_id}/pledge", status_code=201, response_model=SpecializationView, summary="Sign the sustainability pledge (ops or the partner)")
-async def sign_pledge(partner_id: str, caller: CallerDep, settings: SettingsDep, client: ClientDep) -> SpecializationView:
-    return await _specialization_update(settings, client, caller, partner_id, lambda: partners.sign_pledge(client, partner_id))
+async def sign_pledge(partner_id: str, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request, idempotency_key: IdempotencyKey = None):
+    require_partner_access(caller, partner_id)
+    return await _audited_update(request, settings, client, caller, partner_id, "pledge", idempotency_key, None, lambda _request_id: partners.sign_pledge(client, partner_id))
 
 
 @router.post("/{partner_id}/reinstate", response_model=SpecializationView, summary="Restore a lapsed specialization (ops)")
-async def reinstate(partner_id: str, body: ReinstateRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep) -> SpecializationView:
+async def reinstate(
+    partner_id: str, body: ReinstateRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request, idempotency_key: IdempotencyKey = None,
+):
     require_partner_access(caller, partner_id)
     require_ops(caller, "reinstating a partner")
-    return await _specialization_update(settings, client, caller, partner_id, lambda: partners.reinstate(client, partner_id, body.reason))
+    return await _audited_update(
+        request, settings, client, caller, partner_id, "reinstate", idempotency_key, body, lambda _request_id: partners.reinstate(client, partner_id, body.reason), reason=body.reason,
+    )
