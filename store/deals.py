@@ -198,8 +198,25 @@ class CarrierEventOutcome(BaseModel):
     escalate: bool  # an escalation status that moved the shipment: the deal tells the partner and ops
 
 
+def scoped_event_id(tracking_number: str, event_id: str) -> str:
+    """A carrier's event ids are unique per tracking number only, so the store keys an event by both:
+    `<tracking number>:<event id>` (our tracking numbers hold no `:`)."""
+    return f"{tracking_number}:{event_id}"
+
+
+def _recorded_event(session: Session, event: CarrierEvent) -> ShipmentEvent | None:
+    seen = session.get(ShipmentEvent, scoped_event_id(event.tracking_number, event.event_id))
+    if seen is None:
+        # Recorded before ids were scoped, under the carrier's bare id: the same event if its tracking number matches.
+        legacy = session.get(ShipmentEvent, event.event_id)
+        if legacy is not None and legacy.tracking_number == event.tracking_number:
+            seen = legacy
+    return seen
+
+
 def record_carrier_event(session: Session, event: CarrierEvent) -> CarrierEventOutcome | None:
-    """Record a carrier event once by its id and move the pickup forward; None for an unknown tracking number.
+    """Record a carrier event once by its (tracking number, event id) and move the pickup forward;
+    None for an unknown tracking number. The same event id on two tracking numbers is two events.
 
     The status moves in one guarded UPDATE, so two events racing on one pickup can never move it
     backwards, on SQLite or PostgreSQL.
@@ -207,17 +224,18 @@ def record_carrier_event(session: Session, event: CarrierEvent) -> CarrierEventO
     pickup = find_pickup_by_tracking(session, event.tracking_number)
     if pickup is None:
         return None
-    seen = session.get(ShipmentEvent, event.event_id)
+    seen = _recorded_event(session, event)
     if seen is None:
         moved = session.execute(
             update(Pickup).where(Pickup.id == pickup.id, Pickup.status.in_(rules.statuses_moving_forward_to(event.status))).values(status=event.status.value)
         ).rowcount == 1
-        session.add(ShipmentEvent(event_id=event.event_id, tracking_number=event.tracking_number, status=event.status.value, occurred_at=event.occurred_at, applied=moved))
+        key = scoped_event_id(event.tracking_number, event.event_id)
+        session.add(ShipmentEvent(event_id=key, tracking_number=event.tracking_number, status=event.status.value, occurred_at=event.occurred_at, applied=moved))
         try:
             session.commit()
         except IntegrityError:  # the same event, delivered twice at once: the other delivery recorded it
             session.rollback()
-            seen = session.get(ShipmentEvent, event.event_id)
+            seen = session.get(ShipmentEvent, key)
     applied = seen.applied if seen is not None else moved
     status = session.execute(select(Pickup.status).where(Pickup.id == pickup.id)).scalar_one()
     return CarrierEventOutcome(

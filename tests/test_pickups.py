@@ -24,7 +24,8 @@ def pickup_handle(client, tracking: str):
 def shipment_events(settings, tracking: str) -> list[tuple[str, str, bool]]:
     with session_scope(settings.effective_database_url) as session:
         rows = session.execute(select(ShipmentEvent.event_id, ShipmentEvent.status, ShipmentEvent.applied).where(ShipmentEvent.tracking_number == tracking)).all()
-    return sorted(tuple(row) for row in rows)
+    # The store keys an event by `<tracking>:<carrier's event id>`; the carrier's id is compared here.
+    return sorted((event_id.removeprefix(f"{tracking}:"), status, applied) for event_id, status, applied in rows)
 
 
 def stored_pickup(settings, pickup_id: str) -> Pickup:
