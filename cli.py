@@ -49,6 +49,27 @@ def _interrupt(_signum, _frame) -> None:
     raise KeyboardInterrupt  # SIGTERM stops `takeback dev` as Ctrl-C does: children first
 
 
+DEV_SECRET_FILE = "carrier-webhook-secret"
+
+
+def _dev_webhook_secret(data_dir: Path) -> str:
+    """A random webhook secret for this data dir, made once and kept in it (only its owner may read it)."""
+    import secrets
+
+    path = data_dir / DEV_SECRET_FILE
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32) + "\n")
+    return path.read_text().strip()
+
+
+def _webhook_secret_source(data_dir: Path) -> str:
+    if os.environ.get("TAKEBACK_CARRIER_WEBHOOK_SECRET"):
+        return "TAKEBACK_CARRIER_WEBHOOK_SECRET"
+    return str(data_dir / DEV_SECRET_FILE)
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)  # even where SIGINT was inherited as ignored (background jobs)
@@ -57,6 +78,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env["TAKEBACK_DATA_DIR"] = str(data_dir)
     env["TEMPORAL_ADDRESS"] = f"127.0.0.1:{args.temporal_port}"
+    # A local stack: mail to the outbox is the point, and a webhook secret of the user's choosing is theirs.
+    env["TAKEBACK_ENV"] = "development"
+    if not env.get("TAKEBACK_CARRIER_WEBHOOK_SECRET"):
+        env["TAKEBACK_CARRIER_WEBHOOK_SECRET"] = _dev_webhook_secret(data_dir)
     if not args.keep_database_url:
         env.pop("TAKEBACK_DATABASE_URL", None)  # dev keeps everything under --data-dir
     ui_port = args.temporal_port + 1000
@@ -81,6 +106,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             f"  API docs:        http://{args.api_host}:{args.api_port}/docs\n"
             f"  Temporal Web UI: http://127.0.0.1:{ui_port}\n"
             f"  outbox:          {data_dir / 'outbox'}\n"
+            f"  webhook secret:  {_webhook_secret_source(data_dir)}\n"
             "  stop with Ctrl-C\n"
             "a fresh ops API key:\n"
             f"{ops_key}\n",
@@ -103,7 +129,21 @@ def cmd_dev(args: argparse.Namespace) -> int:
         _stop(processes)
 
 
+def _refuse_unsafe_settings(what: str) -> bool:
+    """Print why the settings are unsafe to serve with (a known webhook secret, mail set up empty, ...); True if so."""
+    from settings import UnsafeSettings, get_settings
+
+    try:
+        get_settings().require_safe_to_start(what)
+    except (UnsafeSettings, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return True
+    return False
+
+
 def cmd_worker(_args: argparse.Namespace) -> int:
+    if _refuse_unsafe_settings("takeback worker"):
+        return 2
     import worker
 
     worker.main()
@@ -111,6 +151,8 @@ def cmd_worker(_args: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
+    if _refuse_unsafe_settings("takeback api"):
+        return 2
     import uvicorn
 
     uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port, log_level="info")
@@ -228,11 +270,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from service import replay
 
     async def run():
-        if args.histories:
-            return await replay.replay_files([Path(p) for p in args.histories], replay.print_progress)
         from settings import get_settings
-        from temporal_client import connect
+        from temporal_client import connect, data_converter
 
+        if args.histories:
+            return await replay.replay_files([Path(p) for p in args.histories], replay.print_progress, data_converter(get_settings()))
         return await replay.replay_server(await connect(get_settings()), args.query or replay.DEFAULT_QUERY, replay.print_progress)
 
     report = asyncio.run(run())
@@ -243,6 +285,28 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print("nothing was replayed: check --query or the paths", file=sys.stderr)
         return 2
     return 0 if report.ok else 1
+
+
+def cmd_codec_server(args: argparse.Namespace) -> int:
+    """Temporal's codec-server protocol (POST /encode, /decode) with the payload keys of the settings."""
+    import uvicorn
+
+    from codec import codec_from_settings, codec_server_app
+    from settings import get_settings
+
+    settings = get_settings()
+    codec = codec_from_settings(settings)
+    if codec is None:
+        print("error: TAKEBACK_PAYLOAD_KEYS is not set: payloads are not encrypted, there is nothing to decode", file=sys.stderr)
+        return 2
+    token = settings.codec_server_token.get_secret_value() if settings.codec_server_token else None
+    if not token and args.host not in ("127.0.0.1", "::1", "localhost"):
+        print(f"error: the codec server on {args.host} would decrypt for anyone: set TAKEBACK_CODEC_SERVER_TOKEN", file=sys.stderr)
+        return 2
+    origins = [origin.strip() for origin in settings.codec_server_origins.split(",") if origin.strip()]
+    print(f"codec server on http://{args.host}:{args.port} (key {codec.key_id}; browser origins {', '.join(origins)}; token {'required' if token else 'off'})", flush=True)
+    uvicorn.run(codec_server_app(codec, token, origins), host=args.host, port=args.port, log_level="warning")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--query", default=None, help="visibility query of the workflows to replay (default: every takeback workflow, open or closed)")
     replay.add_argument("--histories", nargs="+", metavar="PATH", help="replay recorded history files (JSON, or folders of them) instead of a server's")
     replay.set_defaults(func=cmd_replay)
+
+    codec = commands.add_parser("codec-server", help="decode encrypted workflow payloads for the Temporal Web UI and CLI (TAKEBACK_PAYLOAD_KEYS)")
+    codec.add_argument("--host", default="127.0.0.1")
+    codec.add_argument("--port", type=int, default=8888)
+    codec.set_defaults(func=cmd_codec_server)
 
     demo = commands.add_parser("demo", help="book one deal with a short window on a running stack and print its life")
     demo.add_argument("--window", default="60s")

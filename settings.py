@@ -1,10 +1,13 @@
 """All configuration in one place, read from the environment (see shared/api.md)."""
 
+import base64
+import binascii
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from domain.durations import parse_duration, parse_duration_list
@@ -12,6 +15,40 @@ from domain.models import MAX_SERIALS_PER_BOOKING, IncentiveMode
 
 TASK_QUEUE = "takeback"
 DEFAULT_MAX_OPEN_PICKUPS = 20
+
+# Webhook secrets that have been shipped or printed somewhere (code, compose, README, tests, bench):
+# a production process refuses them whatever their length.
+KNOWN_WEBHOOK_SECRETS = frozenset(
+    {"dev-carrier-secret", "change-me", "changeme", "secret", "test-webhook-secret", "walkthrough-secret", "chaos-webhook-secret", "bench-secret"}
+)
+MIN_WEBHOOK_SECRET_BYTES = 32
+PAYLOAD_KEY_BYTES = (16, 24, 32)  # AES-128/192/256
+
+
+class UnsafeSettings(ValueError):
+    """The settings would run a production process on a known or missing secret: it must not start."""
+
+
+def parse_payload_keys(value: str) -> dict[str, bytes]:
+    """`kid1:<base64 key>,kid2:<base64 key>` -> {kid: key}; keys of 16, 24 or 32 bytes."""
+    keys: dict[str, bytes] = {}
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        key_id, sep, encoded = item.partition(":")
+        key_id = key_id.strip()
+        if not sep or not key_id:
+            raise ValueError("TAKEBACK_PAYLOAD_KEYS is `kid:<base64 key>[,kid:<base64 key>...]`")
+        try:
+            key = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"payload key {key_id!r} is not base64") from None
+        if len(key) not in PAYLOAD_KEY_BYTES:
+            raise ValueError(f"payload key {key_id!r} has {len(key)} bytes; AES-GCM takes 16, 24 or 32")
+        if key_id in keys:
+            raise ValueError(f"payload key id {key_id!r} is listed twice")
+        keys[key_id] = key
+    return keys
 
 
 def _seconds_or_zero(value: str) -> float:
@@ -31,10 +68,21 @@ class Settings(BaseSettings):
 
     temporal_address: str = Field("localhost:7233", alias="TEMPORAL_ADDRESS")
     temporal_namespace: str = Field("default", alias="TEMPORAL_NAMESPACE")
-    temporal_api_key: str | None = Field(None, alias="TEMPORAL_API_KEY")
+    temporal_api_key: SecretStr | None = Field(None, alias="TEMPORAL_API_KEY")
     temporal_tls_cert: Path | None = Field(None, alias="TEMPORAL_TLS_CLIENT_CERT_PATH")
     temporal_tls_key: Path | None = Field(None, alias="TEMPORAL_TLS_CLIENT_KEY_PATH")
+    # A private CA (PEM) to verify the server with, and the name its certificate carries (also the SNI).
+    temporal_tls_ca: Path | None = Field(None, alias="TEMPORAL_TLS_CA_PATH")
+    temporal_tls_server_name: str | None = Field(None, alias="TEMPORAL_TLS_SERVER_NAME")
     temporal_tls: bool = Field(False, alias="TEMPORAL_TLS")
+    # Optional end-to-end encryption of workflow payloads (AES-GCM): `kid:<base64 key>,...`; new
+    # payloads use TAKEBACK_PAYLOAD_KEY_ID, any listed key decrypts (rotation). Unset: off.
+    payload_keys: SecretStr | None = Field(None, alias="TAKEBACK_PAYLOAD_KEYS")
+    payload_key_id: str | None = Field(None, alias="TAKEBACK_PAYLOAD_KEY_ID")
+    # `takeback codec-server`: the bearer token callers must send (the Web UI passes the user's), and
+    # the browser origins (the Web UI's) allowed to call it.
+    codec_server_token: SecretStr | None = Field(None, alias="TAKEBACK_CODEC_SERVER_TOKEN")
+    codec_server_origins: str = Field("http://localhost:8080,http://127.0.0.1:8080", alias="TAKEBACK_CODEC_SERVER_ORIGINS")
     task_queue: str = Field(TASK_QUEUE, alias="TAKEBACK_TASK_QUEUE")
     # The sandbox re-imports a workflow's module for every workflow loaded into the worker (each new
     # deal, each one back from eviction): with 10,000 open deals that was 70% of the worker's CPU.
@@ -66,12 +114,19 @@ class Settings(BaseSettings):
     sim_carrier_step: str = Field("0s", alias="TAKEBACK_SIM_CARRIER_STEP")
     specialization_year: str = Field("365d", alias="TAKEBACK_SPECIALIZATION_YEAR")
     specialization_reminder_offsets: str = Field("60d,30d", alias="TAKEBACK_SPECIALIZATION_REMINDER_OFFSETS")
-    carrier_webhook_secret: str = Field("dev-carrier-secret", alias="TAKEBACK_CARRIER_WEBHOOK_SECRET")
+    # `production` (the default) refuses to start the API or a worker on a missing, short or known
+    # webhook secret, or without a mail provider; `development` (`takeback dev`) and `test` do not.
+    env: Literal["production", "development", "test"] = Field("production", alias="TAKEBACK_ENV")
+    # One secret, or several comma-separated during a rotation (any of them verifies a signature).
+    carrier_webhook_secret: SecretStr | None = Field(None, alias="TAKEBACK_CARRIER_WEBHOOK_SECRET")
 
     ops_email: str = Field("ops@takeback.example", alias="TAKEBACK_OPS_EMAIL")
     mail_from: str = Field("takeback@takeback.example", alias="TAKEBACK_MAIL_FROM")
-    sendgrid_api_key: str | None = Field(None, alias="SENDGRID_API_KEY")
+    # Unset or empty: mail is written as .eml files to the outbox, which production allows only when
+    # TAKEBACK_MAIL_OUTBOX=true says so; otherwise it refuses to start (set but empty is a lost key).
+    sendgrid_key: SecretStr | None = Field(None, validation_alias=AliasChoices("SENDGRID_API_KEY", "sendgrid_api_key"))
     sendgrid_host: str = Field("https://api.sendgrid.com", alias="SENDGRID_HOST")
+    mail_outbox: bool = Field(False, alias="TAKEBACK_MAIL_OUTBOX")
 
     @field_validator("return_window", "specialization_year", "personal_data_retention")
     @classmethod
@@ -96,6 +151,70 @@ class Settings(BaseSettings):
     def _step_is_a_duration_or_zero(cls, value: str) -> str:
         _seconds_or_zero(value)
         return value
+
+    @field_validator("payload_keys")
+    @classmethod
+    def _payload_keys_parse(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_payload_keys(value.get_secret_value())
+        return value
+
+    @property
+    def sendgrid_api_key(self) -> str | None:
+        """The SendGrid key in clear, for the mailer only (empty or unset: the outbox)."""
+        return self.sendgrid_key.get_secret_value() if self.sendgrid_key is not None else None
+
+    @property
+    def carrier_webhook_secrets(self) -> list[bytes]:
+        """Every secret a carrier signature may be made with (several during a rotation)."""
+        if self.carrier_webhook_secret is None:
+            return []
+        return [part.strip().encode() for part in self.carrier_webhook_secret.get_secret_value().split(",") if part.strip()]
+
+    @property
+    def payload_keyring(self) -> dict[str, bytes]:
+        return parse_payload_keys(self.payload_keys.get_secret_value()) if self.payload_keys is not None else {}
+
+    def startup_problems(self) -> list[str]:
+        """What makes these settings unsafe to serve with: always a broken codec or TLS set-up; in
+        production also a missing, short or known webhook secret and a mail provider left empty."""
+        problems = []
+        keys = self.payload_keyring
+        if keys and not self.payload_key_id:
+            problems.append("TAKEBACK_PAYLOAD_KEYS is set without TAKEBACK_PAYLOAD_KEY_ID (the key new payloads are encrypted with)")
+        if self.payload_key_id and self.payload_key_id not in keys:
+            problems.append(f"TAKEBACK_PAYLOAD_KEY_ID {self.payload_key_id!r} is not among TAKEBACK_PAYLOAD_KEYS")
+        if bool(self.temporal_tls_cert) != bool(self.temporal_tls_key):
+            problems.append("TEMPORAL_TLS_CLIENT_CERT_PATH and TEMPORAL_TLS_CLIENT_KEY_PATH go together")
+        for name, path in (("TEMPORAL_TLS_CA_PATH", self.temporal_tls_ca), ("TEMPORAL_TLS_CLIENT_CERT_PATH", self.temporal_tls_cert), ("TEMPORAL_TLS_CLIENT_KEY_PATH", self.temporal_tls_key)):
+            if path is not None and not path.is_file():
+                problems.append(f"{name} {path} is not a readable file")
+        if self.env != "production":
+            return problems
+        secrets = self.carrier_webhook_secrets
+        if not secrets:
+            problems.append("TAKEBACK_CARRIER_WEBHOOK_SECRET is not set (anyone could forge carrier events)")
+        for number, secret in enumerate(secrets, 1):
+            if secret.decode() in KNOWN_WEBHOOK_SECRETS:
+                problems.append(f"TAKEBACK_CARRIER_WEBHOOK_SECRET #{number} is a published default")
+            elif len(secret) < MIN_WEBHOOK_SECRET_BYTES:
+                problems.append(f"TAKEBACK_CARRIER_WEBHOOK_SECRET #{number} has {len(secret)} bytes; at least {MIN_WEBHOOK_SECRET_BYTES} random bytes are needed")
+            elif len(set(secret)) < 8:
+                problems.append(f"TAKEBACK_CARRIER_WEBHOOK_SECRET #{number} is not random (too few distinct characters)")
+        if not self.sendgrid_api_key and not self.mail_outbox:
+            if self.sendgrid_key is not None:
+                problems.append("SENDGRID_API_KEY is set but empty: mail would silently be written to files, not sent (TAKEBACK_MAIL_OUTBOX=true if that is meant)")
+            else:
+                problems.append("no mail provider: set SENDGRID_API_KEY, or TAKEBACK_MAIL_OUTBOX=true to write mail to files on purpose")
+        return problems
+
+    def require_safe_to_start(self, what: str = "takeback") -> None:
+        problems = self.startup_problems()
+        if problems:
+            raise UnsafeSettings(
+                f"{what} refuses to start (TAKEBACK_ENV={self.env}):\n" + "\n".join(f"  - {problem}" for problem in problems)
+                + "\n(for a local trial, `takeback dev` generates its own secret; tests set TAKEBACK_ENV=test)"
+            )
 
     @property
     def return_window_seconds(self) -> float:

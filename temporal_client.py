@@ -1,20 +1,48 @@
-"""The one way this project connects to Temporal: pydantic data converter, TLS / API key."""
+"""The one way this project connects to Temporal: the data converter (pydantic, plus the payload
+codec when keys are set), TLS (a private CA, the server's name, client certificates) and API key."""
+
+import dataclasses
 
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 
+from codec import codec_from_settings
 from settings import Settings
 
 
+def data_converter(settings: Settings) -> DataConverter:
+    """Pydantic payloads; with TAKEBACK_PAYLOAD_KEYS also sealed with AES-GCM, failure messages and
+    stack traces included (they can quote personal data). Workers take their client's converter;
+    a Replayer must be given this one."""
+    codec = codec_from_settings(settings)
+    if codec is None:
+        return pydantic_data_converter
+    return dataclasses.replace(pydantic_data_converter, payload_codec=codec, failure_converter_class=DefaultFailureConverterWithEncodedAttributes)
+
+
+def tls_config(settings: Settings) -> TLSConfig | bool:
+    """TLS as the settings ask: a TLSConfig for a private CA, a server name or a client certificate;
+    True for TLS with the system's roots (TEMPORAL_TLS, or an API key); False for plaintext."""
+    custom = settings.temporal_tls_ca or settings.temporal_tls_server_name or settings.temporal_tls_cert
+    if not custom:
+        return settings.temporal_tls or bool(settings.temporal_api_key)
+    if bool(settings.temporal_tls_cert) != bool(settings.temporal_tls_key):
+        raise ValueError("TEMPORAL_TLS_CLIENT_CERT_PATH and TEMPORAL_TLS_CLIENT_KEY_PATH go together")
+    return TLSConfig(
+        server_root_ca_cert=settings.temporal_tls_ca.read_bytes() if settings.temporal_tls_ca else None,
+        domain=settings.temporal_tls_server_name or None,
+        client_cert=settings.temporal_tls_cert.read_bytes() if settings.temporal_tls_cert else None,
+        client_private_key=settings.temporal_tls_key.read_bytes() if settings.temporal_tls_key else None,
+    )
+
+
 async def connect(settings: Settings, **options) -> Client:
-    tls: TLSConfig | bool = settings.temporal_tls or bool(settings.temporal_api_key)
-    if settings.temporal_tls_cert and settings.temporal_tls_key:
-        tls = TLSConfig(client_cert=settings.temporal_tls_cert.read_bytes(), client_private_key=settings.temporal_tls_key.read_bytes())
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
-        api_key=settings.temporal_api_key,
-        tls=tls,
-        data_converter=pydantic_data_converter,
+        api_key=settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None,
+        tls=tls_config(settings),
+        data_converter=data_converter(settings),
         **options,
     )

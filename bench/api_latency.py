@@ -58,7 +58,7 @@ class Stack:
         self.data_dir = Path(tempfile.mkdtemp(prefix="takeback-latency-"))
         self.temporal_port, self.api_port = free_port(), free_port()
         self.env = dict(os.environ, TAKEBACK_DATA_DIR=str(self.data_dir), TEMPORAL_ADDRESS=f"127.0.0.1:{self.temporal_port}",
-                        TAKEBACK_TASK_QUEUE="latency", PYTHONPATH=str(ROOT))
+                        TAKEBACK_TASK_QUEUE="latency", PYTHONPATH=str(ROOT), TAKEBACK_ENV="test")
         self.env.pop("TAKEBACK_DATABASE_URL", None)
         self.processes: list[tuple[str, subprocess.Popen]] = []
 

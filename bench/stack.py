@@ -64,6 +64,7 @@ class Stack:
             TEMPORAL_ADDRESS=f"127.0.0.1:{self.temporal_port}",
             TAKEBACK_DATA_DIR=str(self.data_dir),
             PYTHONPATH=str(ROOT),
+            TAKEBACK_ENV="test",  # bench secrets and outbox mail: production would refuse to start on them
             **self.env_overrides,
         )
         self.env.pop("TAKEBACK_DATABASE_URL", None)

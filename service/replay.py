@@ -12,6 +12,7 @@ from pathlib import Path
 
 from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 from temporalio.worker import Replayer
 
 from workflows.deal import TakebackDealWorkflow
@@ -45,10 +46,11 @@ async def _from_files(files: list[Path]) -> AsyncIterator[WorkflowHistory]:
         yield WorkflowHistory.from_json(str(path), events)
 
 
-async def replay(histories: AsyncIterator[WorkflowHistory], progress=None) -> ReplayReport:
-    """Replay every history; `progress(report)` is called after each one."""
+async def replay(histories: AsyncIterator[WorkflowHistory], progress=None, data_converter: DataConverter | None = None) -> ReplayReport:
+    """Replay every history; `progress(report)` is called after each one. Histories sealed by the
+    payload codec need the converter that holds their keys (`temporal_client.data_converter`)."""
     report = ReplayReport()
-    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=data_converter or pydantic_data_converter)
     async with replayer.workflow_replay_iterator(histories) as results:
         async for result in results:
             report.replayed += 1
@@ -59,8 +61,8 @@ async def replay(histories: AsyncIterator[WorkflowHistory], progress=None) -> Re
     return report
 
 
-async def replay_files(paths: list[Path], progress=None) -> ReplayReport:
-    return await replay(_from_files(history_files(paths)), progress)
+async def replay_files(paths: list[Path], progress=None, data_converter: DataConverter | None = None) -> ReplayReport:
+    return await replay(_from_files(history_files(paths)), progress, data_converter)
 
 
 async def replay_server(client: Client, query: str = DEFAULT_QUERY, progress=None) -> ReplayReport:
@@ -70,7 +72,7 @@ async def replay_server(client: Client, query: str = DEFAULT_QUERY, progress=Non
         async for execution in client.list_workflows(query):
             yield await client.get_workflow_handle(execution.id, run_id=execution.run_id).fetch_history()
 
-    return await replay(histories(), progress)
+    return await replay(histories(), progress, client.data_converter)
 
 
 def print_progress(report: ReplayReport) -> None:

@@ -25,6 +25,9 @@ BIN = Path(sys.executable).parent
 # Every worker of the suite, in-process or spawned (the CLI, chaos, the dev server), runs its
 # workflows in the sandbox: a non-deterministic call in workflow code fails here, not in service.
 os.environ["TAKEBACK_WORKFLOW_SANDBOX"] = "true"
+# Test mode: the suite's workers and APIs (in-process and spawned) run on test webhook secrets and
+# write mail to files, which production (the default) refuses at start-up (settings.startup_problems).
+os.environ["TAKEBACK_ENV"] = "test"
 
 
 def binary(name: str) -> str:

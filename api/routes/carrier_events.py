@@ -1,7 +1,8 @@
-"""Carrier webhooks: signed with HMAC-SHA256 over `<t>.<raw body>`, deduplicated by event id."""
+"""Carrier webhooks: signed with HMAC-SHA256 over `<t>.<raw body>`, deduplicated by (tracking number, event id)."""
 
 import hashlib
 import hmac
+import re
 import time
 
 from fastapi import APIRouter, Request
@@ -16,20 +17,49 @@ from service import deals as service
 router = APIRouter(prefix="/v1", tags=["carrier events"])
 TOLERANCE_SECONDS = 300
 MAX_BODY = 64 * 1024
+TIMESTAMP = re.compile(r"[0-9]{1,12}")  # ASCII only; 12 digits reach the year 33658
+SIGNATURE = re.compile(r"[0-9a-fA-F]{64}")
+MAX_SIGNATURES = 4
 
 
-def verify_signature(header: str | None, body: bytes, secret: str, now: float | None = None) -> None:
-    """`Takeback-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>`."""
+def parse_signature_header(header: str) -> tuple[str, list[str]]:
+    """`t=<unix seconds>,v1=<hex>[,v1=<hex>...]` -> (t, [v1, ...]); anything else is a 401, never a 500.
+
+    `t` is 1 to 12 ASCII digits (not `int()`'s idea of a digit: `²`, `١`, or 5,000 of them), each
+    `v1` is 64 hex digits. Several `v1` let a carrier sign with an old and a new secret
+    during a rotation; other schemes (`v0`, ...) are ignored."""
+    timestamps, signatures = [], []
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "t":
+            timestamps.append(value)
+        elif name == "v1":
+            signatures.append(value)
+    if len(timestamps) != 1 or not TIMESTAMP.fullmatch(timestamps[0]) or not signatures or len(signatures) > MAX_SIGNATURES:
+        raise Problem(401, "malformed Takeback-Signature header: t=<unix seconds>,v1=<hex HMAC-SHA256>", "signature-malformed")
+    if not all(SIGNATURE.fullmatch(signature) for signature in signatures):
+        raise Problem(401, "malformed Takeback-Signature header: v1 is 64 hex digits", "signature-malformed")
+    return timestamps[0], signatures
+
+
+def verify_signature(header: str | None, body: bytes, secrets: list[bytes], now: float | None = None) -> None:
+    """`Takeback-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>`; any
+    `v1` made with any of `secrets` (several during a rotation) passes."""
+    if not secrets:
+        raise Problem(503, "carrier webhooks are not configured on this server (TAKEBACK_CARRIER_WEBHOOK_SECRET)", "webhook-not-configured")
     if not header:
         raise Problem(401, "missing Takeback-Signature header", "signature-missing")
-    parts = dict(part.strip().split("=", 1) for part in header.split(",") if "=" in part)
-    timestamp, signature = parts.get("t", ""), parts.get("v1", "")
-    if not timestamp.isdigit() or not signature:
-        raise Problem(401, "malformed Takeback-Signature header", "signature-malformed")
+    timestamp, signatures = parse_signature_header(header)
     if abs((now or time.time()) - int(timestamp)) > TOLERANCE_SECONDS:
         raise Problem(401, f"signature timestamp outside the {TOLERANCE_SECONDS} s tolerance", "signature-stale")
-    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, signature):
+    signed = timestamp.encode() + b"." + body
+    expected = [hmac.new(secret, signed, hashlib.sha256).hexdigest().encode() for secret in secrets]
+    # Every pair is compared, so the time taken says nothing about which secret or signature matched.
+    matched = False
+    for candidate in signatures:
+        for digest in expected:
+            matched |= hmac.compare_digest(digest, candidate.lower().encode())
+    if not matched:
         raise Problem(401, "signature does not match", "signature-invalid")
 
 
@@ -38,7 +68,7 @@ async def carrier_event(request: Request, settings: SettingsDep, client: ClientD
     body = await request.body()
     if len(body) > MAX_BODY:
         raise Problem(413, f"a carrier event is at most {MAX_BODY} bytes", "payload-too-large")
-    verify_signature(request.headers.get("takeback-signature"), body, settings.carrier_webhook_secret)
+    verify_signature(request.headers.get("takeback-signature"), body, settings.carrier_webhook_secrets)
     try:
         event = CarrierEvent.model_validate_json(body)
     except ValidationError as error:
