@@ -22,8 +22,17 @@ def env_of(name: str) -> dict:
     return {str(k): str(v) for k, v in (env.items() if isinstance(env, dict) else (item.split("=", 1) for item in env))}
 
 
+# What an operator must set (`${NAME:?}`: compose refuses to start without them), as a deployment would.
+REQUIRED = {
+    "POSTGRES_PASSWORD": "pg-9f2c41d07b",
+    "TAKEBACK_DB_PASSWORD": "tb-5e81aa2c3d",
+    "TAKEBACK_CARRIER_WEBHOOK_SECRET": "5c1d0f3e9a7b46e2b8d4a1c7f0e3b9d26a4c8e1f7b3d5a9c2e6f0b4d8a1c3e5f",
+}
+
+
 def resolve(value: str) -> str:
-    """What compose makes of `${NAME:-default}` when NAME is unset."""
+    """What compose makes of `${NAME:-default}` when NAME is unset, and of `${NAME:?message}` when it is set (REQUIRED)."""
+    value = re.sub(r"\$\{([A-Z0-9_]+):\?[^}]*\}", lambda match: REQUIRED[match.group(1)], value)
     return re.sub(r"\$\{[A-Z0-9_]+:?-([^}]*)\}", r"\1", value)
 
 
@@ -36,7 +45,7 @@ def port_mappings(name: str) -> list[tuple[str, int, int]]:
     """(host ip, host port, container port) of each published port."""
     result = []
     for spec in SERVICES[name].get("ports", []):
-        parts = str(spec).split("/")[0].split(":")
+        parts = resolve(str(spec)).split("/")[0].split(":")
         host_ip = parts[0] if len(parts) == 3 else "0.0.0.0"
         result.append((host_ip, int(parts[-2]), int(parts[-1])))
     return result
@@ -143,19 +152,25 @@ def test_the_app_environment_is_what_settings_read():
     from settings import Settings
 
     aliases = {field.alias for field in Settings.model_fields.values()}
+    aliases |= {choice for field in Settings.model_fields.values() for choice in getattr(field.validation_alias, "choices", ())}
     for name in APP_SERVICES:
         unknown = set(env_of(name)) - aliases
         assert not unknown, f"{name} sets variables takeback does not read: {unknown}"
     settings = Settings.model_validate({key: resolve(value) for key, value in env_of("worker").items()})
     assert settings.temporal_address == "temporal:7233" and settings.effective_database_url.startswith("postgresql+psycopg://")
     assert settings.sendgrid_api_key in (None, "")  # empty: the outbox, not SendGrid
+    assert settings.env == "production" and settings.payload_keyring == {}  # the codec is off until keys are set
+    # ... which production refuses unless the outbox is asked for: with it, nothing else is missing.
+    assert any("SENDGRID_API_KEY" in problem for problem in settings.startup_problems())
+    asked = {key: resolve(value) for key, value in env_of("worker").items()} | {"TAKEBACK_MAIL_OUTBOX": "true"}
+    assert Settings.model_validate(asked).startup_problems() == []
 
 
 def test_the_ui_and_the_namespace_job_point_at_temporal():
     for name in ("temporal-ui", "temporal-create-namespace"):
         host, port = env_of(name)["TEMPORAL_ADDRESS"].split(":")
         assert host == "temporal" and int(port) in listens_on("temporal")
-    assert ("0.0.0.0", 8080, 8080) in port_mappings("temporal-ui")
+    assert ("127.0.0.1", 8080, 8080) in port_mappings("temporal-ui")
 
 
 def test_schema_job_precedes_the_server_and_uses_the_same_database():
@@ -182,7 +197,7 @@ def test_temporal_server_and_admin_tools_are_the_same_release():
 def test_published_ports_are_unique_and_images_pinned():
     published = [(host_ip, host_port) for name in SERVICES for host_ip, host_port, _ in port_mappings(name)]
     assert len({port for _, port in published}) == len(published), f"a host port is published twice: {published}"
-    assert ("0.0.0.0", 8000, 8000) in port_mappings("api")
+    assert port_mappings("api") == [] and ("127.0.0.1", 8443, 443) in port_mappings("caddy")  # the API only behind TLS
     for name, service in SERVICES.items():
         if "build" in service:
             continue
@@ -320,7 +335,8 @@ def test_dockerfile_builds_what_compose_runs():
     assert json_or_shell(instructions("CMD")[-1])[0] in ("api", "worker")
     from cli import build_parser
 
-    for name in APP_SERVICES:  # the commands parse with the real CLI
+    for name in (*APP_SERVICES, "codec-server"):  # the commands parse with the real CLI
+        assert SERVICES[name]["image"] == SERVICES["api"]["image"]
         build_parser().parse_args(SERVICES[name]["command"])
 
 
