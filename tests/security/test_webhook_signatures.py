@@ -1,0 +1,120 @@
+"""Minor, webhook: a malformed `Takeback-Signature` is a 401 problem, never a 500; several `v1`
+values and several secrets are accepted during a rotation; a carrier's event ids are scoped to
+their tracking number (the same id on two tracking numbers is two events)."""
+
+import hashlib
+import hmac
+import json
+import secrets
+import time
+
+import pytest
+
+from domain.models import CarrierEvent, PickupRequest
+from store import deals as store
+from store.db import session_scope
+from tests.api_helpers import api_client
+from tests.conftest import make_settings
+from tests.postgres import _free_port
+
+OLD, NEW = secrets.token_hex(32), secrets.token_hex(32)
+EVENT = {"event_id": "evt-1", "tracking_number": "SIMNOSUCHPICKUP", "status": "in_transit", "occurred_at": "2026-12-02T10:00:00Z"}
+RAW = json.dumps(EVENT).encode()
+
+
+def v1(secret: str, t: str, body: bytes = RAW) -> str:
+    return hmac.new(secret.encode(), t.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+@pytest.fixture
+async def http(tmp_path):
+    # Temporal is not there: the route reaches the store only once the signature is good, and an
+    # unknown tracking number is then a 404. So 404 means "signature accepted", 401 "refused".
+    settings = make_settings(tmp_path, carrier_webhook_secret=f"{NEW},{OLD}", temporal_address=f"127.0.0.1:{_free_port()}")
+    async with api_client(settings) as client:
+        yield client
+
+
+async def post(http, signature: bytes | str):
+    return await http.post("/v1/carrier-events", content=RAW, headers={"Content-Type": "application/json", "Takeback-Signature": signature})
+
+
+def now() -> str:
+    return str(int(time.time()))
+
+
+@pytest.mark.parametrize("header", [
+    "t=\xb2,v1=" + "0" * 64,  # SUPERSCRIPT TWO: a digit to str.isdigit(), not to int()
+    "t=\xb9\xb2\xb3,v1=" + "0" * 64,
+    "t=" + "9" * 5000 + ",v1=" + "0" * 64,  # past int()'s 4,300-digit limit
+    "t=-5,v1=" + "0" * 64,
+    "t=1e9,v1=" + "0" * 64,
+    "t={now},v1=" + "z" * 64,  # not hex
+    "t={now},v1=" + "\xe9" * 64,  # not ASCII: compare_digest raised TypeError
+    "t={now},v1=",
+    "t={now}",
+    "t={now},t={now},v1=" + "0" * 64,
+    ",,,=,==",
+    "t=,v1=,",
+])
+async def test_a_malformed_signature_is_a_401_problem_never_a_500(http, header):
+    response = await post(http, header.replace("{now}", now()).encode("latin-1"))
+    assert response.status_code == 401, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["status"] == 401
+
+
+async def test_several_v1_values_and_several_secrets_are_accepted_during_a_rotation(http):
+    t = now()
+    wrong = v1(secrets.token_hex(32), t)
+    # The carrier signs with the old and the new secret during the overlap: either may come first.
+    assert (await post(http, f"t={t},v1={v1(NEW, t)},v1={wrong}")).status_code == 404
+    assert (await post(http, f"t={t},v1={wrong},v1={v1(OLD, t)}")).status_code == 404
+    # The server lists both secrets: a carrier still on the old one, or already on the new, passes.
+    assert (await post(http, f"t={t},v1={v1(OLD, t)}")).status_code == 404
+    assert (await post(http, f"t={t},v1={v1(NEW, t)}")).status_code == 404
+    assert (await post(http, f"t={t},v1={wrong}")).status_code == 401
+    assert (await post(http, f"t={t},v0={v1(NEW, t)}")).status_code == 401  # another scheme is not a v1
+
+
+def test_event_ids_are_scoped_to_their_tracking_number(database_url, tmp_path):
+    from tests.test_store import NOW, setup_store, stage
+    from tests.conftest import booking
+
+    settings = setup_store(database_url, tmp_path)
+    stage(database_url, settings, "D1", booking(4))
+    request = PickupRequest(address="1 Main St", contact_name="Sam", contact_phone="+1 555 0100", ready_on="2026-12-01", expected_units=2)
+    with session_scope(database_url) as session:
+        store.save_pickup(session, "D1-p1", "D1", "Sim", "TRACK-A", request)
+        store.save_pickup(session, "D1-p2", "D1", "Sim", "TRACK-B", request)
+
+    def record(tracking: str, status: str = "in_transit"):
+        with session_scope(database_url) as session:
+            return store.record_carrier_event(session, CarrierEvent(event_id="evt-1", tracking_number=tracking, status=status, occurred_at=NOW))
+
+    first, second = record("TRACK-A"), record("TRACK-B")
+    assert (first.pickup_id, first.applied, first.repeated) == ("D1-p1", True, False)
+    assert (second.pickup_id, second.applied, second.repeated) == ("D1-p2", True, False)  # another pickup's event, not a replay
+    again = record("TRACK-B")
+    assert again.repeated and again.applied  # a redelivery is still one event
+    with session_scope(database_url) as session:
+        assert store.find_pickup_by_tracking(session, "TRACK-B").status == "in_transit"
+
+
+def test_an_event_recorded_before_scoping_is_still_a_repeat(database_url, tmp_path):
+    """Rows written under the carrier's bare id (before this change) still deduplicate their redelivery."""
+    from store.tables import ShipmentEvent
+    from tests.conftest import booking
+    from tests.test_store import NOW, setup_store, stage
+
+    settings = setup_store(database_url, tmp_path)
+    stage(database_url, settings, "D1", booking(4))
+    request = PickupRequest(address="1 Main St", contact_name="Sam", contact_phone="+1 555 0100", ready_on="2026-12-01", expected_units=2)
+    with session_scope(database_url) as session:
+        store.save_pickup(session, "D1-p1", "D1", "Sim", "TRACK-A", request)
+        session.add(ShipmentEvent(event_id="legacy-1", tracking_number="TRACK-A", status="pre_transit", occurred_at=NOW, applied=True))
+        session.commit()
+    with session_scope(database_url) as session:
+        legacy = store.record_carrier_event(session, CarrierEvent(event_id="legacy-1", tracking_number="TRACK-A", status="pre_transit", occurred_at=NOW))
+        elsewhere = store.record_carrier_event(session, CarrierEvent(event_id="legacy-1", tracking_number="TRACK-B", status="pre_transit", occurred_at=NOW))
+    assert legacy.repeated and elsewhere is None  # TRACK-B is no pickup of ours
