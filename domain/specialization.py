@@ -4,7 +4,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+
+from domain.models import EmailAddress, ShortText
 
 REQUIRED_EXAMS = (1, 2)
 
@@ -33,8 +35,8 @@ class SpecializationView(BaseModel):
 
 
 class TrainingRecord(BaseModel):
-    person_email: Annotated[str, StringConstraints(min_length=3, max_length=254, strip_whitespace=True, to_lower=True)]
-    person_name: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+    person_email: Annotated[EmailAddress, AfterValidator(str.lower)]
+    person_name: ShortText
     hours: float = Field(gt=0, le=40)
 
 

@@ -15,7 +15,7 @@ from api.idempotency import Action, once
 from api.problems import Problem, not_found
 from domain import rules
 from domain.certificate import render_html
-from domain.models import BookingRequest, CancelRequest, DealStatus, DealView, ExtendRequest
+from domain.models import BookingRequest, CancelRequest, DealId, DealStatus, DealView, ExtendRequest
 from service import deals as service
 from service.partners import PartnerNotCertified
 from store import audit as audit_store
@@ -61,7 +61,7 @@ async def book_deal(
 
     async def run(deal_id: str | None) -> DealView:
         try:
-            view = await temporal(service.book_deal(client, settings, body, deal_id=deal_id), timeout=20)
+            view = await temporal(service.book_deal(client, settings, body, deal_id=deal_id, by_partner=not caller.is_ops), timeout=20)
         except rules.RuleViolation as error:
             raise Problem(422, str(error), "rule-violation") from None
         except PartnerNotCertified as error:
@@ -132,7 +132,7 @@ async def list_deals(
 
 
 @router.get("/{deal_id}", response_model=DealView, summary="A deal, live from its workflow (the store's copy once closed)")
-async def get_deal(deal_id: str, caller: CallerDep, settings: SettingsDep, client: ClientDep):
+async def get_deal(deal_id: DealId, caller: CallerDep, settings: SettingsDep, client: ClientDep):
     # One store read checks ownership and serves a closed deal; the answer is JSON already (no re-validation).
     answer = await temporal(service.get_deal_json(client, settings, deal_id, visible=caller.may_see_partner))
     if answer is None:
@@ -168,7 +168,7 @@ async def _deal_action(request, settings, caller, deal, action: str, idempotency
 
 @router.post("/{deal_id}/extend", response_model=DealView, summary="Extend the return window, with a reason (ops)")
 async def extend(
-    deal_id: str, body: ExtendRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request,
+    deal_id: DealId, body: ExtendRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ):
     deal = await owned_deal(settings, caller, deal_id)
@@ -185,7 +185,7 @@ async def extend(
 
 @router.post("/{deal_id}/cancel", response_model=DealView, summary="Cancel a deal: nothing is paid (ops)")
 async def cancel(
-    deal_id: str, body: CancelRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request,
+    deal_id: DealId, body: CancelRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ):
     deal = await owned_deal(settings, caller, deal_id)
@@ -213,7 +213,7 @@ class AuditEntry(BaseModel):
 
 @router.get("/{deal_id}/audit", response_model=list[AuditEntry], summary="Who did what to the deal, and why, oldest first (ops)")
 async def audit(
-    deal_id: str, caller: CallerDep, settings: SettingsDep,
+    deal_id: DealId, caller: CallerDep, settings: SettingsDep,
     after: Annotated[int | None, Query(ge=0, le=2**62, description="only entries after this id (the last id of the previous page)")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> list[AuditEntry]:
@@ -235,7 +235,7 @@ async def audit(
 
 
 @router.get("/{deal_id}/emails", response_model=list[EmailState], summary="The deal's e-mails and their delivery state (ops)")
-async def emails(deal_id: str, caller: CallerDep, settings: SettingsDep) -> list[EmailState]:
+async def emails(deal_id: DealId, caller: CallerDep, settings: SettingsDep) -> list[EmailState]:
     await owned_deal(settings, caller, deal_id)
     require_ops(caller, "reading a deal's e-mail")
 
@@ -247,7 +247,7 @@ async def emails(deal_id: str, caller: CallerDep, settings: SettingsDep) -> list
 
 
 @router.get("/{deal_id}/certificate", summary="The certificate of recycling: JSON, or HTML with ?format=html")
-async def certificate(deal_id: str, caller: CallerDep, settings: SettingsDep, request: Request, format: Annotated[str, Query(pattern="^(json|html)$")] = "json"):
+async def certificate(deal_id: DealId, caller: CallerDep, settings: SettingsDep, request: Request, format: Annotated[str, Query(pattern="^(json|html)$")] = "json"):
     await owned_deal(settings, caller, deal_id)
 
     def load():

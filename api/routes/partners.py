@@ -9,6 +9,7 @@ from temporalio.exceptions import ApplicationError
 from api.deps import CallerDep, ClientDep, SettingsDep, require_ops, require_partner_access, temporal
 from api.idempotency import Action, once
 from api.problems import Problem, not_found
+from domain.models import EmailAddress
 from domain.specialization import ExamResult, ReinstateRequest, SpecializationView, TrainingRecord
 from service import partners
 from store.db import session_scope
@@ -22,7 +23,7 @@ PartnerId = Annotated[str, StringConstraints(min_length=1, max_length=64, patter
 class PartnerCreate(BaseModel):
     id: PartnerId
     name: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
-    contact_email: Annotated[str, StringConstraints(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")]
+    contact_email: EmailAddress
     country: Annotated[str, StringConstraints(min_length=2, max_length=56, strip_whitespace=True)]
 
 
@@ -94,7 +95,7 @@ async def create_partner(body: PartnerCreate, caller: CallerDep, settings: Setti
 
 
 @router.get("/{partner_id}", response_model=PartnerOut, summary="A partner and its specialization")
-async def get_partner(partner_id: str, caller: CallerDep, settings: SettingsDep, client: ClientDep) -> PartnerOut:
+async def get_partner(partner_id: PartnerId, caller: CallerDep, settings: SettingsDep, client: ClientDep) -> PartnerOut:
     require_partner_access(caller, partner_id)
     return await _out(settings, client, await _partner_row(settings, partner_id))
 
@@ -129,7 +130,7 @@ async def _audited_update(request, settings, client, caller, partner_id: str, na
 
 @router.post("/{partner_id}/trainings", status_code=201, response_model=SpecializationView, summary="Record a person's training (ops)")
 async def record_training(
-    partner_id: str, body: TrainingRecord, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request, idempotency_key: IdempotencyKey = None,
+    partner_id: PartnerId, body: TrainingRecord, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request, idempotency_key: IdempotencyKey = None,
 ):
     require_partner_access(caller, partner_id)
     require_ops(caller, "recording training")
@@ -142,7 +143,7 @@ async def record_training(
 
 @router.post("/{partner_id}/exams", status_code=201, response_model=SpecializationView, summary="Record an exam result (ops)")
 async def record_exam(
-    partner_id: str, body: ExamResult, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request, idempotency_key: IdempotencyKey = None,
+    partner_id: PartnerId, body: ExamResult, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request, idempotency_key: IdempotencyKey = None,
 ):
     require_partner_access(caller, partner_id)
     require_ops(caller, "recording exams")
@@ -153,14 +154,14 @@ async def record_exam(
 
 
 @router.post("/{partner_id}/pledge", status_code=201, response_model=SpecializationView, summary="Sign the sustainability pledge (ops or the partner)")
-async def sign_pledge(partner_id: str, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request, idempotency_key: IdempotencyKey = None):
+async def sign_pledge(partner_id: PartnerId, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request, idempotency_key: IdempotencyKey = None):
     require_partner_access(caller, partner_id)
     return await _audited_update(request, settings, client, caller, partner_id, "pledge", idempotency_key, None, lambda _request_id: partners.sign_pledge(client, partner_id))
 
 
 @router.post("/{partner_id}/reinstate", response_model=SpecializationView, summary="Restore a lapsed specialization (ops)")
 async def reinstate(
-    partner_id: str, body: ReinstateRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request, idempotency_key: IdempotencyKey = None,
+    partner_id: PartnerId, body: ReinstateRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request, idempotency_key: IdempotencyKey = None,
 ):
     require_partner_access(caller, partner_id)
     require_ops(caller, "reinstating a partner")

@@ -7,7 +7,7 @@ from pydantic import BaseModel
 from api.deps import CallerDep, ClientDep, SettingsDep, owned_deal, require_ops
 from api.idempotency import Action, once
 from api.routes.deals import _deal_update
-from domain.models import ReceiptRequest
+from domain.models import DealId, ReceiptRequest
 from service import deals as service
 
 router = APIRouter(prefix="/v1/deals", tags=["receipts"])
@@ -36,7 +36,7 @@ def keyed_batch_id(deal_id: str, key_id: int, idempotency_key: str) -> str:
 
 @router.post("/{deal_id}/receipts", response_model=ReceiptResult, summary="Items scanned at the returns facility (ops)")
 async def record_receipt(
-    deal_id: str, body: ReceiptRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request,
+    deal_id: DealId, body: ReceiptRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ):
     deal = await owned_deal(settings, caller, deal_id)

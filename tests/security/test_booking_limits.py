@@ -84,7 +84,6 @@ async def test_a_partner_books_alone_only_up_to_the_limit(time_skipping_env, tmp
     assert at_limit.partner_id == by_ops.partner_id == "A" and rows(settings, OpenSerialClaim, OpenSerialClaim.deal_id == by_ops.id) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="needs api/routes/deals.py to pass `by_partner=not caller.is_ops` to service.book_deal (the route is not this change's file)")
 async def test_a_partner_key_above_the_limit_gets_a_403_and_ops_book_it(time_skipping_env, tmp_path):
     settings = on_engine(time_skipping_env, tmp_path, partner_booking_limit="500000.00")
     add_partner(settings, "A")

@@ -121,7 +121,6 @@ def test_ids_in_paths_are_bounded():
                 ids.validate_python(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the routes' `deal_id`/`partner_id` typed as domain.models.DealId/PartnerId (routes are not this change's files)")
 async def test_unbounded_or_nul_path_parameters_are_a_422(tmp_path):
     settings = make_settings(tmp_path)
     async with api_client(settings) as http:
@@ -131,7 +130,6 @@ async def test_unbounded_or_nul_path_parameters_are_a_422(tmp_path):
             assert_422(await method(path, json=PICKUP, headers=ops) if method is http.post else await method(path, headers=ops))
 
 
-@pytest.mark.xfail(strict=True, reason="needs TrainingRecord.person_email and PartnerCreate.contact_email typed as domain.models.EmailAddress (not this change's files)")
 async def test_email_lists_are_a_422(tmp_path):
     settings = make_settings(tmp_path)
     async with api_client(settings) as http:
