@@ -79,6 +79,7 @@ def build_worker(
 
 async def run_worker(settings: Settings | None = None, **extras) -> None:
     settings = settings or get_settings()
+    settings.require_safe_to_start("takeback worker")  # also when started without the CLI (its own check)
     client = await connect(settings)
     with ThreadPoolExecutor(max_workers=32) as executor:
         worker = build_worker(client, settings, executor=executor, **extras)
