@@ -1,7 +1,7 @@
 """A demo deal on a running stack: short window, simulated carrier, receipts, release, close."""
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 from domain.models import BookingRequest, DealStatus, PickupRequest, ReceiptItem
@@ -58,7 +58,7 @@ async def run(args) -> int:
     print(f"[demo] booked deal {view.id}: window {args.window}, deadline {view.return_deadline:%H:%M:%S} UTC", flush=True)
     print(_line(view), flush=True)
     pickup = await deals.request_pickup(
-        client, view.id, PickupRequest(address="1 Main St, Toronto", contact_name="Sam", contact_phone="+1 416 555 0100", ready_on="2026-12-01", expected_units=10)
+        client, view.id, PickupRequest(address="1 Main St, Toronto", contact_name="Sam", contact_phone="+1 416 555 0100", ready_on=datetime.now(timezone.utc).date().isoformat(), expected_units=10)
     )
     print(f"[demo] pickup {pickup.id} booked with {pickup.carrier}, tracking {pickup.tracking_number}", flush=True)
     received = False

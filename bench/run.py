@@ -178,7 +178,7 @@ async def book_and_ship(http: LoadClient) -> str:
     r = await http.post("/v1/deals", json=booking_body(10))
     assert r.status_code == 201, r.text[:300]
     deal = r.json()
-    pickup = (await http.post(f"/v1/deals/{deal['id']}/pickups", json={"address": "1 Bench St", "contact_name": "B", "contact_phone": "+1 555 0100", "ready_on": "2026-12-01", "expected_units": 10})).json()
+    pickup = (await http.post(f"/v1/deals/{deal['id']}/pickups", json={"address": "1 Bench St", "contact_name": "B", "contact_phone": "+1 555 0100", "ready_on": datetime.now(timezone.utc).date().isoformat(), "expected_units": 10})).json()
     for n, status in enumerate(("pre_transit", "in_transit", "out_for_delivery", "delivered")):
         raw, headers = signed({"event_id": f"{deal['id']}-{n}", "tracking_number": pickup["tracking_number"], "status": status, "occurred_at": datetime.now(timezone.utc).isoformat()})
         r = await http.post("/v1/carrier-events", content=raw, headers={**headers, "Authorization": ""})
@@ -289,7 +289,7 @@ async def round_trips(client, settings, http, n: int) -> dict:
     # 1,000 committed units: the pickups and 2n one-item receipts below do not close these deals.
     open_deal = (await http.post("/v1/deals", json=booking_body(1000))).json()["id"]
     receipt_deal = (await http.post("/v1/deals", json=booking_body(1000))).json()["id"]
-    pickup_body = {"address": "1 Bench St", "contact_name": "B", "contact_phone": "+1 555 0100", "ready_on": "2026-12-01", "expected_units": 1}
+    pickup_body = {"address": "1 Bench St", "contact_name": "B", "contact_phone": "+1 555 0100", "ready_on": datetime.now(timezone.utc).date().isoformat(), "expected_units": 1}
     r = await http.post(f"/v1/deals/{open_deal}/pickups", json=pickup_body)
     assert r.status_code == 201, r.text[:300]
     tracking = r.json()["tracking_number"]

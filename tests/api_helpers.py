@@ -3,6 +3,7 @@
 import hashlib
 import hmac
 import json
+from datetime import datetime, timezone
 import time
 from contextlib import asynccontextmanager
 
@@ -49,7 +50,7 @@ def booking_body(partner_id: str, units: int = 10, serials: list[str] | None = N
     }
 
 
-PICKUP = {"address": "1 Main St", "contact_name": "Sam", "contact_phone": "+1 555 0100", "ready_on": "2026-12-01", "expected_units": 10}
+PICKUP = {"address": "1 Main St", "contact_name": "Sam", "contact_phone": "+1 555 0100", "ready_on": datetime.now(timezone.utc).date().isoformat(), "expected_units": 1}
 
 
 async def certified_partner(http: httpx.AsyncClient, ops: dict, partner_id: str) -> None:

@@ -1,7 +1,7 @@
 """Small helpers shared by the deal tests and tests/record_histories.py."""
 
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from email import message_from_bytes, policy
 
 from sqlalchemy import func, select
@@ -13,7 +13,8 @@ from store.db import session_scope
 from store.tables import IncentiveLedger, ReminderSent
 
 DAY = timedelta(days=1)
-PICKUP = PickupRequest(address="1 Main St, Toronto", contact_name="Sam", contact_phone="+1 555 0100", ready_on="2026-12-01", expected_units=10)
+TODAY = datetime.now(timezone.utc).date().isoformat()  # a pickup is ready between today and the deadline
+PICKUP = PickupRequest(address="1 Main St, Toronto", contact_name="Sam", contact_phone="+1 555 0100", ready_on=TODAY, expected_units=1)
 
 
 def items(prefix: str, n: int, product_id: str = "C9300-48P", condition: str = "working", age_years: float = 1, start: int = 0) -> list[ReceiptItem]:

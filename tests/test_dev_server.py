@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 from domain.models import DealStatus, IncentiveStatus, PickupRequest, ReceiptItem
 from service import deals
@@ -15,7 +15,7 @@ from store.db import session_scope
 from store.tables import IncentiveLedger, ReminderSent
 from tests.conftest import booking, make_settings, running_worker
 
-PICKUP = PickupRequest(address="1 Main St", contact_name="Sam", contact_phone="+1 555 0100", ready_on="2026-12-01", expected_units=10)
+PICKUP = PickupRequest(address="1 Main St", contact_name="Sam", contact_phone="+1 555 0100", ready_on=datetime.now(timezone.utc).date().isoformat(), expected_units=1)
 
 
 async def wait_for(predicate, timeout: float, what: str):
