@@ -26,6 +26,8 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 
 def get_engine(url: str) -> Engine:
+    """hide_parameters: a statement's error (in a log, a traceback, a 500's cause) names its SQL, never
+    the values bound to it (e-mail addresses, contact names and phones, key hashes)."""
     with _lock:
         engine = _engines.get(url)
         if engine is None:
@@ -33,10 +35,10 @@ def get_engine(url: str) -> Engine:
                 path = url.split("///", 1)[-1]
                 if path and path != ":memory:":
                     Path(path).parent.mkdir(parents=True, exist_ok=True)
-                engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+                engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
                 event.listen(engine, "connect", _sqlite_pragmas)
             else:
-                engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+                engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True)
             migrate.upgrade(engine)
             _engines[url] = engine
         return engine
