@@ -128,6 +128,28 @@ class Settings(BaseSettings):
     sendgrid_host: str = Field("https://api.sendgrid.com", alias="SENDGRID_HOST")
     mail_outbox: bool = Field(False, alias="TAKEBACK_MAIL_OUTBOX")
 
+    # The HTTP edge (api/limits.py, api/ratelimit.py, `takeback api`), per API process. A rate is
+    # requests per second refilling a bucket of `_BURST` requests; 0 turns that limit off. The defaults
+    # sit above one key's load in `make bench` (about 800 GET/s from one ops key and one address).
+    rate_per_key: float = Field(1000, ge=0, alias="TAKEBACK_RATE_PER_KEY")
+    rate_per_key_burst: int = Field(2000, ge=0, alias="TAKEBACK_RATE_PER_KEY_BURST")
+    rate_per_address: float = Field(2000, ge=0, alias="TAKEBACK_RATE_PER_ADDRESS")
+    rate_per_address_burst: int = Field(4000, ge=0, alias="TAKEBACK_RATE_PER_ADDRESS_BURST")
+    # Failed authentications (an unknown key, a bad webhook signature) per client address: once they
+    # are spent, that address's requests carrying a key not seen to work are refused before any lookup.
+    rate_failed_auth: float = Field(2, ge=0, alias="TAKEBACK_RATE_FAILED_AUTH")
+    rate_failed_auth_burst: int = Field(50, ge=0, alias="TAKEBACK_RATE_FAILED_AUTH_BURST")
+    # How long the impact report (per key and query) and /healthz answers are reused; 0: not at all.
+    response_cache: str = Field("1s", alias="TAKEBACK_RESPONSE_CACHE")
+    # A request's headers must arrive within this long of its first byte (of the connection, for
+    # the first request); its body within `_BODY_TIMEOUT` of its headers. 0: no limit.
+    http_header_timeout: str = Field("10s", alias="TAKEBACK_HTTP_HEADER_TIMEOUT")
+    http_body_timeout: str = Field("30s", alias="TAKEBACK_HTTP_BODY_TIMEOUT")
+    http_keep_alive: str = Field("5s", alias="TAKEBACK_HTTP_KEEP_ALIVE")  # an idle connection is closed after it
+    http_max_header_bytes: int = Field(64 * 1024, ge=4096, alias="TAKEBACK_HTTP_MAX_HEADER_BYTES")
+    # Connections plus requests in progress (uvicorn's limit_concurrency): past it, new requests get a 503.
+    http_max_connections: int = Field(1000, ge=1, alias="TAKEBACK_HTTP_MAX_CONNECTIONS")
+
     @field_validator("return_window", "specialization_year", "personal_data_retention")
     @classmethod
     def _window_is_a_duration(cls, value: str) -> str:
@@ -146,7 +168,7 @@ class Settings(BaseSettings):
         parse_duration(value)
         return value
 
-    @field_validator("sim_carrier_step", "worker_drain")
+    @field_validator("sim_carrier_step", "worker_drain", "response_cache", "http_header_timeout", "http_body_timeout", "http_keep_alive")
     @classmethod
     def _step_is_a_duration_or_zero(cls, value: str) -> str:
         _seconds_or_zero(value)
@@ -247,6 +269,22 @@ class Settings(BaseSettings):
     @property
     def personal_data_retention_seconds(self) -> float:
         return parse_duration(self.personal_data_retention).total_seconds()
+
+    @property
+    def response_cache_seconds(self) -> float:
+        return _seconds_or_zero(self.response_cache)
+
+    @property
+    def http_header_timeout_seconds(self) -> float:
+        return _seconds_or_zero(self.http_header_timeout)
+
+    @property
+    def http_body_timeout_seconds(self) -> float:
+        return _seconds_or_zero(self.http_body_timeout)
+
+    @property
+    def http_keep_alive_seconds(self) -> float:
+        return _seconds_or_zero(self.http_keep_alive)
 
     @property
     def effective_database_url(self) -> str:
