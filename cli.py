@@ -155,7 +155,14 @@ def cmd_api(args: argparse.Namespace) -> int:
         return 2
     import uvicorn
 
-    uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port, log_level="info")
+    from api.limits import uvicorn_options
+    from api.logsafe import log_config
+    from settings import get_settings
+
+    # Connection limit, keep-alive and header deadlines, header size (api/limits.py); logs that carry
+    # no keys or e-mail addresses and cannot be forged with CR/LF (api/logsafe.py).
+    uvicorn.run("api.app:create_served_app", factory=True, host=args.host, port=args.port, log_level="info", log_config=log_config(),
+                **uvicorn_options(get_settings()))
     return 0
 
 
