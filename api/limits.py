@@ -443,4 +443,5 @@ def uvicorn_options(settings) -> dict:
         "timeout_keep_alive": settings.http_keep_alive_seconds,
         "h11_max_incomplete_event_size": settings.http_max_header_bytes,  # if h11 is ever chosen
         "server_header": False,  # no product and version banner
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
     }
