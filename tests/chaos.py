@@ -349,7 +349,7 @@ def at(text: str) -> datetime:
 
 
 def log(message: str) -> None:
-    print(f"[chaos {time.strftime('%H:%M:%S')}] {message}", flush=True)
+    print(f"[chaos {datetime.now().astimezone().isoformat(timespec='milliseconds')}] {message}", flush=True)
 
 
 class Run:
@@ -659,7 +659,7 @@ def verify(run: Run, failed: list[str]) -> tuple[list[str], dict]:
 
     # -- HTTP: no 5xx but 503, every request answered, every answer one its request may get
     for error in stats.server_errors:
-        violations.append(f"5xx other than 503: {error['request']} (Idempotency-Key {error['idempotency_key']}) answered {error['status']}: "
+        violations.append(f"5xx other than 503 at {error['at']}: {error['request']} (Idempotency-Key {error['idempotency_key']}) answered {error['status']}: "
                           f"{json.dumps(error['answer'])[:300]}; body {json.dumps(error['body'])[:300]}")
     for answer in stats.answers:
         counts[f"answers {answer.kind} {answer.status}"] += 1
