@@ -109,7 +109,30 @@ async def temporal(call, timeout: float | None = None, client: Client | None = N
             raise await _silence(client, probe, timeout) from None
         if engine_unreachable(error):
             raise engine_unavailable("the workflow engine is unreachable; retry shortly") from None
+        if _call_cut_off(error):
+            raise Problem(
+                503,
+                "the call to the workflow engine was cut off (the engine or a worker restarting, or too many reads of one deal "
+                "at once); a write may still take effect: retry shortly, with the same Idempotency-Key where the route takes one",
+                "workflow-busy",
+                headers=dict(RETRY_AFTER),
+                applied="unknown",
+            ) from None
         raise
+
+
+def _call_cut_off(error: BaseException) -> bool:
+    """Transport faults and back-pressure of a call in flight, seen while the server or a worker
+    restarts: 'transport error' (UNKNOWN), 'h2 protocol error' / 'context canceled' (CANCELLED), a
+    deal's query buffer full while its worker is gone (RESOURCE_EXHAUSTED), ABORTED. None is a bug
+    of the request: the caller retries."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    if not isinstance(error, RPCError):
+        return False
+    if error.status in (RPCStatusCode.CANCELLED, RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.ABORTED):
+        return True
+    return error.status == RPCStatusCode.UNKNOWN and any(word in str(error).lower() for word in ("transport", "connection", "h2 protocol", "broken pipe", "reset"))
 
 
 def _deadline_exceeded(error: BaseException) -> bool:

@@ -105,6 +105,23 @@ async def test_an_unreachable_engine_is_temporal_unavailable_at_once():
     assert time.monotonic() - started < 4
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        RPCError("transport error", RPCStatusCode.UNKNOWN, b""),  # the server died mid-call
+        RPCError("h2 protocol error: http2 error", RPCStatusCode.CANCELLED, b""),  # a connection dropped under a restart
+        RPCError("context canceled", RPCStatusCode.CANCELLED, b""),
+        RPCError("consistent query buffer is full, cannot accept new consistent queries", RPCStatusCode.RESOURCE_EXHAUSTED, b""),
+    ],
+    ids=["transport", "h2", "context-canceled", "query-buffer-full"],
+)
+async def test_a_call_cut_off_by_a_restart_or_back_pressure_is_a_503_not_a_500(error):
+    """Seen by the chaos run while the server or a worker restarted: each was a 500."""
+    problem = await problem_of(raises(error))
+    assert problem.status == 503 and problem.kind == "workflow-busy" and problem.headers["Retry-After"]
+    assert problem.extra["applied"] == "unknown"  # a write may still land: retry with the same key
+
+
 async def test_other_errors_and_answers_pass_through(time_skipping_env):
     async def answer():
         return 42
