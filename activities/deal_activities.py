@@ -132,6 +132,9 @@ class TakebackActivities:
             if row.state in ("sent", "failed"):
                 return False
             if not mail_store.claim(session, mail.key):
+                session.expire_all()
+                if session.get(EmailMessage, mail.key).state != "sending":
+                    return False  # sent meanwhile, or given up as outcome unknown
                 raise ApplicationError(
                     f"message {mail.key} is being sent by another attempt", type="MailInFlight", next_retry_delay=mail_store.CLAIM_LEASE / 10
                 )

@@ -3,7 +3,7 @@ its outcome (sent, or failed with the provider's reason) and attempts are kept f
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -11,7 +11,10 @@ from store.tables import EmailMessage, utcnow
 
 # An attempt's claim on a message. Longer than a mail activity may run (its start-to-close
 # timeout) and than the provider's own deadline, so no retry sends while an attempt still runs.
+# A claim older than this belonged to an attempt that never finished (its worker died, perhaps
+# after SendGrid took the message): the message is then `failed` as "outcome unknown", not resent.
 CLAIM_LEASE = timedelta(minutes=10)
+ABANDONED = "outcome unknown: the attempt that was sending it never finished (its worker stopped); not sent again, so it cannot arrive twice"
 
 
 def queue(session: Session, row: EmailMessage) -> EmailMessage:
@@ -28,16 +31,19 @@ def queue(session: Session, row: EmailMessage) -> EmailMessage:
 
 
 def claim(session: Session, key: str, now: datetime | None = None) -> bool:
-    """Take the message for one attempt: True if this attempt may call the provider."""
+    """Take the message for one attempt: True if this attempt may call the provider.
+
+    A claim left by an attempt that never finished turns the message `failed` (outcome unknown)."""
     now = now or utcnow()
     claimed = session.execute(
-        update(EmailMessage)
-        .where(
-            EmailMessage.key == key,
-            or_(EmailMessage.state == "queued", (EmailMessage.state == "sending") & (EmailMessage.claimed_at < now - CLAIM_LEASE)),
-        )
-        .values(state="sending", claimed_at=now, attempts=EmailMessage.attempts + 1)
+        update(EmailMessage).where(EmailMessage.key == key, EmailMessage.state == "queued").values(state="sending", claimed_at=now, attempts=EmailMessage.attempts + 1)
     ).rowcount == 1
+    if not claimed:
+        session.execute(
+            update(EmailMessage)
+            .where(EmailMessage.key == key, EmailMessage.state == "sending", EmailMessage.claimed_at < now - CLAIM_LEASE)
+            .values(state="failed", last_error=ABANDONED)
+        )
     session.commit()
     return claimed
 

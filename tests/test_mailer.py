@@ -311,3 +311,21 @@ def test_a_revoked_key_is_retried_with_its_reason_shown_until_it_is_fixed(tmp_pa
     assert activities._send_once(MAIL) is True
     row = email_rows(settings)[MAIL.key]
     assert row.state == "sent" and row.attempts == 3 and row.last_error is None and len(sendgrid.requests) == 3
+
+
+def test_a_claim_left_by_a_dead_attempt_fails_the_message_instead_of_sending_it_twice(tmp_path, sendgrid):
+    """The worker died after claiming (perhaps after SendGrid took it): never sent again."""
+    from datetime import timedelta
+
+    from store import mail as mail_store
+    from store.tables import utcnow
+
+    settings = make_settings(tmp_path, sendgrid_api_key="SG.k", sendgrid_host=sendgrid.url)
+    activities = TakebackActivities(settings)
+    with session_scope(settings.effective_database_url) as session:
+        mail_store.queue(session, EmailMessage(key=MAIL.key, to=MAIL.to, subject=MAIL.subject, body=MAIL.body))
+        assert mail_store.claim(session, MAIL.key, now=utcnow() - mail_store.CLAIM_LEASE - timedelta(seconds=1))  # and then the worker died
+    assert activities._send_once(MAIL) is False
+    row = email_rows(settings)[MAIL.key]
+    assert row.state == "failed" and row.last_error.startswith("outcome unknown") and sendgrid.requests == []
+    assert activities._send_once(MAIL) is False and sendgrid.requests == []
