@@ -245,8 +245,7 @@ async def request_pickup(
     With `settings` the deal is read as `get_deal` reads it (pickups with the carrier's latest status
     from the store); without, from its workflow (pickups the carrier finished may still count as under
     way). A deal that cannot be read refuses the pickup with the read's error (a 503), never unchecked.
-    A retry whose first request was booked is checked again: if the deal moved on meanwhile (units
-    received), the retry may be refused although its pickup exists (GET the deal to see it).
+    A retry of a request the deal already took is answered with that pickup, unchecked.
     """
     handle = deal_handle(client, deal_id)
     if settings is not None:
@@ -260,6 +259,12 @@ async def request_pickup(
             if error.status == RPCStatusCode.NOT_FOUND:
                 raise DealNotFound(deal_id) from error
             raise
+    if view.status in OPEN_DEAL_STATUSES and request_id is not None:
+        # A retry of a request the deal took is the same request: answered with its pickup, not
+        # checked again against a deal that has moved on since (units received meanwhile).
+        booked = await handle.query(TakebackDealWorkflow.pickup_for_request, request_id, rpc_timeout=timedelta(seconds=3))
+        if booked is not None and booked.status != "booking":
+            return booked
     if view.status in OPEN_DEAL_STATUSES:  # a closed deal's refusal (409) comes from the deal itself
         max_open = settings.max_open_pickups if settings is not None else DEFAULT_MAX_OPEN_PICKUPS
         try:

@@ -2,6 +2,7 @@
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
@@ -217,3 +218,22 @@ async def test_a_failure_redelivered_after_its_signal_was_lost_still_escalates(t
 
     assert view.pickups[0].status == "delivered"
     assert [name for name in outbox(settings) if "escalation" in name] == [f"{deal.id}_{pickup.id}_escalation_failure.eml"]
+
+
+async def test_a_retried_pickup_request_is_the_same_request_after_the_deal_moved_on(time_skipping_env, tmp_path):
+    """Units received after the first request would make a new one too big: its retry still gets its pickup."""
+    from domain.models import PickupRequest
+    from tests.conftest import booking
+    from tests.deal_helpers import TODAY, items
+
+    env = time_skipping_env
+    settings = make_settings(tmp_path)
+    async with running_worker(env.client, settings):
+        view = await deals.book_deal(env.client, settings, booking(10))
+        whole = PickupRequest(address="1 Main St", contact_name="Sam", contact_phone="+1 555 0100", ready_on=TODAY, expected_units=10)
+        first = await deals.request_pickup(env.client, view.id, whole, request_id="order-9-pickup", settings=settings)
+        await deals.record_receipt(env.client, settings, view.id, items("M", 4))
+        retry = await deals.request_pickup(env.client, view.id, whole, request_id="order-9-pickup", settings=settings)
+        with pytest.raises(deals.PickupRefused):  # a new request for 10 units is too big now: 6 are awaited
+            await deals.request_pickup(env.client, view.id, whole, request_id="order-10-pickup", settings=settings)
+    assert retry == first

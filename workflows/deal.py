@@ -116,6 +116,12 @@ class TakebackDealWorkflow:
             raise ApplicationError("the deal is still being booked", type="DealBooking")
         return deal_view(self.terms, self.progress)
 
+    @workflow.query
+    def pickup_for_request(self, request_id: str) -> PickupView | None:
+        """The pickup a request id booked (in this run or an earlier one), if any: a retry is answered with it."""
+        known = self.progress.pickup_requests.get(request_id) if self.progress is not None else None
+        return self._pickup(known) if known is not None else None
+
     # --- updates: the caller gets the result ------------------------------------------------
 
     def _require_open(self) -> None:
