@@ -20,7 +20,7 @@ async def test_worker_reconnects_after_the_server_restarts():
     env.pop("TAKEBACK_DATABASE_URL", None)
     settings = Settings(data_dir=data_dir, database_url="", temporal_address=f"127.0.0.1:{port}")
     add_partner(settings, "P1")
-    stack = Stack(data_dir=data_dir, port=port, env=env)
+    stack = Stack(data_dir=data_dir, env=env, temporal_port=port, api_port=free_port())
     try:
         stack.start_server()
         stack.start_worker()

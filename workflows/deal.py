@@ -101,6 +101,7 @@ class TakebackDealWorkflow:
         self.required = required_units(self.terms)
         self.progress = input.progress
         self.receipts_in_flight = 0  # accepted receipts not yet counted: the decision waits for them
+        self.pickups_in_flight = 0  # accepted pickups not yet booked: the closed view and certificate wait for them
         self.notices_pending = 0  # mail on its way: the run ends (or continues as new) after it
         self.is_booked = input.progress is not None
         self.dirty = False
@@ -142,6 +143,16 @@ class TakebackDealWorkflow:
         pickup_id = f"{self.terms.deal_id}-p{len(self.progress.pickups) + 1}"
         self.progress.pickup_requests[request_id] = pickup_id
         self.progress.pickups.append(PickupView(id=pickup_id, status="booking", carrier="", tracking_number=""))
+        self.pickups_in_flight += 1
+        try:
+            booked = await self._book_pickup(pickup_id, request)
+        finally:
+            self.pickups_in_flight -= 1
+        self.dirty = True
+        return booked
+
+    async def _book_pickup(self, pickup_id: str, request: PickupRequest) -> PickupView:
+        """Book the carrier (and, when simulated, start its tracking); the deal's view shows it booked."""
         booked: PickupView = await _local(TakebackActivities.book_pickup, PickupBookingInput(deal_id=self.terms.deal_id, pickup_id=pickup_id, request=request))
         if self.terms.sim_carrier_step_seconds > 0:
             # Real carriers report by webhook, into the store; only the simulated one needs a process.
@@ -162,7 +173,6 @@ class TakebackDealWorkflow:
                 )
             )
         self.progress.pickups = [booked if p.id == pickup_id else p for p in self.progress.pickups]
-        self.dirty = True
         return booked
 
     def _pickup(self, pickup_id: str) -> PickupView:
@@ -357,7 +367,7 @@ class TakebackDealWorkflow:
         """The deal's end: wait for the receipts it accepted, take in those staged by its deadline,
         decide once, record, project, certify; then notify."""
         p = self.progress
-        await workflow.wait_condition(lambda: self.receipts_in_flight == 0)
+        await workflow.wait_condition(lambda: self.receipts_in_flight == 0 and self.pickups_in_flight == 0)
         if p.cancel_reason is None and workflow.now() >= p.deadline:
             for counts in await _activity(TakebackActivities.sweep_receipts, ReceiptSweep(deal_id=self.terms.deal_id, staged_until=p.deadline), timeout=LONG):
                 self._count(counts)
