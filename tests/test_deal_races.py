@@ -17,8 +17,8 @@ from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus
 
-from activities.deal_activities import PickupBookingInput, SettlementEntry, SettlementNotice, TakebackActivities
-from domain.models import DealStatus, IncentiveStatus, PickupView
+from activities.deal_activities import SettlementEntry, SettlementNotice, TakebackActivities
+from domain.models import DealStatus, IncentiveStatus
 from service import deals
 from store import reports
 from store.db import session_scope
@@ -411,34 +411,3 @@ async def test_a_revoked_key_and_a_long_outage_never_delay_a_decision(time_skipp
     with session_scope(settings.effective_database_url) as session:
         assert {s.deal_id: s.outcome for s in session.execute(select(Settlement)).scalars()} == {revoked.id: "forfeited", released.id: "released"}
 
-
-class GatedPickupBooking(TakebackActivities):
-    def __init__(self, settings):
-        super().__init__(settings)
-        self.gate = Gate()
-
-    @activity.defn(name="book_pickup")
-    def book_pickup(self, booking: PickupBookingInput) -> PickupView:
-        self.gate.hold()
-        return TakebackActivities.book_pickup(self, booking)
-
-
-async def test_a_deal_closing_while_a_pickup_is_being_booked_shows_the_booked_pickup(time_skipping_env, tmp_path):
-    """Found by the concurrent property: the closed view in the store held the pickup's placeholder."""
-    env = time_skipping_env
-    settings = make_settings(tmp_path)
-    add_partner(settings)
-    activities = GatedPickupBooking(settings)
-    async with build_worker(env.client, settings, activities=activities):
-        view = await deals.book_deal(env.client, settings, booking(2))
-        pickup = asyncio.create_task(deals.request_pickup(env.client, view.id, PICKUP))
-        assert await activities.gate.reached()  # the carrier is being booked ...
-        receipt = asyncio.create_task(deals.record_receipt(env.client, settings, view.id, items("P", 2)))  # ... and every unit comes back
-        await asyncio.sleep(1)
-        activities.gate.opened.set()
-        booked, answer = await asyncio.wait_for(asyncio.gather(pickup, receipt), 30)
-        final = await deals.deal_handle(env.client, view.id).result()
-        stored = await deals.get_deal(env.client, settings, view.id)  # closed: the store's view
-    assert answer["accepted"] == 2 and final.status == DealStatus.closed
-    assert final.pickups == [booked] and booked.tracking_number
-    assert stored.pickups == final.pickups
