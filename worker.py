@@ -95,7 +95,13 @@ async def run_worker(settings: Settings | None = None, **extras) -> None:
 
 
 def main() -> None:
+    from api.logsafe import SafeLogFilter
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # The worker logs mail failures and activity errors: as the API's, its lines carry no keys or
+    # e-mail addresses and cannot be forged (api/logsafe.py).
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(SafeLogFilter())
     asyncio.run(run_worker())
     # Stopped cleanly, nothing left in flight. Leave without interpreter teardown: the SDK core's
     # runtime threads can outlive it and abort the process (SIGABRT, seen once in a full test
