@@ -70,4 +70,5 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception):
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return problem_response(500, "an unexpected error occurred; it was logged", "internal-error")
+        # Answered outside the middleware that sets these on every other answer.
+        return problem_response(500, "an unexpected error occurred; it was logged", "internal-error", headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})

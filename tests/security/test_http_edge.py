@@ -482,3 +482,24 @@ def test_sql_errors_do_not_carry_the_values_bound_to_them(tmp_path):
     message = str(raised.value)
     assert "hidden.person@example.com" not in message and "Hidden Person" not in message, message
     assert "hidden" in message.lower()  # SQLAlchemy says the parameters are hidden
+
+
+async def test_an_unexpected_error_is_not_stored_or_sniffed_either(tmp_path):
+    """A 500 is answered outside the header middleware: it sets the headers itself."""
+    from fastapi import APIRouter
+    from httpx import ASGITransport, AsyncClient
+
+    from api.app import create_app
+
+    app = create_app(make_settings(tmp_path))
+    broken = APIRouter()
+
+    @broken.get("/broken")
+    async def fails():
+        raise RuntimeError("a bug")
+
+    app.include_router(broken)
+    async with AsyncClient(transport=ASGITransport(app=app, raise_app_exceptions=False), base_url="http://takeback.test") as http:
+        answer = await http.get("/broken")
+    assert answer.status_code == 500 and answer.headers["content-type"].startswith("application/problem+json")
+    assert answer.headers.get("cache-control") == "no-store" and answer.headers.get("x-content-type-options") == "nosniff"
