@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     # Pickup contacts and addresses, trainees' e-mails and names: anonymised this long after their
     # deal closed or the person's last training (`takeback purge-personal-data`).
     personal_data_retention: str = Field("365d", alias="TAKEBACK_PERSONAL_DATA_RETENTION")
+    # How often each worker anonymises what outlived the retention (0s: never; then run
+    # `takeback purge-personal-data` from a scheduler of your own).
+    purge_every: str = Field("1d", alias="TAKEBACK_PURGE_EVERY")
     sim_carrier_step: str = Field("0s", alias="TAKEBACK_SIM_CARRIER_STEP")
     specialization_year: str = Field("365d", alias="TAKEBACK_SPECIALIZATION_YEAR")
     specialization_reminder_offsets: str = Field("60d,30d", alias="TAKEBACK_SPECIALIZATION_REMINDER_OFFSETS")
@@ -171,7 +174,7 @@ class Settings(BaseSettings):
         parse_duration(value)
         return value
 
-    @field_validator("sim_carrier_step", "worker_drain", "response_cache", "http_header_timeout", "http_body_timeout", "http_keep_alive")
+    @field_validator("sim_carrier_step", "worker_drain", "purge_every", "response_cache", "http_header_timeout", "http_body_timeout", "http_keep_alive")
     @classmethod
     def _step_is_a_duration_or_zero(cls, value: str) -> str:
         _seconds_or_zero(value)
@@ -268,6 +271,10 @@ class Settings(BaseSettings):
     @property
     def worker_drain_seconds(self) -> float:
         return _seconds_or_zero(self.worker_drain)
+
+    @property
+    def purge_every_seconds(self) -> float:
+        return _seconds_or_zero(self.purge_every)
 
     @property
     def personal_data_retention_seconds(self) -> float:

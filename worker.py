@@ -77,6 +77,28 @@ def build_worker(
     )
 
 
+async def purge_personal_data_periodically(settings: Settings) -> None:
+    """Anonymise, every TAKEBACK_PURGE_EVERY, the personal data older than the retention (README,
+    Security). Every worker does it: the purge is idempotent, so two at once change nothing twice."""
+    from datetime import datetime, timezone
+
+    from store import deals as store
+    from store.db import session_scope
+
+    def purge():
+        before = datetime.now(timezone.utc) - timedelta(seconds=settings.personal_data_retention_seconds)
+        with session_scope(settings.effective_database_url) as session:
+            return store.purge_personal_data(session, before)
+
+    while settings.purge_every_seconds > 0:
+        try:
+            counts = await asyncio.to_thread(purge)
+            log.info("personal data purge: %s", counts)
+        except Exception:  # a store outage: try again next round
+            log.exception("personal data purge failed; will try again")
+        await asyncio.sleep(settings.purge_every_seconds)
+
+
 async def run_worker(settings: Settings | None = None, **extras) -> None:
     settings = settings or get_settings()
     settings.require_safe_to_start("takeback worker")  # also when started without the CLI (its own check)
@@ -88,9 +110,11 @@ async def run_worker(settings: Settings | None = None, **extras) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         log.info("worker polling %s on %s (%s)", settings.task_queue, settings.temporal_address, settings.temporal_namespace)
+        purging = asyncio.create_task(purge_personal_data_periodically(settings))
         async with worker:
             await stop.wait()
             log.info("stopping: finishing in-flight tasks")
+            purging.cancel()
         log.info("worker stopped")
 
 

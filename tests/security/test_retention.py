@@ -128,3 +128,24 @@ def test_the_retention_is_a_setting(retention, monkeypatch):
     monkeypatch.setenv("TAKEBACK_PERSONAL_DATA_RETENTION", "a while")
     with pytest.raises(ValueError):
         Settings()
+
+
+async def test_every_worker_purges_on_its_own_schedule(tmp_path):
+    """Nobody has to remember a cron job: the worker runs the purge every TAKEBACK_PURGE_EVERY."""
+    import asyncio
+
+    from worker import purge_personal_data_periodically
+
+    settings = make_settings(tmp_path, purge_every="1h", personal_data_retention="365d")
+    populate(settings)
+    purging = asyncio.create_task(purge_personal_data_periodically(settings))
+    try:
+        for _ in range(100):
+            if personal_data(settings)["pickups"]["DOLDCLOSED"][1] == "(erased)":
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        purging.cancel()
+    assert_purged_people(personal_data(settings))
+    off = make_settings(tmp_path, purge_every="0s")
+    await asyncio.wait_for(purge_personal_data_periodically(off), 1)  # 0s: the loop never starts
