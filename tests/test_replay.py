@@ -217,3 +217,25 @@ async def test_the_replay_command_finds_a_change_that_breaks_an_open_deal_on_a_l
     monkeypatch.setattr(replay, "WORKFLOWS", [DealWithAnExtraTimer, PickupWorkflow, PartnerSpecializationWorkflow])
     altered = await replay.replay_server(dev_server_env.client, query)
     assert altered.replayed == 1 and not altered.ok and "deal-" + view.id in altered.failures[0][0]
+
+
+async def test_concurrent_updates_on_a_real_server_replay(dev_server_env, tmp_path):
+    """Extends, a receipt and pickups sent at once, twice: the history a real server keeps replays.
+    (The time-skipping test server records such a patched deal's updates out of order.)"""
+    import asyncio
+
+    from service import deals
+    from tests.conftest import booking, make_settings, running_worker
+    from tests.deal_helpers import PICKUP, items
+
+    env = dev_server_env
+    settings = make_settings(tmp_path)
+    async with running_worker(env.client, settings):
+        view = await deals.book_deal(env.client, settings, booking(4))
+        await asyncio.gather(deals.extend_deal(env.client, view.id, "91s", "a"), deals.record_receipt(env.client, settings, view.id, items("CU", 1)), deals.request_pickup(env.client, view.id, PICKUP))
+        await asyncio.gather(deals.extend_deal(env.client, view.id, "82s", "b"), deals.request_pickup(env.client, view.id, PICKUP), deals.extend_deal(env.client, view.id, "76s", "c"))
+        history = await deals.deal_handle(env.client, view.id).fetch_history()
+    accepted = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED]
+    assert len(accepted) == 6
+    result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, result.replay_failure
