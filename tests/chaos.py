@@ -150,13 +150,22 @@ class Stack:
 
     def start_server(self) -> None:
         temporal = str(BIN / "temporal") if (BIN / "temporal").exists() else shutil.which("temporal")
-        with self._log("temporal.log") as log:
-            self.server = subprocess.Popen(
-                [temporal, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(self.temporal_port),
-                 "--db-filename", str(self.data_dir / "temporal.db"), "--log-level", "error"],
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-        wait_port(self.temporal_port, self.server, "temporal dev server")
+        for attempt in range(3):
+            with self._log("temporal.log") as log:
+                self.server = subprocess.Popen(
+                    [temporal, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(self.temporal_port),
+                     "--db-filename", str(self.data_dir / "temporal.db"), "--log-level", "error"],
+                    stdout=log, stderr=subprocess.STDOUT,
+                )
+            wait_port(self.temporal_port, self.server, "temporal dev server")
+            time.sleep(0.5)  # a server that lost its port to another process exits at once, yet the port answers
+            if self.server.poll() is None:
+                return
+            if self.server_restarts:  # a restart keeps its port: the worker and API know no other
+                raise RuntimeError(f"temporal dev server could not take port {self.temporal_port} again")
+            self.temporal_port = free_port()  # taken by another process between free_port() and the bind
+            self.env["TEMPORAL_ADDRESS"] = f"127.0.0.1:{self.temporal_port}"
+        raise RuntimeError("temporal dev server could not take a port")
 
     def start_worker(self) -> None:
         with self._log("worker.log") as log:
@@ -989,7 +998,7 @@ async def run(form: Form, database_url: str | None = None, keep: bool = False) -
         log("deals closed; waiting for their mail")
         await chaos_run.wait_mail(until=time.time() + form.mail_wait)
         await chaos_run.collect()
-        failed = await failed_workflows(f"127.0.0.1:{temporal_port}")
+        failed = await failed_workflows(f"127.0.0.1:{stack.temporal_port}")
         violations, counts = verify(chaos_run, failed)
         result = {"counts": counts, "violations": violations, "server_errors": stats.server_errors}
     finally:

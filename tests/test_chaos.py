@@ -3,6 +3,8 @@ server while the worker is SIGKILLed and the server restarted; money and mail ch
 partners, ops and the mail provider see them. The fast form runs on SQLite and on PostgreSQL in
 `make test` (about a minute each); the full form (200 deals, 120 s window) in `make test-slow`."""
 
+import asyncio
+
 import pytest
 
 from tests import chaos
@@ -27,23 +29,27 @@ def assert_clean(result: dict, form: chaos.Form) -> None:
     assert not result["violations"], "\n".join(result["violations"]) + f"\nlogs: {result.get('logs')}"
 
 
+# A stack that cannot make progress (a process that never came up) fails the run, never hangs it.
+FAST_LIMIT, FULL_LIMIT = 300, 1200
+
+
 async def test_chaos_fast_form_sqlite():
-    result = await chaos.run(chaos.FAST)
+    result = await asyncio.wait_for(chaos.run(chaos.FAST), FAST_LIMIT)
     assert_clean(result, chaos.FAST)
 
 
 async def test_chaos_fast_form_postgresql(postgres_url):
-    result = await chaos.run(chaos.FAST, chaos.new_postgres_database(postgres_url))
+    result = await asyncio.wait_for(chaos.run(chaos.FAST, chaos.new_postgres_database(postgres_url)), FAST_LIMIT)
     assert_clean(result, chaos.FAST)
 
 
 @pytest.mark.slow
 async def test_chaos_full_form_sqlite():
-    result = await chaos.run(chaos.FULL)
+    result = await asyncio.wait_for(chaos.run(chaos.FULL), FULL_LIMIT)
     assert_clean(result, chaos.FULL)
 
 
 @pytest.mark.slow
 async def test_chaos_full_form_postgresql(postgres_url):
-    result = await chaos.run(chaos.FULL, chaos.new_postgres_database(postgres_url))
+    result = await asyncio.wait_for(chaos.run(chaos.FULL, chaos.new_postgres_database(postgres_url)), FULL_LIMIT)
     assert_clean(result, chaos.FULL)
