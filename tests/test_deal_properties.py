@@ -8,11 +8,14 @@ certificate tell the same story.
 Hypothesis chooses a lifecycle: groups of steps, each group sent to one deal at once (receipts,
 reposted receipts, extensions, pickups, cancels), with a time jump after each group (days, past
 the deadline, or to an hour or a day short of it). Receipts filling the deal race its closing;
-calls after a jump past the deadline race the decision. The history each deal made must replay. One time-skipping server and one worker (sandboxed, as every worker of the suite) serve all the
+calls after a jump past the deadline race the decision.
+
+One time-skipping server and one worker (sandboxed, as every worker of the suite) serve all the
 examples of a test: each example books a deal of its own with serials of its own, and closes it
 (or terminates it, when the example failed) before the next one starts, so no deal of an earlier
 example holds the shared clock. Hypothesis runs in a thread; each example is a coroutine run on
-the test's event loop, where the server's client and the worker live.
+the test's event loop, where the server's client and the worker live. A failure prints the whole
+lifecycle and every answer; the first failures of a run are printed again at its end.
 """
 
 import asyncio
@@ -24,12 +27,10 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings as hypothesis_settings, strategies as st
 from sqlalchemy import select
 from temporalio.api.enums.v1 import EventType
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.worker import Replayer
 
 from domain import rules
 from domain.models import DealStatus, IncentiveMode, IncentiveStatus, ReceiptItem
@@ -40,7 +41,6 @@ from store.tables import DealExtension, EmailMessage, ReturnedItem, Settlement
 from tests.conftest import booking, make_settings, running_worker, time_skipping_server
 from tests.deal_helpers import PICKUP, ledger_amounts
 from tests.sendgrid_standin import SendGridStandIn
-from worker import WORKFLOWS
 
 PARTNER_EMAIL = "partner@example.com"  # running_worker's partner P1
 STEP_TIMEOUT = 20  # seconds of wall time for a group, a jump or the result: a hang is a failure that says where
@@ -110,7 +110,6 @@ class World:
     outcomes: list = field(default_factory=list)
     unavailable: list = field(default_factory=list)  # calls retried after a 503-like error
     failures: list = field(default_factory=list)  # each failed example, in order
-    replayer: Replayer = field(default_factory=lambda: Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter))
 
 
 def receipt_items(tag: str, position: int, step: tuple, earlier: list[list[ReceiptItem]]) -> list[ReceiptItem]:
@@ -162,6 +161,12 @@ async def call(world: World, deal_id: str, step: tuple, items: list[ReceiptItem]
     raise AssertionError(f"unknown step {step}")
 
 
+class Stuck(BaseException):
+    """A call, jump or result that never came. The deal holds the shared server's clock (a workflow
+    task it cannot complete stops the time skipping), so the examples after it would only fail
+    too: not an Exception, so that Hypothesis stops at once instead of shrinking on a stopped clock."""
+
+
 async def within(seconds: float, what: str, handle, *awaitables) -> list:
     """The awaitables' results (or exceptions), or a failure that says which of them did not come
     and what the deal was doing."""
@@ -183,7 +188,7 @@ async def within(seconds: float, what: str, handle, *awaitables) -> list:
             doing += f", {len(failed)} workflow tasks failed, the last with: {failed[-1][:300]}"
     except Exception as error:
         doing = f"not described: {error!r}"
-    raise AssertionError(f"{what} took more than {seconds} s; deal {handle.id}: {doing}")
+    raise Stuck(f"{what} took more than {seconds} s; deal {handle.id}: {doing}")
 
 
 async def within_one(seconds: float, what: str, handle, awaitable):
@@ -243,21 +248,21 @@ async def play(world: World, life: Lifecycle) -> None:
                 await within_one(STEP_TIMEOUT, "the jump to the deadline", handle, env.sleep(left + timedelta(seconds=1)))
         final = await within_one(STEP_TIMEOUT, "the deal's result", handle, handle.result())
         check(world, life, booked, final, answers, await deals.get_deal(env.client, settings, deal_id))
-        # Replay is not checked here: the time-skipping test server records a patched deal's
-        # concurrent updates in an order no real server does, and those histories fail to replay
-        # (the same calls on the dev server replay: tests/test_replay.py,
-        # test_concurrent_updates_on_a_real_server_replay).
+        # Replay of the history is not checked here: deals sent concurrent updates make histories
+        # that do not always replay, on the dev server too (an open bug, issue 10, tracked by
+        # tests/test_replay.py::test_concurrent_updates_on_a_real_server_replay). It shows here
+        # when it strikes live: a pickup's read of the deal fails, or the deal's workflow tasks fail
+        # once it left the worker's cache and it is Stuck.
     except BaseException as error:
         try:  # a failed example must not leave its deal holding the shared clock
             await handle.terminate("property example failed")
         except Exception:
             pass
         failure = error
-        if isinstance(error, AssertionError) and repr(life) not in str(error):
-            failure = AssertionError(f"{error}; {life!r}; answers: {trace(answers)}")
+        if isinstance(error, (AssertionError, Stuck)) and repr(life) not in str(error):
+            failure = type(error)(f"{error}; {life!r}; answers: {trace(answers)}")
             failure.__cause__ = error
-        # The first failure is the one to read: a deal left stuck can fail the examples after it
-        # (Hypothesis then shrinks those), so each is printed at the end, in order.
+        # Printed again at the end of the run, in order: the first failure is the one to read.
         world.failures.append(f"{type(failure).__name__}: {failure}")
         if failure is error:
             raise
@@ -325,7 +330,8 @@ def check(world: World, life: Lifecycle, booked, final, answers: list[Answer], s
     assert ledger_amounts(settings, deal_id) == rows, why
     with session_scope(settings.effective_database_url) as session:
         decided = session.get(Settlement, deal_id)
-        assert (decided.outcome, decided.amount) == (settlement, rows[settlement]), why
+        decided = decided and (decided.outcome, decided.amount)
+    assert decided == (settlement, rows[settlement]), f"settlement row {decided}; {why}"
 
     # Receipts: every batch answered OK is counted, once however often it was posted; a refused one burnt nothing.
     by_batch: dict[str, list[Answer]] = {}
@@ -398,7 +404,7 @@ def check(world: World, life: Lifecycle, booked, final, answers: list[Answer], s
 # --- the tests ----------------------------------------------------------------------------------
 
 
-async def run_property(tmp_path, max_examples: int) -> World:
+async def run_property(tmp_path, max_examples: int, phases=tuple(Phase)) -> World:
     standin = SendGridStandIn()
     settings = make_settings(tmp_path, sendgrid_api_key="SG.test", sendgrid_host=standin.url)
     try:
@@ -406,13 +412,15 @@ async def run_property(tmp_path, max_examples: int) -> World:
             world = World(env, settings, standin)
             loop = asyncio.get_running_loop()
 
-            @hypothesis_settings(max_examples=max_examples, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+            @hypothesis_settings(max_examples=max_examples, deadline=None, phases=phases, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
             @given(life=lifecycles)
             def deal_lifecycle(life: Lifecycle) -> None:
                 asyncio.run_coroutine_threadsafe(asyncio.wait_for(play(world, life), EXAMPLE_TIMEOUT), loop).result()
 
             try:
                 await asyncio.to_thread(deal_lifecycle)
+            except Stuck as stuck:
+                pytest.fail(f"stopped (the server's clock no longer moves): {stuck}", pytrace=False)
             finally:
                 total = sum(world.durations)
                 print(f"\n{len(world.durations)} lifecycles passed in {total:.1f} s (max {max(world.durations, default=0):.1f} s); "
@@ -425,8 +433,9 @@ async def run_property(tmp_path, max_examples: int) -> World:
 
 
 async def test_concurrent_lifecycles_answer_what_happened_and_settle_once(tmp_path):
-    # An example costs 0.1-0.3 s on one shared server (about 30 s in all on two cores).
-    world = await run_property(tmp_path, max_examples=150)
+    # An example costs 0.1-0.3 s on one shared server: about 30 s in all on two cores. No shrinking
+    # here: the failures are races, which seldom shrink, and the failing lifecycle is printed whole.
+    world = await run_property(tmp_path, max_examples=150, phases=(Phase.explicit, Phase.reuse, Phase.generate))
     assert world.durations
 
 
