@@ -122,6 +122,11 @@ class Settings(BaseSettings):
     env: Literal["production", "development", "test"] = Field("production", alias="TAKEBACK_ENV")
     # One secret, or several comma-separated during a rotation (any of them verifies a signature).
     carrier_webhook_secret: SecretStr | None = Field(None, alias="TAKEBACK_CARRIER_WEBHOOK_SECRET")
+    # Signs the console's session cookies (api/console/session.py). Unset outside production: each API
+    # process makes a random one, so a restart signs everyone out; production needs one shared by all.
+    console_secret: SecretStr | None = Field(None, alias="TAKEBACK_CONSOLE_SECRET")
+    # Where the console links a deal's workflow (the Temporal Web UI as the ops' browser reaches it).
+    temporal_ui_url: str = Field("http://localhost:8233", alias="TAKEBACK_TEMPORAL_UI_URL")
 
     ops_email: str = Field("ops@takeback.example", alias="TAKEBACK_OPS_EMAIL")
     mail_from: str = Field("takeback@takeback.example", alias="TAKEBACK_MAIL_FROM")
@@ -229,6 +234,10 @@ class Settings(BaseSettings):
                 problems.append(f"TAKEBACK_CARRIER_WEBHOOK_SECRET #{number} has {len(secret)} bytes; at least {MIN_WEBHOOK_SECRET_BYTES} random bytes are needed")
             elif len(set(secret)) < 8:
                 problems.append(f"TAKEBACK_CARRIER_WEBHOOK_SECRET #{number} is not random (too few distinct characters)")
+        # Unset, the console answers 503 and the API serves on: a worker needs no console secret.
+        console_secret = self.console_secret.get_secret_value().encode() if self.console_secret is not None else None
+        if console_secret is not None and (len(console_secret) < MIN_WEBHOOK_SECRET_BYTES or len(set(console_secret)) < 8):
+            problems.append(f"TAKEBACK_CONSOLE_SECRET must be at least {MIN_WEBHOOK_SECRET_BYTES} random bytes (it signs console sessions): openssl rand -hex 32")
         if not self.sendgrid_api_key and not self.mail_outbox:
             if self.sendgrid_key is not None:
                 problems.append("SENDGRID_API_KEY is set but empty: mail would silently be written to files, not sent (TAKEBACK_MAIL_OUTBOX=true if that is meant)")
