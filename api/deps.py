@@ -15,7 +15,7 @@ from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
 
 from api.problems import Problem, not_found
 from settings import Settings
-from store.api_keys import LAST_USED_EVERY, KeyIdentity, hash_key, identify, touch, well_formed
+from store.api_keys import LAST_USED_EVERY, KeyIdentity, hash_key, identify, identify_by_id, touch, well_formed
 from store.db import get_engine, session_scope
 from store.tables import Deal, utcnow
 
@@ -239,6 +239,12 @@ async def get_caller(request: Request, settings: SettingsDep) -> Caller:
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
         raise _unauthorized("send an API key: Authorization: Bearer <key>")
+    return await caller_for_key(settings, key)
+
+
+async def caller_for_key(settings: Settings, key: str) -> Caller:
+    """Who a key is, if it works now (else 401; 503 if the store cannot say): the API's bearer keys
+    and the console's sign-in are checked alike."""
     if not well_formed(key):
         raise _unauthorized("unknown or revoked API key")
     digest, now = hash_key(key), _clock()
@@ -258,6 +264,25 @@ async def get_caller(request: Request, settings: SettingsDep) -> Caller:
         _remember_unknown(digest, now)
         raise _unauthorized("unknown, expired or revoked API key")
     _touch_later(url, identity, now)
+    return Caller(key_id=identity.key_id, role=identity.role, partner_id=identity.partner_id, account=identity.account)
+
+
+async def caller_for_key_id(settings: Settings, key_id: int) -> Caller | None:
+    """The caller of a console session (which holds a key id, never a key), if that key still works:
+    revoked, expired or rotated past its overlap, the session ends with it. 503 if the store cannot say."""
+    url = settings.effective_database_url
+
+    def lookup() -> KeyIdentity | None:
+        with get_engine(url).connect() as connection:
+            return identify_by_id(connection, key_id)
+
+    try:
+        identity = await asyncio.wait_for(asyncio.to_thread(lookup), STORE_TIMEOUT)
+    except (SQLAlchemyError, OSError, TimeoutError):
+        raise store_unavailable() from None
+    if identity is None:
+        return None
+    _touch_later(url, identity, _clock())
     return Caller(key_id=identity.key_id, role=identity.role, partner_id=identity.partner_id, account=identity.account)
 
 

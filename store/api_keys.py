@@ -92,10 +92,20 @@ def identify(session: Session | Connection, key_hash: str, now: datetime | None 
 
     A row that breaks the role rule (a partner key without a partner; the CHECK constraint forbids
     it, but a database restored from before it may hold one) is refused, never trusted."""
+    return _identity(session, ApiKey.key_hash == key_hash, now)
+
+
+def identify_by_id(session: Session | Connection, key_id: int, now: datetime | None = None) -> KeyIdentity | None:
+    """The key with this id if it works now, by the same rules as `identify`: a console session holds
+    the key's id, never the key, and is checked again on every request."""
+    return _identity(session, ApiKey.id == key_id, now)
+
+
+def _identity(session: Session | Connection, which, now: datetime | None) -> KeyIdentity | None:
     now = now or utcnow()
     row = session.execute(
         select(ApiKey.id, ApiKey.role, ApiKey.partner_id, ApiKey.account, ApiKey.last_used_at).where(
-            ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None), or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now)
+            which, ApiKey.revoked_at.is_(None), or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now)
         )
     ).first()
     if row is None or not _valid_owner(row.role, row.partner_id):
