@@ -44,7 +44,7 @@ class Deal(SQLModel, table=True):
     other_units: int = 0
     serials_listed: bool = False
     booked_at: datetime | None = None
-    return_deadline: datetime | None = None
+    return_deadline: datetime | None = Field(default=None, index=True)  # the console's deadline filters and sort
     created_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime = Field(default_factory=utcnow)
     view_json: str | None = Field(default=None, sa_column=Column(Text))
@@ -62,7 +62,7 @@ class CommittedSerial(SQLModel, table=True):
     """Serials a deal listed at booking."""
 
     deal_id: str = Field(primary_key=True)
-    serial: str = Field(primary_key=True)
+    serial: str = Field(primary_key=True, index=True)  # the console finds deals by serial; the key leads with the deal
     product_id: str
 
 
