@@ -51,6 +51,17 @@ def parse_payload_keys(value: str) -> dict[str, bytes]:
     return keys
 
 
+TRACE_EXPORTERS = frozenset({"otlp", "console", "none"})
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """`host:port` (IPv6 hosts in brackets) -> (host, port)."""
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
 def _seconds_or_zero(value: str) -> float:
     """A duration that may also be `0`/`0s` (off); a bare number counts as seconds."""
     value = value.strip()
@@ -161,6 +172,31 @@ class Settings(BaseSettings):
     # (the API is not published); otherwise every caller would count as the proxy in the rate limits.
     forwarded_allow_ips: str = Field("127.0.0.1", alias="FORWARDED_ALLOW_IPS")
 
+    # Operating it (README "Operating it"). `json`: one JSON object a line, ids as fields, for a log
+    # pipeline; `text`: for a terminal.
+    log_format: Literal["text", "json"] = Field("text", alias="TAKEBACK_LOG_FORMAT")
+    # host:port of the worker's Prometheus endpoint (the SDK's metrics and the project's counters),
+    # and of its /healthz and /readyz (a server of ours: the SDK owns the metrics one). Unset: none.
+    worker_metrics_address: str | None = Field(None, alias="TAKEBACK_WORKER_METRICS_ADDRESS")
+    worker_health_address: str | None = Field(None, alias="TAKEBACK_WORKER_HEALTH_ADDRESS")
+    # The namespace has the Keyword search attributes DealStatus and PartnerId registered: workflows
+    # start with them and deals keep DealStatus current, so ops filter in the Web UI. Without them
+    # registered the server refuses such starts: leave it false.
+    search_attributes: bool = Field(False, alias="TAKEBACK_SEARCH_ATTRIBUTES")
+    # Business gauges on the API's /metrics are computed from the store at most this often (a scrape
+    # flood costs the database nothing more); at risk: short of the condition, deadline this close;
+    # a pickup is silent when the carrier has said nothing about it for this long.
+    gauges_cache: str = Field("10s", alias="TAKEBACK_GAUGES_CACHE")
+    at_risk_within: str = Field("30d", alias="TAKEBACK_AT_RISK_WITHIN")
+    pickup_silent_after: str = Field("7d", alias="TAKEBACK_PICKUP_SILENT_AFTER")
+    # Traces are opt-in by the standard variables: OTEL_TRACES_EXPORTER=otlp|console, or an OTLP
+    # endpoint set (otlp). The SDK reads the rest itself: OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER(_ARG),
+    # OTEL_EXPORTER_OTLP_* (endpoint, headers, protocol).
+    otel_traces_exporter: str | None = Field(None, alias="OTEL_TRACES_EXPORTER")
+    otel_exporter_otlp_endpoint: str | None = Field(None, alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    otel_exporter_otlp_traces_endpoint: str | None = Field(None, alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    otel_sdk_disabled: bool = Field(False, alias="OTEL_SDK_DISABLED")
+
     @field_validator("return_window", "specialization_year", "personal_data_retention")
     @classmethod
     def _window_is_a_duration(cls, value: str) -> str:
@@ -184,6 +220,26 @@ class Settings(BaseSettings):
     def _step_is_a_duration_or_zero(cls, value: str) -> str:
         _seconds_or_zero(value)
         return value
+
+    @field_validator("gauges_cache", "at_risk_within", "pickup_silent_after")
+    @classmethod
+    def _observability_durations(cls, value: str) -> str:
+        _seconds_or_zero(value)
+        return value
+
+    @field_validator("worker_metrics_address", "worker_health_address")
+    @classmethod
+    def _host_and_port(cls, value: str | None) -> str | None:
+        if value:
+            parse_host_port(value)
+        return value or None
+
+    @field_validator("otel_traces_exporter")
+    @classmethod
+    def _known_exporter(cls, value: str | None) -> str | None:
+        if value is not None and value.strip().lower() not in TRACE_EXPORTERS:
+            raise ValueError(f"OTEL_TRACES_EXPORTER takes one of {', '.join(sorted(TRACE_EXPORTERS))}")
+        return value.strip().lower() if value is not None else None
 
     @field_validator("payload_keys")
     @classmethod
@@ -304,6 +360,28 @@ class Settings(BaseSettings):
     @property
     def http_keep_alive_seconds(self) -> float:
         return _seconds_or_zero(self.http_keep_alive)
+
+    @property
+    def trace_exporter(self) -> str | None:
+        """`otlp` or `console` when traces are asked for, else None (then tracing costs nothing)."""
+        if self.otel_sdk_disabled:
+            return None
+        exporter = self.otel_traces_exporter
+        if exporter is None and (self.otel_exporter_otlp_endpoint or self.otel_exporter_otlp_traces_endpoint):
+            exporter = "otlp"
+        return exporter if exporter in ("otlp", "console") else None
+
+    @property
+    def gauges_cache_seconds(self) -> float:
+        return _seconds_or_zero(self.gauges_cache)
+
+    @property
+    def at_risk_within_seconds(self) -> float:
+        return _seconds_or_zero(self.at_risk_within)
+
+    @property
+    def pickup_silent_after_seconds(self) -> float:
+        return _seconds_or_zero(self.pickup_silent_after)
 
     @property
     def effective_database_url(self) -> str:
