@@ -22,8 +22,14 @@ class Partner(SQLModel, table=True):
 class Deal(SQLModel, table=True):
     """Booking facts plus the read model the workflow keeps current."""
 
-    # A partner's specialization year counts its deals by booking time.
-    __table_args__ = (Index("ix_deal_partner_id_booked_at", "partner_id", "booked_at"),)
+    # A partner's specialization year counts its deals by booking time. The business gauges on
+    # /metrics (store/gauges.py) read open deals by deadline, and money by incentive status from the
+    # index alone.
+    __table_args__ = (
+        Index("ix_deal_partner_id_booked_at", "partner_id", "booked_at"),
+        Index("ix_deal_status_return_deadline", "status", "return_deadline"),
+        Index("ix_deal_incentive_status_amount", "incentive_status", "incentive_amount"),
+    )
     id: str = Field(primary_key=True, max_length=64)
     partner_id: str = Field(index=True, max_length=200)
     customer_name: str
@@ -74,6 +80,8 @@ class OpenSerialClaim(SQLModel, table=True):
 
 
 class Pickup(SQLModel, table=True):
+    # The silent-pickups gauge (store/gauges.py) reads pickups still under way, oldest first.
+    __table_args__ = (Index("ix_pickup_status_created_at", "status", "created_at"),)
     id: str = Field(primary_key=True)  # "<deal id>-p<n>"
     deal_id: str = Field(index=True)
     carrier: str
@@ -159,6 +167,8 @@ class EmailMessage(SQLModel, table=True):
     still running is never doubled.
     """
 
+    # The mail gauges (store/gauges.py): failed messages, and the oldest one not yet sent.
+    __table_args__ = (Index("ix_emailmessage_state_created_at", "state", "created_at"),)
     key: str = Field(primary_key=True)
     deal_id: str | None = Field(default=None, index=True)
     partner_id: str | None = Field(default=None, index=True)
