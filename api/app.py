@@ -10,6 +10,7 @@ from api import problems
 from api.limits import HttpEdge, SecurityHeaders, booking_body_limit
 from api.ratelimit import RateLimit
 from api.routes import carrier_events, deals, health, partners, pickups, receipts, reports
+from api.console import router as console_router
 from settings import Settings, get_settings
 from store.db import get_engine
 from temporal_client import connect
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     for module in (health, partners, deals, pickups, receipts, carrier_events, reports):
         app.include_router(module.router, responses={**problems.COMMON_RESPONSES, **EDGE_RESPONSES})
+    app.include_router(console_router)  # the web console at /console: HTML pages, a session instead of a bearer key
     return app
 
 
