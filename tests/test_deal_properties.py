@@ -30,7 +30,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings as hypothesis_settings, strategies as st
 from sqlalchemy import select
 from temporalio.api.enums.v1 import EventType
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Replayer
 
 from domain import rules
 from domain.models import DealStatus, IncentiveMode, IncentiveStatus, ReceiptItem
@@ -41,6 +43,10 @@ from store.tables import DealExtension, EmailMessage, ReturnedItem, Settlement
 from tests.conftest import booking, make_settings, running_worker, time_skipping_server
 from tests.deal_helpers import PICKUP, ledger_amounts
 from tests.sendgrid_standin import SendGridStandIn
+from workflows.deal import TakebackDealWorkflow
+from workflows.pickup import PickupWorkflow
+
+REPLAYER = Replayer(workflows=[TakebackDealWorkflow, PickupWorkflow], data_converter=pydantic_data_converter)
 
 PARTNER_EMAIL = "partner@example.com"  # running_worker's partner P1
 STEP_TIMEOUT = 20  # seconds of wall time for a group, a jump or the result: a hang is a failure that says where
@@ -248,11 +254,9 @@ async def play(world: World, life: Lifecycle) -> None:
                 await within_one(STEP_TIMEOUT, "the jump to the deadline", handle, env.sleep(left + timedelta(seconds=1)))
         final = await within_one(STEP_TIMEOUT, "the deal's result", handle, handle.result())
         check(world, life, booked, final, answers, await deals.get_deal(env.client, settings, deal_id))
-        # Replay of the history is not checked here: deals sent concurrent updates make histories
-        # that do not always replay, on the dev server too (an open bug, issue 10, tracked by
-        # tests/test_replay.py::test_concurrent_updates_on_a_real_server_replay). It shows here
-        # when it strikes live: a pickup's read of the deal fails, or the deal's workflow tasks fail
-        # once it left the worker's cache and it is Stuck.
+        # A deal that leaves its worker's cache (a restart, an eviction) replays its history.
+        replayed = await REPLAYER.replay_workflow(await handle.fetch_history(), raise_on_replay_failure=False)
+        assert replayed.replay_failure is None, f"the history of deal {deal_id} does not replay: {replayed.replay_failure}; {life!r}; answers: {trace(answers)}"
     except BaseException as error:
         try:  # a failed example must not leave its deal holding the shared clock
             await handle.terminate("property example failed")
@@ -403,11 +407,6 @@ def check(world: World, life: Lifecycle, booked, final, answers: list[Answer], s
 
 # --- the tests ----------------------------------------------------------------------------------
 
-# What issue 10's open bug looks like from here (README / closing note: concurrent updates with
-# local activities in their handlers make histories that do not always replay).
-OPEN_REPLAY_BUG = ("UpdateMachine in state", "machine does not handle", "Nondeterminism", "No command scheduled for event", "WorkflowQueryFailedError")
-
-
 async def run_property(tmp_path, max_examples: int, phases=tuple(Phase)) -> World:
     standin = SendGridStandIn()
     settings = make_settings(tmp_path, sendgrid_api_key="SG.test", sendgrid_host=standin.url)
@@ -424,10 +423,6 @@ async def run_property(tmp_path, max_examples: int, phases=tuple(Phase)) -> Worl
             try:
                 await asyncio.to_thread(deal_lifecycle)
             except BaseException as error:
-                # The open bug of issue 10 (concurrent updates make histories that do not replay, so a
-                # deal's tasks fail): reported as such, every other failure fails the test.
-                if world.failures and all(any(sign in failure for sign in OPEN_REPLAY_BUG) for failure in world.failures):
-                    pytest.xfail(f"issue 10's open replay bug: {world.failures[0][:500]}")
                 if isinstance(error, Stuck):
                     pytest.fail(f"stopped (the server's clock no longer moves): {error}", pytrace=False)
                 raise

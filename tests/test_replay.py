@@ -58,7 +58,7 @@ def test_the_recorded_histories_cover_both_workflows_and_every_ending():
         else:
             assert history.events[-1].event_type in endings, path.name
     activities = set().union(*(activity_types(h) for h in histories))
-    # Mail and closing are activities of their own; store writes run as local activities: markers.
+    # Mail and closing are activities of their own; v1 and v2 ran store writes as local activities (markers).
     assert {"send_reminder", "notify_settlement", "escalate_pickup", "close_deal"} <= activities
     for path, history in zip(FILES, histories):
         if not path.stem.startswith("partner"):
@@ -82,11 +82,18 @@ def test_every_version_keeps_its_generations_and_the_newest_covers_races_and_run
             "deal_cancel_racing_release", "deal_mail_rejected", "deal_mail_outage", "partner_certified_year_rolled_over"} <= newest
     first_run = load(HISTORIES / "v2" / "deal_continued_as_new_first_run.json")
     assert first_run.events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
-    concurrent = load(HISTORIES / "v2" / "deal_concurrent_updates.json")
-    accepted = [i for i, e in enumerate(concurrent.events) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED]
-    assert any(
-        not any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED for e in concurrent.events[a:b]) for a, b in zip(accepted, accepted[1:])
-    ), "two updates accepted in one workflow task"
+    for version in sorted({"v2", versions[-1]}):
+        concurrent = load(HISTORIES / version / "deal_concurrent_updates.json")
+        accepted = [i for i, e in enumerate(concurrent.events) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED]
+        assert any(
+            not any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED for e in concurrent.events[a:b]) for a, b in zip(accepted, accepted[1:])
+        ), f"{version}: two updates accepted in one workflow task"
+    # From v3 the deal and the partner write to the store in activities: a local activity outstanding
+    # while an update arrives made histories that do not replay (workflows.deal.STORE_WRITES_AS_ACTIVITIES).
+    for path in FILES:
+        if path.parent.name == versions[-1] and not path.stem.startswith("pickup"):
+            markers = {e.marker_recorded_event_attributes.marker_name for e in load(path).events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED}
+            assert markers <= {"core_patch"}, f"{path.name}: {markers}"
 
 
 @pytest.mark.parametrize("path", FILES, ids=[f"{path.parent.name}/{path.stem}" for path in FILES])
@@ -109,19 +116,25 @@ DECIDED = {
     "deal_mail_rejected": ("expired", "forfeited", "5000.00", 0),
     "deal_mail_outage": ("expired", "forfeited", "5000.00", 0),
 }
-# The settlement each v2+ history recorded in the store (the local activity's result in its marker).
+# The settlement each v2+ history recorded in the store: the result of record_settlement, a local
+# activity's marker in v2, an activity's completion from v3.
 SETTLED = {"released": "5000.00", "forfeited": "5000.00", "clawed_back": "5000.00", "cancelled": "0.00"}
 MONEY_FILES = [path for path in FILES if path.stem in DECIDED]
 
 
 def settlements_recorded(history: WorkflowHistory) -> list[dict]:
-    found = []
+    found, scheduled = [], {}
     for event in history.events:
-        if event.event_type != EventType.EVENT_TYPE_MARKER_RECORDED:
-            continue
-        details = event.marker_recorded_event_attributes.details
-        if "data" in details and json.loads(details["data"].payloads[0].data).get("activity_type") == "record_settlement":
-            found.append(json.loads(details["result"].payloads[0].data))
+        if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            details = event.marker_recorded_event_attributes.details
+            if "data" in details and json.loads(details["data"].payloads[0].data).get("activity_type") == "record_settlement":
+                found.append(json.loads(details["result"].payloads[0].data))
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            scheduled[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            completed = event.activity_task_completed_event_attributes
+            if scheduled.get(completed.scheduled_event_id) == "record_settlement":
+                found.append(json.loads(completed.result.payloads[0].data))
     return found
 
 
@@ -219,15 +232,11 @@ async def test_the_replay_command_finds_a_change_that_breaks_an_open_deal_on_a_l
     assert altered.replayed == 1 and not altered.ok and "deal-" + view.id in altered.failures[0][0]
 
 
-@pytest.mark.xfail(
-    reason="OPEN BUG (issue 10 stays open): concurrent updates whose handlers run local activities while the main loop "
-    "starts and cancels timers make histories that fail replay in about 2 of 5 runs on the dev server too "
-    "('Activity machine does not handle TimerStarted', 'UpdateMachine ... CompletedCommandCreated'); such a deal is stuck "
-    "once it leaves its worker's cache. Kept so that the fix shows: remove this mark when it passes every time.",
-    strict=False,
-)
 async def test_concurrent_updates_on_a_real_server_replay(dev_server_env, tmp_path):
-    """Extends, a receipt and pickups sent at once, twice: the history a real server keeps must replay."""
+    """Extends, receipts, pickups and cancels sent at once to one deal, three times: the history a real
+    server keeps must replay, or a deal that leaves its worker's cache fails every task from then on.
+    Store writes run as local activities made about 1 history in 13 fail here (their results reach the
+    workflow in another order on replay); 30 deals find that with a chance above 9 in 10."""
     import asyncio
 
     from service import deals
@@ -236,12 +245,48 @@ async def test_concurrent_updates_on_a_real_server_replay(dev_server_env, tmp_pa
 
     env = dev_server_env
     settings = make_settings(tmp_path)
+    failures, accepted = [], 0
     async with running_worker(env.client, settings):
-        view = await deals.book_deal(env.client, settings, booking(4))
-        await asyncio.gather(deals.extend_deal(env.client, view.id, "91s", "a"), deals.record_receipt(env.client, settings, view.id, items("CU", 1)), deals.request_pickup(env.client, view.id, PICKUP))
-        await asyncio.gather(deals.extend_deal(env.client, view.id, "82s", "b"), deals.request_pickup(env.client, view.id, PICKUP), deals.extend_deal(env.client, view.id, "76s", "c"))
-        history = await deals.deal_handle(env.client, view.id).fetch_history()
-    accepted = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED]
-    assert len(accepted) == 6
-    result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
-    assert result.replay_failure is None, result.replay_failure
+        for n in range(30):
+            view = await deals.book_deal(env.client, settings, booking(4))
+            await asyncio.gather(deals.extend_deal(env.client, view.id, "91s", "a"), deals.record_receipt(env.client, settings, view.id, items(f"CU{n}-", 1)), deals.request_pickup(env.client, view.id, PICKUP))
+            await asyncio.gather(deals.extend_deal(env.client, view.id, "82s", "b"), deals.request_pickup(env.client, view.id, PICKUP), deals.extend_deal(env.client, view.id, "76s", "c"))
+            last = deals.cancel_deal(env.client, view.id, "ended") if n % 2 else deals.request_pickup(env.client, view.id, PICKUP)
+            await asyncio.gather(deals.extend_deal(env.client, view.id, "8s", "d"), last, return_exceptions=True)  # a cancel may refuse the extend
+            history = await deals.deal_handle(env.client, view.id).fetch_history()
+            accepted += sum(1 for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED)
+            result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
+            if result.replay_failure is not None:
+                failures.append(f"deal {view.id}: {result.replay_failure}")
+    assert accepted >= 30 * 7  # the updates were taken, not refused before they reached the deal
+    assert not failures, f"{len(failures)} of 30 histories do not replay:\n" + "\n".join(failures)
+
+
+async def test_concurrent_partner_updates_on_a_real_server_replay(dev_server_env, tmp_path):
+    """Training, exams and the pledge sent at once (the last of them certifies while the others still
+    write): the partner's history must replay, as the deal's must."""
+    import asyncio
+    import uuid
+
+    from domain.specialization import ExamResult, TrainingRecord
+    from service import partners
+    from tests.conftest import make_settings, running_worker
+    from workflows.ids import partner_workflow_id
+
+    env = dev_server_env
+    settings = make_settings(tmp_path)
+    failures = []
+    async with running_worker(env.client, settings):
+        for n in range(20):
+            partner_id = f"R-{uuid.uuid4().hex[:8]}"
+            await partners.create_partner(env.client, settings, partner_id, "Replay Partner", "r@partner.example", "CA")
+            trained = [partners.record_training(env.client, partner_id, TrainingRecord(person_email=f"t{k}@r.example", person_name="T", hours=2), request_id=f"t{k}") for k in range(3)]
+            await asyncio.gather(*trained, partners.record_exam(env.client, partner_id, ExamResult(exam=1, passed=True)), partners.record_exam(env.client, partner_id, ExamResult(exam=2, passed=True)), partners.sign_pledge(env.client, partner_id))
+            await asyncio.gather(partners.record_training(env.client, partner_id, TrainingRecord(person_email="late@r.example", person_name="L", hours=1), request_id="t9"), partners.sign_pledge(env.client, partner_id))
+            view = await partners.specialization(env.client, settings, partner_id)
+            assert view.status.value == "certified" and view.training_hours == 7
+            history = await env.client.get_workflow_handle(partner_workflow_id(partner_id)).fetch_history()
+            result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
+            if result.replay_failure is not None:
+                failures.append(f"partner {partner_id}: {result.replay_failure}")
+    assert not failures, f"{len(failures)} of 20 histories do not replay:\n" + "\n".join(failures)

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ApplicationError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -44,21 +44,21 @@ with workflow.unsafe.imports_passed_through():
     )
     from domain.durations import format_duration
     from workflows.ids import pickup_workflow_id
+    from workflows.notices import Notices
     from workflows.pickup import PickupInput, PickupWorkflow
 
 ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 SHORT = timedelta(seconds=10)
 LONG = timedelta(minutes=5)  # receipts of thousands of items, certificates of 100,000 ...
 HEARTBEAT = timedelta(seconds=15)  # ... which heartbeat, so a killed worker's attempt is retried soon
-# One mail attempt: well above the provider's own deadline (10 s a socket operation), well below
-# the claim an attempt holds on its message (store.mail.CLAIM_LEASE), so a retry never doubles it.
-MAIL_ATTEMPT = timedelta(minutes=1)
-# Mail is retried for as long as it takes (an outage, a revoked key), at most every 10 minutes.
-MAIL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=10))
 
 # Decide, record, then notify: settlements are one row per deal, decided before any mail, and mail
 # runs beside the deal instead of in its way. Deals started before this change replay as they ran.
 DECIDE_THEN_NOTIFY = "decide-then-notify"
+# Store writes are activities, not local activities: updates arriving while a local activity is
+# outstanding made histories that do not replay (resolution order differs between the first run and
+# replay: temporalio/sdk-python#1573, #1591), so an evicted or restarted deal failed every task.
+STORE_WRITES_AS_ACTIVITIES = "store-writes-as-activities"
 
 # The incentive status each settlement outcome shows.
 SETTLED_INCENTIVE = {
@@ -96,13 +96,14 @@ class TakebackDealWorkflow:
     @workflow.init
     def __init__(self, input: DealWorkflowInput) -> None:
         self.v2 = workflow.patched(DECIDE_THEN_NOTIFY)
+        self.v3 = workflow.patched(STORE_WRITES_AS_ACTIVITIES)
         self.terms = input.terms
         self.amount = incentive_amount(self.terms)
         self.required = required_units(self.terms)
         self.progress = input.progress
         self.receipts_in_flight = 0  # accepted receipts not yet counted: the decision waits for them
         self.pickups_in_flight = 0  # accepted pickups not yet booked: the closed view and certificate wait for them
-        self.notices_pending = 0  # mail on its way: the run ends (or continues as new) after it
+        self.notices = Notices(f"deal {input.terms.deal_id}")
         self.is_booked = input.progress is not None
         self.dirty = False
         self.pickup_runs: list = []  # child handles of this run
@@ -153,7 +154,7 @@ class TakebackDealWorkflow:
 
     async def _book_pickup(self, pickup_id: str, request: PickupRequest) -> PickupView:
         """Book the carrier (and, when simulated, start its tracking); the deal's view shows it booked."""
-        booked: PickupView = await _local(TakebackActivities.book_pickup, PickupBookingInput(deal_id=self.terms.deal_id, pickup_id=pickup_id, request=request))
+        booked: PickupView = await self._write(TakebackActivities.book_pickup, PickupBookingInput(deal_id=self.terms.deal_id, pickup_id=pickup_id, request=request))
         if self.terms.sim_carrier_step_seconds > 0:
             # Real carriers report by webhook, into the store; only the simulated one needs a process.
             self.pickup_runs.append(
@@ -174,6 +175,10 @@ class TakebackDealWorkflow:
             )
         self.progress.pickups = [booked if p.id == pickup_id else p for p in self.progress.pickups]
         return booked
+
+    def _write(self, fn, *args, timeout: timedelta = SHORT):
+        """A store write: an activity (see STORE_WRITES_AS_ACTIVITIES); deals started before it replay their local activities."""
+        return (_activity if self.v3 else _local)(fn, *args, timeout=timeout)
 
     def _pickup(self, pickup_id: str) -> PickupView:
         return next(p for p in self.progress.pickups if p.id == pickup_id)
@@ -230,7 +235,7 @@ class TakebackDealWorkflow:
         self.progress.extensions.append(f"+{format_duration(timedelta(seconds=command.extend_by_seconds))}: {command.reason}")
         self.dirty = True
         answer = self.view()
-        await _local(
+        await self._write(
             TakebackActivities.record_extension,
             ExtensionRecord(deal_id=self.terms.deal_id, sequence=sequence, extend_by_seconds=command.extend_by_seconds, reason=command.reason, new_deadline=new_deadline),
         )
@@ -278,7 +283,7 @@ class TakebackDealWorkflow:
         if status in {s.value for s in ESCALATED_CARRIER_STATUSES}:
             escalation = PickupEscalation(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, pickup_id=pickup_id, status=status)
             if self.v2:
-                self._notice(TakebackActivities.escalate_pickup, escalation)  # also after the decision, while the run lasts
+                self.notices.send(TakebackActivities.escalate_pickup, escalation, "a pickup escalation")  # also after the decision, while the run lasts
             else:
                 self.progress.pending_escalations.append(escalation)
         self.dirty = True
@@ -295,12 +300,12 @@ class TakebackDealWorkflow:
             if workflow.info().is_continue_as_new_suggested():
                 # Handlers and mail finish in this run; a cancel or receipt arriving meanwhile is
                 # acted on first (a cancel waits for the deal to close: waiting on it would never end).
-                await workflow.wait_condition(lambda: self.dirty or (workflow.all_handlers_finished() and self.notices_pending == 0))
+                await workflow.wait_condition(lambda: self.dirty or (workflow.all_handlers_finished() and self.notices.pending == 0))
                 if not self.dirty:
                     workflow.continue_as_new(DealWorkflowInput(terms=self.terms, progress=self.progress))
                 continue
             await self._sleep_until_something_happens()
-        await workflow.wait_condition(lambda: workflow.all_handlers_finished() and self.notices_pending == 0)
+        await workflow.wait_condition(lambda: workflow.all_handlers_finished() and self.notices.pending == 0)
         return self.view()
 
     async def _run_v1(self) -> DealView:
@@ -332,7 +337,7 @@ class TakebackDealWorkflow:
 
         Decide, record, then notify: every decision changes the state before its first await (so
         a handler running meanwhile sees it), is recorded in the store before anything is told,
-        and mail goes beside the deal (`_notice`), never in the way of a decision.
+        and mail goes beside the deal (`Notices`), never in the way of a decision.
         """
         p = self.progress
         changed, self.dirty = self.dirty, False
@@ -354,7 +359,7 @@ class TakebackDealWorkflow:
                 nearest = min(due)
                 p.reminders_sent.append(nearest)
                 p.reminders_skipped.extend(o for o in due if o != nearest)
-                self._notice(
+                self.notices.send(
                     TakebackActivities.send_reminder,
                     ReminderInput(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, offset_seconds=nearest, deadline=p.deadline, received_units=p.received_units, required_units=self.required),
                 )
@@ -400,33 +405,18 @@ class TakebackDealWorkflow:
         p.settlement = outcome
         p.incentive_status = SETTLED_INCENTIVE[outcome]
         amount = Decimal(0) if outcome == "cancelled" and self.terms.mode == IncentiveMode.rebate else self.amount
-        decided = await _local(TakebackActivities.record_settlement, SettlementEntry(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, outcome=outcome, amount=amount))
+        decided = await self._write(TakebackActivities.record_settlement, SettlementEntry(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, outcome=outcome, amount=amount))
         if decided.outcome != outcome:
             workflow.logger.warning("deal %s: the store holds the settlement %s, not %s; it stands", self.terms.deal_id, decided.outcome, outcome)
             p.settlement = decided.outcome
             p.incentive_status = SETTLED_INCENTIVE[decided.outcome]
             return
         if outcome in ("released", "forfeited", "clawed_back"):
-            self._notice(TakebackActivities.notify_settlement, self._settlement_notice(outcome))
+            self.notices.send(TakebackActivities.notify_settlement, self._settlement_notice(outcome), f"the {outcome} notice")
 
     def _settlement_notice(self, kind: str) -> SettlementNotice:
         p = self.progress
         return SettlementNotice(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, kind=kind, amount=self.amount, deadline=p.deadline, received_units=p.received_units, required_units=self.required)
-
-    def _notice(self, activity, argument) -> None:
-        """Send mail beside the deal: retried for as long as the provider needs, and never failing
-        or holding up a decision. Its delivery state is in the store for ops."""
-        self.notices_pending += 1
-
-        async def deliver() -> None:
-            try:
-                await workflow.execute_activity_method(activity, argument, start_to_close_timeout=MAIL_ATTEMPT, retry_policy=MAIL_RETRY)
-            except ActivityError as error:
-                workflow.logger.warning("deal %s: a notice could not be sent: %s", self.terms.deal_id, error.cause or error)
-            finally:
-                self.notices_pending -= 1
-
-        asyncio.ensure_future(deliver())
 
     async def _step_v1(self) -> bool:
         """Act on the current state; True when the deal has closed."""
@@ -501,7 +491,7 @@ class TakebackDealWorkflow:
 
     async def _ledger(self, kind: str) -> None:
         amount = Decimal(0) if kind == "cancelled" and self.progress is not None and self.progress.incentive_status == IncentiveStatus.held else self.amount
-        await _local(TakebackActivities.record_incentive, LedgerEntry(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, kind=kind, amount=amount))
+        await self._write(TakebackActivities.record_incentive, LedgerEntry(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, kind=kind, amount=amount))
 
     async def _notify(self, kind: str) -> None:
         p = self.progress
@@ -512,7 +502,7 @@ class TakebackDealWorkflow:
 
     async def _project(self) -> None:
         self.progress.revision += 1
-        await _local(TakebackActivities.project_deal, self.view())
+        await self._write(TakebackActivities.project_deal, self.view())
 
     async def _close_v1(self, status: DealStatus, reason: str) -> None:
         self.progress.status = status

@@ -1,0 +1,36 @@
+"""Mail a workflow sends beside its process: retried for as long as the provider needs, and never
+failing or holding up a decision. Delivery state lives in the store, for ops."""
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+# One attempt: well above the provider's own deadline (10 s a socket operation), well below the claim
+# an attempt holds on its message (store.mail.CLAIM_LEASE), so a retry never doubles a mail.
+MAIL_ATTEMPT = timedelta(minutes=1)
+# Retried for as long as it takes (an outage, a revoked key), at most every 10 minutes.
+MAIL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=10))
+
+
+class Notices:
+    """Mail on its way; a run ends (or continues as new) only once `pending` is 0."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self.pending = 0
+
+    def send(self, activity, argument, what: str = "a notice") -> None:
+        self.pending += 1
+
+        async def deliver() -> None:
+            try:
+                await workflow.execute_activity_method(activity, argument, start_to_close_timeout=MAIL_ATTEMPT, retry_policy=MAIL_RETRY)
+            except ActivityError as error:
+                workflow.logger.warning("%s: %s could not be sent: %s", self.owner, what, error.cause or error)
+            finally:
+                self.pending -= 1
+
+        asyncio.ensure_future(deliver())
