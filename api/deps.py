@@ -109,6 +109,13 @@ async def temporal(call, timeout: float | None = None, client: Client | None = N
             raise await _silence(client, probe, timeout) from None
         if engine_unreachable(error):
             raise engine_unavailable("the workflow engine is unreachable; retry shortly") from None
+        if _no_worker(error):
+            raise Problem(
+                503,
+                "no worker is taking this deal's tasks right now (one is restarting); it answers again once a worker is back: retry shortly",
+                "worker-unavailable",
+                headers=dict(RETRY_AFTER),
+            ) from None
         if _call_cut_off(error):
             raise Problem(
                 503,
@@ -133,6 +140,14 @@ def _call_cut_off(error: BaseException) -> bool:
     if error.status in (RPCStatusCode.CANCELLED, RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.ABORTED):
         return True
     return error.status == RPCStatusCode.UNKNOWN and any(word in str(error).lower() for word in ("transport", "connection", "h2 protocol", "broken pipe", "reset"))
+
+
+def _no_worker(error: BaseException) -> bool:
+    """A query while no worker polls the deal's task queue (every worker killed or restarting):
+    the server refuses it at once with FAILED_PRECONDITION. Seen by the chaos run: it was a 500."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    return isinstance(error, RPCError) and error.status == RPCStatusCode.FAILED_PRECONDITION and "no poller" in str(error).lower()
 
 
 def _deadline_exceeded(error: BaseException) -> bool:

@@ -28,6 +28,20 @@ log = logging.getLogger("takeback.service")
 
 # How long a write waits for its deal to accept it before the caller is told to come back.
 UPDATE_WAIT_SECONDS = 20.0
+# Twice this stays within the 4 s the API gives a call to the engine (api.deps.temporal).
+QUERY_TIMEOUT = timedelta(seconds=1.9)
+
+
+async def ask(handle: WorkflowHandle, query, *args):
+    """A query, asked twice at most: one sent while the deal continues as new can go unanswered
+    until its deadline (the run it reached closed), and the same question reaches the new run."""
+    try:
+        return await handle.query(query, *args, rpc_timeout=QUERY_TIMEOUT)
+    except RPCError as error:
+        if error.status not in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):  # the server's deadline, or ours
+            raise
+        log.info("query %s of %s unanswered in %s; asked again", getattr(query, "__name__", query), handle.id, QUERY_TIMEOUT)
+        return await handle.query(query, *args, rpc_timeout=QUERY_TIMEOUT)
 
 
 class DealNotOpen(Exception):
@@ -223,7 +237,7 @@ async def get_deal_json(client: Client, settings: Settings, deal_id: str, visibl
     if stored.view_json is not None and stored.status not in OPEN_DEAL_STATUSES:
         return from_json(stored.view_json)
     try:
-        return from_view(await deal_handle(client, deal_id).query(TakebackDealWorkflow.view, rpc_timeout=timedelta(seconds=3)))
+        return from_view(await ask(deal_handle(client, deal_id), TakebackDealWorkflow.view))
     except Exception as error:
         # Only a deal that closed meanwhile, or whose workflow is gone, is answered from the store;
         # an open deal that cannot be asked is an error the caller sees (503 or 500), never a stale copy.
@@ -254,7 +268,7 @@ async def request_pickup(
             raise DealNotFound(deal_id)
     else:
         try:
-            view = await handle.query(TakebackDealWorkflow.view, rpc_timeout=timedelta(seconds=3))
+            view = await ask(handle, TakebackDealWorkflow.view)
         except RPCError as error:
             if error.status == RPCStatusCode.NOT_FOUND:
                 raise DealNotFound(deal_id) from error
@@ -262,7 +276,7 @@ async def request_pickup(
     if view.status in OPEN_DEAL_STATUSES and request_id is not None:
         # A retry of a request the deal took is the same request: answered with its pickup, not
         # checked again against a deal that has moved on since (units received meanwhile).
-        booked = await handle.query(TakebackDealWorkflow.pickup_for_request, request_id, rpc_timeout=timedelta(seconds=3))
+        booked = await ask(handle, TakebackDealWorkflow.pickup_for_request, request_id)
         if booked is not None and booked.status != "booking":
             return booked
     if view.status in OPEN_DEAL_STATUSES:  # a closed deal's refusal (409) comes from the deal itself

@@ -122,6 +122,12 @@ async def test_a_call_cut_off_by_a_restart_or_back_pressure_is_a_503_not_a_500(e
     assert problem.extra["applied"] == "unknown"  # a write may still land: retry with the same key
 
 
+async def test_a_read_while_no_worker_polls_is_a_503_not_a_500():
+    """Seen by the chaos run while its only worker was SIGKILLed: a deal's query answered 500."""
+    problem = await problem_of(raises(RPCError("no poller seen for task queue recently, worker may be down", RPCStatusCode.FAILED_PRECONDITION, b"")))
+    assert problem.status == 503 and problem.kind == "worker-unavailable" and problem.headers["Retry-After"]
+
+
 async def test_other_errors_and_answers_pass_through(time_skipping_env):
     async def answer():
         return 42
