@@ -18,6 +18,7 @@ COPY service ./service
 COPY workflows ./workflows
 COPY activities ./activities
 COPY api ./api
+COPY observability ./observability
 COPY cli.py worker.py settings.py temporal_client.py codec.py demo.py ./
 # `pip install .` installs the package (with its migrations) and the `takeback` console script.
 RUN pip install --no-deps . \

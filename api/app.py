@@ -6,9 +6,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from temporalio.service import RetryConfig
 
-from api import problems
+from api import metrics, problems
 from api.limits import HttpEdge, SecurityHeaders, booking_body_limit
 from api.ratelimit import RateLimit
+from api.request_id import RequestId
 from api.routes import carrier_events, deals, health, partners, pickups, receipts, reports
 from api.console import router as console_router
 from settings import Settings, get_settings
@@ -21,6 +22,12 @@ EDGE_RESPONSES = {
     status: {"model": problems.ProblemDetails, "description": description, "content": {problems.PROBLEM_JSON: {}}}
     for status, description in ((408, "Request timeout: the body did not arrive in time"), (429, "Too many requests: see Retry-After"))
 }
+
+
+# FastAPI traces each request itself once a tracer provider is set (observability/tracing.py, opt-in
+# by OTEL_*): one span per request, the Temporal client's spans beneath it. Exporters are ours; no
+# spans per dependency (their cost, for little to see); no metrics or logs through OpenTelemetry.
+TELEMETRY = {"tracing": True, "operation_spans": False, "metrics": False, "logs": False, "auto_configure": False}
 
 
 @asynccontextmanager
@@ -45,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0",
         description="Partner takeback deals run end to end on durable workflows. Contract: shared/api.md.",
         lifespan=lifespan,
+        telemetry=TELEMETRY,
     )
     app.state.settings = settings or get_settings()
     app.state.temporal = None
@@ -56,6 +64,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HttpEdge, api=app, settings=app.state.settings)
     app.add_middleware(RateLimit, settings=app.state.settings)
     app.add_middleware(SecurityHeaders)
+    # Outermost: every answer, the edge's refusals included, is counted and carries its request id.
+    app.add_middleware(metrics.HttpMetrics, api=app)
+    app.add_middleware(RequestId)
+    metrics.install(app, app.state.settings)
     for module in (health, partners, deals, pickups, receipts, carrier_events, reports):
         app.include_router(module.router, responses={**problems.COMMON_RESPONSES, **EDGE_RESPONSES})
     app.include_router(console_router)  # the web console at /console: HTML pages, a session instead of a bearer key

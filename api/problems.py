@@ -8,6 +8,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from observability.logs import current_request_id
+
 log = logging.getLogger("takeback.api")
 PROBLEM_JSON = "application/problem+json"
 TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed", 409: "Conflict",
@@ -46,6 +48,12 @@ def problem_response(status: int, detail: str, kind: str | None = None, title: s
         "detail": detail,
         **extra,
     }
+    request_id = current_request_id()
+    if request_id is not None:
+        # The id a caller quotes when it reports the problem (api/request_id.py); set here too because
+        # a 500 is answered outside the middleware that echoes it.
+        body["request_id"] = request_id
+        headers = {**(headers or {}), "X-Request-Id": request_id}
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 

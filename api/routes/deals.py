@@ -12,10 +12,12 @@ from sqlalchemy import and_, or_, select
 
 from api.deps import CallerDep, ClientDep, SettingsDep, owned_deal, require_ops, require_partner_access, temporal
 from api.idempotency import Action, once
+from api.metrics import DEALS_BOOKED
 from api.problems import Problem, not_found
 from domain import rules
 from domain.certificate import render_html
 from domain.models import BookingRequest, CancelRequest, DealId, DealStatus, DealView, ExtendRequest
+from observability.logs import bind
 from service import deals as service
 from service.partners import PartnerNotCertified
 from store import audit as audit_store
@@ -71,6 +73,8 @@ async def book_deal(
         except store.SerialConflict as error:
             raise Problem(409, str(error), "serial-committed-elsewhere", conflicting_serials=error.count) from None
         action.deal_id = view.id
+        bind(deal_id=view.id, partner_id=body.partner_id)  # the request's log lines name the deal it booked
+        DEALS_BOOKED.inc()
         return view
 
     return await once(

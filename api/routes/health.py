@@ -1,4 +1,7 @@
-"""`/healthz`: which part is down (the database, the workflow engine), never where it is.
+"""`/healthz` and `/readyz`: which part is down (the database, the workflow engine), never where it
+is; `/livez`: the process answers at all. Orchestrators probe liveness with /livez (restarting an API
+process cures no database outage) and readiness with /readyz; /healthz is the v1 contract's name
+for the same check as /readyz.
 
 A healthy answer is reused for `TAKEBACK_RESPONSE_CACHE` (1 s): a flood of health checks, or a
 load balancer per API process, costs one database query and one engine round trip a second. The
@@ -47,6 +50,21 @@ async def check(request: Request, settings) -> tuple[int, dict]:
 
 @router.get("/healthz", summary="200 when the database and Temporal are reachable, else 503 naming the part that is down")
 async def healthz(request: Request, settings: SettingsDep):
+    return await _checked(request, settings)
+
+
+@router.get("/readyz", summary="Readiness (send traffic here?): as /healthz, the database and Temporal reachable, else 503")
+async def readyz(request: Request, settings: SettingsDep):
+    return await _checked(request, settings)
+
+
+@router.get("/livez", summary="Liveness (restart me?): 200 while the process serves, whatever its dependencies")
+async def livez():
+    # A database or engine outage must not get every API process restarted: only readiness checks them.
+    return JSONResponse({"status": "ok"})
+
+
+async def _checked(request: Request, settings):
     state = request.app.state
     ttl = settings.response_cache_seconds
     cached = getattr(state, "health_answer", None)
