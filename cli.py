@@ -156,13 +156,16 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.limits import uvicorn_options
-    from api.logsafe import log_config
+    from observability import tracing
+    from observability.logs import api_log_config
     from settings import get_settings
 
+    settings = get_settings()
+    tracing.configure(settings, "takeback-api")  # only when OTEL_* asks for traces
     # Connection limit, keep-alive and header deadlines, header size (api/limits.py); logs that carry
-    # no keys or e-mail addresses and cannot be forged with CR/LF (api/logsafe.py).
-    uvicorn.run("api.app:create_served_app", factory=True, host=args.host, port=args.port, log_level="info", log_config=log_config(),
-                **uvicorn_options(get_settings()))
+    # no keys or e-mail addresses and cannot be forged with CR/LF (api/logsafe.py), JSON when asked.
+    uvicorn.run("api.app:create_served_app", factory=True, host=args.host, port=args.port, log_level="info", log_config=api_log_config(settings.log_format),
+                **uvicorn_options(settings))
     return 0
 
 

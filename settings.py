@@ -196,6 +196,7 @@ class Settings(BaseSettings):
     otel_exporter_otlp_endpoint: str | None = Field(None, alias="OTEL_EXPORTER_OTLP_ENDPOINT")
     otel_exporter_otlp_traces_endpoint: str | None = Field(None, alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     otel_sdk_disabled: bool = Field(False, alias="OTEL_SDK_DISABLED")
+    otel_service_name: str | None = Field(None, alias="OTEL_SERVICE_NAME")  # default: takeback-api, takeback-worker
 
     @field_validator("return_window", "specialization_year", "personal_data_retention")
     @classmethod

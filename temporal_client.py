@@ -8,6 +8,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 
 from codec import codec_from_settings
+from observability.tracing import temporal_interceptors
 from settings import Settings
 
 
@@ -38,11 +39,15 @@ def tls_config(settings: Settings) -> TLSConfig | bool:
 
 
 async def connect(settings: Settings, **options) -> Client:
+    # While traces are on (observability/tracing.py), the SDK's tracing interceptor carries the
+    # caller's span into the workflow and its activities; a worker built on this client takes it too.
+    interceptors = [*temporal_interceptors(), *options.pop("interceptors", [])]
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         api_key=settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None,
         tls=tls_config(settings),
         data_converter=data_converter(settings),
+        interceptors=interceptors,
         **options,
     )

@@ -10,11 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.deal_activities import TakebackActivities
 from activities.partner_activities import PartnerActivities
+from observability.worker_health import WorkerHealth, serve_health
+from observability.worker_metrics import ActivityFailureCounter
 from settings import Settings, get_settings
 from temporal_client import connect
 from workflows.deal import TakebackDealWorkflow
@@ -74,6 +77,8 @@ def build_worker(
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_schedule_to_start_seconds),
         # SIGTERM: stop polling, let running activities finish for this long, then cancel them.
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_drain_seconds),
+        # Failed activity attempts by error type, on the metrics endpoint (observability/worker_metrics.py).
+        interceptors=[ActivityFailureCounter()],
     )
 
 
@@ -99,10 +104,20 @@ async def purge_personal_data_periodically(settings: Settings) -> None:
         await asyncio.sleep(settings.purge_every_seconds)
 
 
+def metrics_runtime(settings: Settings) -> Runtime | None:
+    """The SDK's runtime serving Prometheus on TAKEBACK_WORKER_METRICS_ADDRESS: its own metrics (task
+    latencies, slots, pollers, failures) and the project's counters (observability/worker_metrics.py)."""
+    if not settings.worker_metrics_address:
+        return None
+    prometheus = PrometheusConfig(bind_address=settings.worker_metrics_address, counters_total_suffix=True, durations_as_seconds=True, unit_suffix=True)
+    return Runtime(telemetry=TelemetryConfig(metrics=prometheus))
+
+
 async def run_worker(settings: Settings | None = None, **extras) -> None:
     settings = settings or get_settings()
     settings.require_safe_to_start("takeback worker")  # also when started without the CLI (its own check)
-    client = await connect(settings)
+    runtime = metrics_runtime(settings)
+    client = await connect(settings, **({"runtime": runtime} if runtime else {}))
     with ThreadPoolExecutor(max_workers=32) as executor:
         worker = build_worker(client, settings, executor=executor, **extras)
         stop = asyncio.Event()
@@ -112,21 +127,28 @@ async def run_worker(settings: Settings | None = None, **extras) -> None:
         log.info("worker polling %s on %s (%s)", settings.task_queue, settings.temporal_address, settings.temporal_namespace)
         purging = asyncio.create_task(purge_personal_data_periodically(settings))
         async with worker:
+            health = None
+            if settings.worker_health_address:
+                health = await serve_health(WorkerHealth(client, worker, settings, worker_identity(settings.task_queue)), settings.worker_health_address)
             await stop.wait()
             log.info("stopping: finishing in-flight tasks")
             purging.cancel()
+            if health is not None:
+                await health.stop()
         log.info("worker stopped")
 
 
 def main() -> None:
-    from api.logsafe import SafeLogFilter
+    from observability import tracing
+    from observability.logs import configure_worker_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = get_settings()
     # The worker logs mail failures and activity errors: as the API's, its lines carry no keys or
-    # e-mail addresses and cannot be forged (api/logsafe.py).
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(SafeLogFilter())
-    asyncio.run(run_worker())
+    # e-mail addresses and cannot be forged (api/logsafe.py); in JSON with the deal's and workflow's ids.
+    configure_worker_logging(settings.log_format)
+    tracing.configure(settings, "takeback-worker")
+    asyncio.run(run_worker(settings))
+    tracing.shutdown()  # os._exit below skips the exporter's own exit hook
     # Stopped cleanly, nothing left in flight. Leave without interpreter teardown: the SDK core's
     # runtime threads can outlive it and abort the process (SIGABRT, seen once in a full test
     # run), which a supervisor would count as a crash.

@@ -17,12 +17,13 @@ from domain.deal_progress import PickupEscalation
 from domain.durations import format_duration
 from domain.models import CarrierEvent, DealView, PickupRequest, PickupView, ReceiptCounts
 from domain.rules import RuleViolation
+from observability import worker_metrics
 from settings import Settings
 from store import deals as store
 from store import mail as mail_store
 from store.db import session_scope
 from store.deals import CarrierEventOutcome, SettlementOutcome
-from store.tables import EmailMessage, Pickup, ReminderSent
+from store.tables import EmailMessage, Pickup, ReceiptBatch, ReminderSent, Settlement
 
 
 class ReminderInput(BaseModel):
@@ -144,13 +145,17 @@ class TakebackActivities:
                 if error.non_retryable:
                     mail_store.mark_failed(session, mail.key, str(error))
                     activity.logger.warning("mail %s failed for good: %s", mail.key, error)
+                    worker_metrics.mail_failed(mail.key, error)
                     return False
                 mail_store.release_for_retry(session, mail.key, str(error))
+                worker_metrics.mail_attempt_failed(mail.key, error)
                 raise
             except Exception as error:
                 mail_store.release_for_retry(session, mail.key, repr(error))
+                worker_metrics.mail_attempt_failed(mail.key, error)
                 raise
             mail_store.mark_sent(session, mail.key, provider_id)
+            worker_metrics.mail_sent(mail.key)
             return True
 
     def _contact(self, session, partner_id: str) -> str:
@@ -210,7 +215,11 @@ class TakebackActivities:
         with session_scope(self.database_url) as session:
             # A local activity (deals booked before receipts became activities) cannot heartbeat.
             heartbeat = (lambda: None) if activity.info().is_local else activity.heartbeat
-            return store.process_receipt(session, deal_id, batch_id, self.settings.refresh_max_age_years, self.catalog, heartbeat=heartbeat)
+            fresh = _unprocessed(session, batch_id)  # a retry answers the stored counts: counted once
+            counts = store.process_receipt(session, deal_id, batch_id, self.settings.refresh_max_age_years, self.catalog, heartbeat=heartbeat)
+        if fresh:
+            worker_metrics.receipt_processed(counts.accepted, counts.rejected)
+        return counts
 
     @activity.defn
     @non_retryable_on_bad_input
@@ -218,10 +227,13 @@ class TakebackActivities:
         """Process the batches staged for the deal by its deadline whose update never arrived (the
         API's call timed out, a worker died): what the API accepted is what the deal decides on."""
         with session_scope(self.database_url) as session:
-            return [
+            swept = [
                 store.process_receipt(session, sweep.deal_id, batch_id, self.settings.refresh_max_age_years, self.catalog, heartbeat=activity.heartbeat)
                 for batch_id in store.unprocessed_batches(session, sweep.deal_id, sweep.staged_until)
             ]
+        for counts in swept:
+            worker_metrics.receipt_processed(counts.accepted, counts.rejected)
+        return swept
 
     # --- money ------------------------------------------------------------------------------
 
@@ -234,7 +246,12 @@ class TakebackActivities:
     def record_settlement(self, entry: SettlementEntry) -> SettlementOutcome:
         """The deal's one money decision; the outcome the store holds (the first one) is returned."""
         with session_scope(self.database_url) as session:
-            return store.record_settlement(session, entry.deal_id, entry.partner_id, entry.outcome, entry.amount)
+            # A retry finds its own decision: counted once. (Columns, not the row: the store adds the row itself.)
+            fresh = session.execute(select(Settlement.deal_id).where(Settlement.deal_id == entry.deal_id)).first() is None
+            decided = store.record_settlement(session, entry.deal_id, entry.partner_id, entry.outcome, entry.amount)
+        if fresh and decided.outcome == entry.outcome:
+            worker_metrics.decided(decided.outcome)
+        return decided
 
     @activity.defn
     def record_extension(self, record: ExtensionRecord) -> None:
@@ -304,6 +321,11 @@ class TakebackActivities:
     def close_deal(self, view: DealView) -> str:
         with session_scope(self.database_url) as session:
             return store.close_deal(session, view, heartbeat=activity.heartbeat)
+
+
+def _unprocessed(session, batch_id: str) -> bool:
+    row = session.execute(select(ReceiptBatch.processed_at, ReceiptBatch.refused_at).where(ReceiptBatch.id == batch_id)).first()
+    return row is not None and row.processed_at is None and row.refused_at is None
 
 
 def format_duration_seconds(seconds: float) -> str:

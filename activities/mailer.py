@@ -10,8 +10,14 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
+from urllib.parse import urlsplit
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 from temporalio.exceptions import ApplicationError
+
+TRACER = trace.get_tracer("takeback.mail")
 
 
 class Mail(BaseModel):
@@ -100,13 +106,13 @@ class SendGridMailer(Mailer):
         if not timeout_seconds or timeout_seconds <= 0:
             raise ValueError("SendGridMailer needs a positive timeout: an unbounded request would hang the activity")
         self.timeout_seconds = timeout_seconds
+        self.host = urlsplit(host).hostname or host
         self.client = SendGridAPIClient(api_key=api_key, host=host.rstrip("/"))
         # python_http_client copies `timeout` into every Client it builds (client.mail.send...) and
         # hands it to urllib's opener.open(): it bounds the connect and each socket read.
         self.client.client.timeout = timeout_seconds
 
     def send(self, mail: Mail, sender: str) -> str:
-        from python_http_client.exceptions import HTTPError
         from sendgrid.helpers.mail import Cc, CustomArg, Mail as SendGridMail
 
         message = SendGridMail(from_email=sender, to_emails=mail.to, subject=mail.subject, plain_text_content=mail.body)
@@ -115,10 +121,22 @@ class SendGridMailer(Mailer):
         # Our key travels with the message: SendGrid's activity feed and event webhooks name it,
         # so ops can match a delivery (or an "outcome unknown") to the deal's message.
         message.custom_arg = CustomArg(key="takeback_key", value=mail.key)
+        # The provider call in the deal's trace (observability/tracing.py); a no-op span while traces are off.
+        with TRACER.start_as_current_span("SendGrid POST /v3/mail/send", kind=SpanKind.CLIENT, attributes={"server.address": self.host, "takeback.mail.key": mail.key}) as span:
+            response = self._send(message, span)
+        headers = response.headers or {}
+        return str(headers.get("X-Message-Id") or "") or f"sendgrid-{response.status_code}"
+
+    def _send(self, message, span):
+        from python_http_client.exceptions import HTTPError
+
         try:
             response = self.client.send(message)
+            span.set_attribute("http.response.status_code", response.status_code)
+            return response
         except HTTPError as error:  # python_http_client's: status_code, reason, body (bytes), headers (HTTPMessage)
             status = int(getattr(error, "status_code", 0) or 0)
+            span.set_attribute("http.response.status_code", status)
             detail = _text(getattr(error, "body", b""))
             if status in RETRYABLE_STATUS or status >= 500:
                 raise ApplicationError(
@@ -144,8 +162,6 @@ class SendGridMailer(Mailer):
                 type="MailOutcomeUnknown",
                 non_retryable=True,
             ) from error
-        headers = response.headers or {}
-        return str(headers.get("X-Message-Id") or "") or f"sendgrid-{response.status_code}"
 
 
 def _text(body, limit: int = 500) -> str:
