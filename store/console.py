@@ -195,10 +195,12 @@ def _money(amount) -> str:
     return f"{Decimal(amount):,.2f}"
 
 
-def deal_timeline(session: Session, deal: Deal, closed_reason: str | None = None) -> list[TimelineEntry]:
+def deal_timeline(session: Session, deal: Deal, status: str | None = None, closed_reason: str | None = None) -> list[TimelineEntry]:
     """Everything the store knows happened to the deal, newest first. Each entry is timed by when it
-    was recorded here (a carrier's own time is shown beside its event: carriers send late and out of order)."""
+    was recorded here (a carrier's own time is shown beside its event: carriers send late and out of order).
+    `status` is the deal's as its workflow says, which the store's copy follows a moment later."""
     deal_id = deal.id
+    status = status or deal.status
     entries: list[TimelineEntry] = []
     audit = session.execute(
         select(AuditEvent, ApiKey.prefix).join(ApiKey, ApiKey.id == AuditEvent.api_key_id, isouter=True).where(AuditEvent.deal_id == deal_id).order_by(AuditEvent.id)
@@ -298,7 +300,7 @@ def deal_timeline(session: Session, deal: Deal, closed_reason: str | None = None
         ))
 
     settlement = session.get(Settlement, deal_id)
-    if deal.status == DealStatus.cancelled.value:
+    if status == DealStatus.cancelled.value:
         actor = take("cancel")
         reason = actor[0].reason if actor and actor[0].reason else closed_reason
         entries.append(TimelineEntry(
@@ -318,7 +320,7 @@ def deal_timeline(session: Session, deal: Deal, closed_reason: str | None = None
     if settlement is not None:
         entries.append(TimelineEntry(
             at=settlement.decided_at, kind="decision", title=f"Decision: incentive {settlement.outcome.replace('_', ' ')}, {_money(settlement.amount)}", state=settlement.outcome,
-            lines=[closed_reason] if closed_reason and deal.status != DealStatus.cancelled.value else [],
+            lines=[closed_reason] if closed_reason and status != DealStatus.cancelled.value else [],
         ))
     certificate = session.get(Certificate, deal_id)
     if certificate is not None:

@@ -52,11 +52,12 @@ class TableQuery:
     sort: str = "booked"
     order: str = "desc"
     page: int = 1
+    scope: str = ""  # the partner a partner key sees, whatever the URL says (not part of the URL)
 
     @property
     def deal_filter(self) -> queries.DealFilter:
         return queries.DealFilter(
-            status=self.status or None, partner_id=self.partner or None, at_risk_days=self.risk_days if self.at_risk else None,
+            status=self.status or None, partner_id=self.scope or self.partner or None, at_risk_days=self.risk_days if self.at_risk else None,
             deadline_days=self.deadline_days, search=self.q or None,
         )
 
@@ -98,8 +99,6 @@ def table_query(request: Request, caller: Caller) -> TableQuery:
     partner = params.get("partner", "").strip()
     if partner and not ID.fullmatch(partner):
         raise Problem(422, "partner is a partner id", "invalid-filter")
-    if not caller.is_ops:
-        partner = caller.partner_id  # a partner's table holds its own deals, whatever the URL says
     sort = params.get("sort", "booked")
     if sort not in queries.SORTS:
         raise Problem(422, f"sort is one of {', '.join(queries.SORTS)}", "invalid-filter")
@@ -115,7 +114,7 @@ def table_query(request: Request, caller: Caller) -> TableQuery:
     return TableQuery(
         status=status, partner=partner or "", at_risk=params.get("at_risk", "") in ("1", "on", "true"),
         risk_days=_days(params.get("risk_days", ""), "risk_days", DEFAULT_RISK_DAYS), deadline_days=_days(params.get("deadline_days", ""), "deadline_days", None),
-        q=search, sort=sort, order=order, page=int(page),
+        q=search, sort=sort, order=order, page=int(page), scope="" if caller.is_ops else caller.partner_id,  # a partner's table holds its own deals
     )
 
 
@@ -130,6 +129,9 @@ async def home(request: Request, settings: SettingsDep):
 async def deals_table(request: Request, settings: SettingsDep):
     caller, _ = await signed_in_caller(request, settings)
     query = table_query(request, caller)
+    if request.url.query != query.params(page=query.page):
+        # The filter form sends every field, empty ones too: the short form of the same table is the link to share.
+        return RedirectResponse(f"/console/deals?{query.params(page=query.page)}".rstrip("?"), status_code=303)
     now = datetime.now(timezone.utc)
 
     def load():
@@ -218,12 +220,15 @@ async def deal_context(request: Request, settings, client, caller: Caller, deal_
             from store.tables import Deal
 
             deal = session.get(Deal, deal_id)
-            return queries.deal_timeline(session, deal, closed_reason=view.closed_reason), queries.committed_lines(session, deal_id)
+            return queries.deal_timeline(session, deal, status=view.status.value, closed_reason=view.closed_reason), deal.status
 
-    timeline, lines = await asyncio.to_thread(load)
+    timeline, stored_status = await asyncio.to_thread(load)
     ui = settings.temporal_ui_url.rstrip("/")
+    is_open = view.status in OPEN_DEAL_STATUSES
     return {
-        "deal": view, "row": row, "stale": stale, "timeline": timeline, "lines": lines, "is_open": view.status in OPEN_DEAL_STATUSES,
+        "deal": view, "row": row, "stale": stale, "timeline": timeline, "is_open": is_open,
+        # Polled while open, and after it closed until the store has caught up (its money, its certificate).
+        "polling": is_open or stored_status != view.status.value,
         "now": datetime.now(timezone.utc), "poll_seconds": POLL_SECONDS,
         "workflow_url": f"{ui}/namespaces/{quote(settings.temporal_namespace, safe='')}/workflows/{quote(deal_workflow_id(deal_id), safe='')}",
     }

@@ -135,13 +135,13 @@ async def signed_in_caller(request: Request, settings: Settings) -> tuple[Caller
 
 async def read_form(request: Request) -> dict[str, str]:
     """An url-encoded form, at most MAX_FORM_BYTES (the console's forms are a few fields)."""
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
-        raise Problem(415, "the console takes forms (application/x-www-form-urlencoded)", "unsupported-media-type")
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_FORM_BYTES:
             raise Problem(413, f"a console form is at most {MAX_FORM_BYTES} bytes", "payload-too-large")
+    if body and request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
+        raise Problem(415, "the console takes forms (application/x-www-form-urlencoded)", "unsupported-media-type")
     try:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=50)
     except (UnicodeDecodeError, ValueError):

@@ -32,7 +32,7 @@ async def test_filters_and_counts_per_status_select_by_what_the_url_says(tmp_pat
         await sign_in(http, key)
 
         async def ids(query: str) -> list[str]:
-            page = await http.get(f"/console/deals?{query}")
+            page = await http.get(f"/console/deals?{query}", follow_redirects=True)
             assert page.status_code == 200, page.text
             return sorted(deal_ids(page.text))
 
@@ -46,7 +46,9 @@ async def test_filters_and_counts_per_status_select_by_what_the_url_says(tmp_pat
         assert await ids("q=SER-LISTED-1") == ["DRISK"]  # a serial the deal listed
         assert await ids("q=SER-RETURNED-9") == ["DCLOSED"]  # a serial it received
         assert await ids("q=SER-NOWHERE") == []
-        page = await http.get("/console/deals?partner=P1&status=awaiting_returns")
+        redirected = await http.get("/console/deals?status=awaiting_returns&partner=P1&q=&deadline_days=&risk_days=30")
+        assert redirected.status_code == 303 and redirected.headers["location"] == "/console/deals?status=awaiting_returns&partner=P1"  # the short link
+        page = await http.get(redirected.headers["location"])
         # counts per status under the other filters: what choosing each status would show
         shown = {status: int(count) for status, count in re.findall(r'class="badge-(\w+)"[^>]*>[^<]*<b>(\d+)</b>', page.text)}
         assert shown == {"awaiting_returns": 1, "condition_met": 1, "closed": 0, "expired": 0, "cancelled": 1}
@@ -70,7 +72,7 @@ async def test_sorting_and_pages_keep_the_filter_and_never_repeat_a_deal(tmp_pat
         assert "57 deals" in first.text and "page 1 of 2" in first.text
         newest = await http.get("/console/deals?partner=P1")  # booked, newest first
         assert deal_ids(newest.text)[:3] == ["D000", "D001", "D002"]
-        flipped = await http.get("/console/deals?partner=P1&sort=deadline&order=desc")
+        flipped = await http.get("/console/deals?partner=P1&sort=deadline&order=desc", follow_redirects=True)
         assert deal_ids(flipped.text)[:2] == ["D056", "D055"]
 
 
@@ -101,6 +103,7 @@ async def test_a_partner_sees_its_own_deals_only_and_another_partners_deal_is_40
     async with api_client(settings) as http:
         await sign_in(http, key)
         own = await http.get("/console/deals?partner=P1")  # the URL asks for P1: the table is still P2's
+        assert own.status_code == 200
         assert sorted(deal_ids(own.text)) == ["DCLOSED", "DLATER"] and 'id="f-partner"' not in own.text
         rows = list(csv.DictReader(io.StringIO((await http.get("/console/deals.csv?partner=P1")).text)))
         assert sorted(row["deal_id"] for row in rows) == ["DCLOSED", "DLATER"]
