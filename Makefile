@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-slow bench histories clean
+.PHONY: install run test test-slow bench histories clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,18 @@ install: $(STAMP)
 run: install
 	$(BIN)/takeback dev --demo
 
-test: install
+test: install chromium
 	$(BIN)/pytest -q -rs
+
+# The console's browser tests drive Debian's Chromium (never a downloaded browser): installed here where it is
+# missing and the machine allows (root, or sudo without a password); otherwise one line says what to install.
+chromium:
+	@[ -n "$$TAKEBACK_CHROMIUM" ] || command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" -eq 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=none; fi; \
+	  if [ "$$sudo" = none ] || ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "make test: the console's browser tests need Chromium: install it (Debian: sudo apt-get install chromium) or set TAKEBACK_CHROMIUM to its path" >&2; exit 1; fi; \
+	  echo "make test: installing Debian's chromium for the console's browser tests"; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test-slow: install
 	$(BIN)/pytest -q -rs -m slow
