@@ -85,6 +85,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     if not args.keep_database_url:
         env.pop("TAKEBACK_DATABASE_URL", None)  # dev keeps everything under --data-dir
     ui_port = args.temporal_port + 1000
+    env.setdefault("TAKEBACK_TEMPORAL_UI_URL", f"http://127.0.0.1:{ui_port}")  # where the console links a deal's workflow
     processes: list[tuple[str, subprocess.Popen]] = []
     try:
         server = subprocess.Popen(
@@ -104,6 +105,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(
             f"\ntakeback is running (data in {data_dir})\n"
             f"  API docs:        http://{args.api_host}:{args.api_port}/docs\n"
+            f"  console:         http://{args.api_host}:{args.api_port}/console (sign in with the ops key below)\n"
             f"  Temporal Web UI: http://127.0.0.1:{ui_port}\n"
             f"  outbox:          {data_dir / 'outbox'}\n"
             f"  webhook secret:  {_webhook_secret_source(data_dir)}\n"
