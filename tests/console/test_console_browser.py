@@ -197,6 +197,7 @@ async def test_a_carrier_event_appears_without_a_reload_and_an_extension_moves_t
     await expect(page.locator("#timeline")).to_contain_text("reason: the customer's site is closed for a week")
     await expect(page.locator("#timeline")).to_contain_text("by ops:")
     assert await page.evaluate("window.sameDocument === true")
+    await page.screenshot(path=str(SHOTS / "deal-full.png"), full_page=True)
     await page.set_viewport_size(PHONE)
     assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "the deal page scrolls sideways on a phone"
     await shot(page, "deal-phone")
