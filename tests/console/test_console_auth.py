@@ -160,3 +160,18 @@ async def test_console_errors_are_html_pages_and_stay_out_of_the_api_schema(tmp_
         schema = (await http.get("/openapi.json")).json()
         assert not [path for path in schema["paths"] if path.startswith("/console")]
         assert (await http.get("/v1/deals/NOPE")).headers["content-type"] == "application/problem+json"  # the API is unchanged
+
+
+async def test_failed_sign_ins_spend_the_apis_failed_authentication_budget(tmp_path):
+    """Guessing keys through the sign-in form costs what guessing them as bearer keys costs: once an
+    address's failed attempts are spent, it gets a 429 before any key is looked up."""
+    settings = make_settings(tmp_path, rate_failed_auth=0.01, rate_failed_auth_burst=3)
+    key = api_key(settings)
+    async with api_client(settings) as http:
+        for attempt in range(3):
+            form = await http.get("/console/sign-in")
+            wrong = await http.post("/console/sign-in", data={"csrf": csrf_of(form.text), "api_key": f"tbk_ops_{attempt}" + "B" * 42})
+            assert wrong.status_code == 401
+        form = await http.get("/console/sign-in")
+        refused = await http.post("/console/sign-in", data={"csrf": csrf_of(form.text), "api_key": key})
+        assert refused.status_code == 429 and "Too many failed authentications from this address" in refused.text and refused.headers["retry-after"]

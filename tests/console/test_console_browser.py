@@ -267,4 +267,10 @@ async def test_partners_and_impact_pages_read_at_1280_and_on_a_phone(stack, brow
             await shot(page, name + suffix)
     await page.goto("/console/impact")
     await expect(page.locator("#units-returned")).to_have_text("8")
+
+    # Reinstating goes through the API's route and its workflow: a partner that has not lapsed is refused, in words.
+    await page.goto("/console/partners/P1")
+    csrf = await page.locator("form.who input[name=csrf]").get_attribute("value")
+    answer = await page.request.post("/console/partners/P1/reinstate", form={"csrf": csrf, "reason": "papers arrived late", "step": "confirm", "idempotency_key": "r-1"})
+    assert answer.status == 409 and "not lapsed" in await answer.text()
     await page.context.close()
