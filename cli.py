@@ -71,6 +71,8 @@ def _webhook_secret_source(data_dir: Path) -> str:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    from workflows import search_attributes
+
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)  # even where SIGINT was inherited as ignored (background jobs)
     data_dir = Path(args.data_dir).resolve()
@@ -84,13 +86,18 @@ def cmd_dev(args: argparse.Namespace) -> int:
         env["TAKEBACK_CARRIER_WEBHOOK_SECRET"] = _dev_webhook_secret(data_dir)
     if not args.keep_database_url:
         env.pop("TAKEBACK_DATABASE_URL", None)  # dev keeps everything under --data-dir
+    # Operating it, locally: the server has the search attributes ops filter deals by, the worker
+    # serves its metrics and health next to the API's port (README "Operating it").
+    env["TAKEBACK_SEARCH_ATTRIBUTES"] = "true"
+    env["TAKEBACK_WORKER_METRICS_ADDRESS"] = env.get("TAKEBACK_WORKER_METRICS_ADDRESS") or f"127.0.0.1:{args.api_port + 1}"
+    env["TAKEBACK_WORKER_HEALTH_ADDRESS"] = env.get("TAKEBACK_WORKER_HEALTH_ADDRESS") or f"127.0.0.1:{args.api_port + 2}"
     ui_port = args.temporal_port + 1000
     env.setdefault("TAKEBACK_TEMPORAL_UI_URL", f"http://127.0.0.1:{ui_port}")  # where the console links a deal's workflow
     processes: list[tuple[str, subprocess.Popen]] = []
     try:
         server = subprocess.Popen(
             [_temporal_binary(), "server", "start-dev", "--db-filename", str(data_dir / "temporal.db"), "--ip", "127.0.0.1",
-             "--port", str(args.temporal_port), "--ui-port", str(ui_port), "--log-level", "error"],
+             "--port", str(args.temporal_port), "--ui-port", str(ui_port), "--log-level", "error", *search_attributes.dev_server_args()],
             env=env,
         )
         processes.append(("temporal dev server", server))
@@ -107,6 +114,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             f"  API docs:        http://{args.api_host}:{args.api_port}/docs\n"
             f"  console:         http://{args.api_host}:{args.api_port}/console (sign in with the ops key below)\n"
             f"  Temporal Web UI: http://127.0.0.1:{ui_port}\n"
+            f"  metrics:         http://{args.api_host}:{args.api_port}/metrics (API), http://{env['TAKEBACK_WORKER_METRICS_ADDRESS']}/metrics (worker)\n"
             f"  outbox:          {data_dir / 'outbox'}\n"
             f"  webhook secret:  {_webhook_secret_source(data_dir)}\n"
             "  stop with Ctrl-C\n"

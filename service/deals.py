@@ -8,20 +8,22 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateRPCTimeoutOrCancelledError
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.problems import Problem
 from domain import rules
 from domain.deal_progress import deal_view, initial_progress
-from domain.models import OPEN_DEAL_STATUSES, BookingRequest, CarrierEvent, DealTerms, DealView, PickupRequest, PickupView, ReceiptItem, extension_duration
+from domain.models import OPEN_DEAL_STATUSES, BookingRequest, CarrierEvent, DealStatus, DealTerms, DealView, PickupRequest, PickupView, ReceiptItem, extension_duration
 from service.partners import ensure_may_book
 from settings import DEFAULT_MAX_OPEN_PICKUPS, Settings
 from store import deals as store
 from store.db import session_scope
+from workflows import story
 from workflows.deal import DealWorkflowInput, ExtendCommand, TakebackDealWorkflow
 from workflows.ids import deal_workflow_id
+from workflows.search_attributes import DEAL_STATUS, PARTNER_ID
 
 
 log = logging.getLogger("takeback.service")
@@ -181,6 +183,10 @@ async def book_deal(client: Client, settings: Settings, request: BookingRequest,
             task_queue=settings.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,  # a concurrent retry joins the first
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,  # a late retry never books a closed deal again
+            # What the Temporal Web UI shows of the deal (workflows/story.py); filters where the namespace has them.
+            static_summary=story.deal_summary(terms),
+            static_details=story.deal_details(terms),
+            search_attributes=deal_search_attributes(settings, terms),
         )
     except WorkflowAlreadyStartedError:
         pass  # the deal ran and closed: answered below as it is
@@ -191,6 +197,13 @@ async def book_deal(client: Client, settings: Settings, request: BookingRequest,
     if staged:
         return view
     return await get_deal(client, settings, deal_id) or view
+
+
+def deal_search_attributes(settings: Settings, terms: DealTerms) -> TypedSearchAttributes | None:
+    """DealStatus and PartnerId, when the namespace has them (TAKEBACK_SEARCH_ATTRIBUTES): the deal then keeps DealStatus current."""
+    if not settings.search_attributes:
+        return None
+    return TypedSearchAttributes([SearchAttributePair(DEAL_STATUS, DealStatus.awaiting_returns.value), SearchAttributePair(PARTNER_ID, terms.partner_id)])
 
 
 async def _never_started(client: Client, deal_id: str) -> bool:

@@ -6,7 +6,7 @@ import uuid
 
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import WorkflowIDReusePolicy
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from domain.specialization import ExamResult, SpecializationStatus, SpecializationView, TrainingRecord
@@ -14,7 +14,9 @@ from settings import Settings
 from store import specialization as store
 from store.deals import UnknownPartner, deals_booked_between
 from store.db import session_scope
+from workflows import story
 from workflows.ids import partner_workflow_id
+from workflows.search_attributes import PARTNER_ID
 from workflows.specialization import PartnerSpecializationWorkflow, SpecializationInput
 
 
@@ -65,6 +67,8 @@ async def start_specialization(client: Client, settings: Settings, partner_id: s
             id=partner_workflow_id(partner_id),
             task_queue=settings.task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            static_summary=story.partner_summary(partner_id),  # the Temporal Web UI's line for it
+            search_attributes=TypedSearchAttributes([SearchAttributePair(PARTNER_ID, partner_id)]) if settings.search_attributes else None,
         )
     except WorkflowAlreadyStartedError:
         pass

@@ -64,8 +64,12 @@ async def time_skipping_env():
 
 @pytest_asyncio.fixture(scope="session")
 async def dev_server_env():
+    from workflows.search_attributes import dev_server_args
+
+    # With the search attributes ops filter by, as `takeback dev` starts its server (tests/test_observability.py).
     env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter, dev_server_existing_path=binary("temporal"), dev_server_log_level="error"
+        data_converter=pydantic_data_converter, dev_server_existing_path=binary("temporal"), dev_server_log_level="error",
+        dev_server_extra_args=dev_server_args(),
     )
     yield env
     await env.shutdown()

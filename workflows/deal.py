@@ -43,9 +43,11 @@ with workflow.unsafe.imports_passed_through():
         ReceiptCounts,
     )
     from domain.durations import format_duration
+    from workflows import story
     from workflows.ids import pickup_workflow_id
     from workflows.notices import Notices
     from workflows.pickup import PickupInput, PickupWorkflow
+    from workflows.search_attributes import DEAL_STATUS
 
 ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 SHORT = timedelta(seconds=10)
@@ -59,6 +61,10 @@ DECIDE_THEN_NOTIFY = "decide-then-notify"
 # outstanding made histories that do not replay (resolution order differs between the first run and
 # replay: temporalio/sdk-python#1573, #1591), so an evicted or restarted deal failed every task.
 STORE_WRITES_AS_ACTIVITIES = "store-writes-as-activities"
+# A deal started with the DealStatus search attribute (TAKEBACK_SEARCH_ATTRIBUTES) keeps it current, so
+# ops filter deals by status in the Web UI. An upsert is a command: deals begun by a worker without
+# this code replay as they ran.
+DEAL_STATUS_SEARCH_ATTRIBUTE = "deal-status-search-attribute"
 
 # The incentive status each settlement outcome shows.
 SETTLED_INCENTIVE = {
@@ -77,10 +83,12 @@ SETTLED_STATUS = {
 }
 
 
-def _activity(fn, *args, timeout: timedelta = SHORT):
-    """A task of its own: for mail (a provider may be slow or rate-limit) and long store work that heartbeats."""
+def _activity(fn, *args, timeout: timedelta = SHORT, summary: str | None = None):
+    """A task of its own: for mail (a provider may be slow or rate-limit) and long store work that heartbeats.
+    `summary`: its line in the Web UI (workflows/story.py)."""
     return workflow.execute_activity_method(
-        fn, args=list(args), start_to_close_timeout=timeout, heartbeat_timeout=HEARTBEAT if timeout > SHORT else None, retry_policy=ACTIVITY_RETRY
+        fn, args=list(args), start_to_close_timeout=timeout, heartbeat_timeout=HEARTBEAT if timeout > SHORT else None, retry_policy=ACTIVITY_RETRY,
+        summary=summary,
     )
 
 
@@ -109,6 +117,10 @@ class TakebackDealWorkflow:
         self.pickup_runs: list = []  # child handles of this run
         self.timer: asyncio.Future | None = None  # the pending wake-up, see _sleep_until_something_happens
         self.timer_target: datetime | None = None
+        # The start event says whether the namespace has DealStatus (service.deals.deal_search_attributes),
+        # so replay takes the same branch; the value shown is carried over a continue-as-new.
+        self.status_shown = workflow.info().typed_search_attributes.get(DEAL_STATUS)
+        self.keeps_status_attribute = self.status_shown is not None and workflow.patched(DEAL_STATUS_SEARCH_ATTRIBUTE)
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -154,7 +166,9 @@ class TakebackDealWorkflow:
 
     async def _book_pickup(self, pickup_id: str, request: PickupRequest) -> PickupView:
         """Book the carrier (and, when simulated, start its tracking); the deal's view shows it booked."""
-        booked: PickupView = await self._write(TakebackActivities.book_pickup, PickupBookingInput(deal_id=self.terms.deal_id, pickup_id=pickup_id, request=request))
+        booked: PickupView = await self._write(
+            TakebackActivities.book_pickup, PickupBookingInput(deal_id=self.terms.deal_id, pickup_id=pickup_id, request=request), summary=f"book the carrier for {pickup_id}"
+        )
         if self.terms.sim_carrier_step_seconds > 0:
             # Real carriers report by webhook, into the store; only the simulated one needs a process.
             self.pickup_runs.append(
@@ -176,9 +190,11 @@ class TakebackDealWorkflow:
         self.progress.pickups = [booked if p.id == pickup_id else p for p in self.progress.pickups]
         return booked
 
-    def _write(self, fn, *args, timeout: timedelta = SHORT):
+    def _write(self, fn, *args, timeout: timedelta = SHORT, summary: str | None = None):
         """A store write: an activity (see STORE_WRITES_AS_ACTIVITIES); deals started before it replay their local activities."""
-        return (_activity if self.v3 else _local)(fn, *args, timeout=timeout)
+        if self.v3:
+            return _activity(fn, *args, timeout=timeout, summary=summary)
+        return _local(fn, *args, timeout=timeout)
 
     def _pickup(self, pickup_id: str) -> PickupView:
         return next(p for p in self.progress.pickups if p.id == pickup_id)
@@ -198,7 +214,7 @@ class TakebackDealWorkflow:
             if not self.v2:
                 self._require_open()
             if self.v2:  # an activity of its own, heartbeating: a batch of thousands does not hold the workflow task
-                counts: ReceiptCounts = await _activity(TakebackActivities.process_receipt, self.terms.deal_id, batch_id, timeout=LONG)
+                counts: ReceiptCounts = await _activity(TakebackActivities.process_receipt, self.terms.deal_id, batch_id, timeout=LONG, summary="process a receipt batch")
             else:
                 counts = await _local(TakebackActivities.process_receipt, self.terms.deal_id, batch_id, timeout=LONG)
             self._count(counts)
@@ -238,6 +254,7 @@ class TakebackDealWorkflow:
         await self._write(
             TakebackActivities.record_extension,
             ExtensionRecord(deal_id=self.terms.deal_id, sequence=sequence, extend_by_seconds=command.extend_by_seconds, reason=command.reason, new_deadline=new_deadline),
+            summary=f"record extension {sequence}",
         )
         return answer
 
@@ -283,7 +300,7 @@ class TakebackDealWorkflow:
         if status in {s.value for s in ESCALATED_CARRIER_STATUSES}:
             escalation = PickupEscalation(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, pickup_id=pickup_id, status=status)
             if self.v2:
-                self.notices.send(TakebackActivities.escalate_pickup, escalation, "a pickup escalation")  # also after the decision, while the run lasts
+                self.notices.send(TakebackActivities.escalate_pickup, escalation, f"pickup escalation ({status})")  # also after the decision, while the run lasts
             else:
                 self.progress.pending_escalations.append(escalation)
         self.dirty = True
@@ -305,6 +322,7 @@ class TakebackDealWorkflow:
                     workflow.continue_as_new(DealWorkflowInput(terms=self.terms, progress=self.progress))
                 continue
             await self._sleep_until_something_happens()
+        self._show()
         await workflow.wait_condition(lambda: workflow.all_handlers_finished() and self.notices.pending == 0)
         return self.view()
 
@@ -315,6 +333,7 @@ class TakebackDealWorkflow:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(DealWorkflowInput(terms=self.terms, progress=self.progress))
             await self._sleep_until_something_happens()
+        self._show()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.view()
 
@@ -362,6 +381,7 @@ class TakebackDealWorkflow:
                 self.notices.send(
                     TakebackActivities.send_reminder,
                     ReminderInput(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, offset_seconds=nearest, deadline=p.deadline, received_units=p.received_units, required_units=self.required),
+                    story.wake_summary(nearest),
                 )
                 changed = True
         if changed:
@@ -374,7 +394,8 @@ class TakebackDealWorkflow:
         p = self.progress
         await workflow.wait_condition(lambda: self.receipts_in_flight == 0 and self.pickups_in_flight == 0)
         if p.cancel_reason is None and workflow.now() >= p.deadline:
-            for counts in await _activity(TakebackActivities.sweep_receipts, ReceiptSweep(deal_id=self.terms.deal_id, staged_until=p.deadline), timeout=LONG):
+            sweep = ReceiptSweep(deal_id=self.terms.deal_id, staged_until=p.deadline)
+            for counts in await _activity(TakebackActivities.sweep_receipts, sweep, timeout=LONG, summary="take in the receipts staged by the deadline"):
                 self._count(counts)
         if p.settlement is None:
             if p.cancel_reason is not None:
@@ -394,7 +415,7 @@ class TakebackDealWorkflow:
         else:
             p.closed_reason = "return window ended short of the condition"
         p.revision += 1
-        await _activity(TakebackActivities.close_deal, self.view(), timeout=LONG)
+        await _activity(TakebackActivities.close_deal, self.view(), timeout=LONG, summary="close and certify")
         await self._stop_pickups()
 
     async def _settle(self, outcome: str) -> None:
@@ -405,14 +426,17 @@ class TakebackDealWorkflow:
         p.settlement = outcome
         p.incentive_status = SETTLED_INCENTIVE[outcome]
         amount = Decimal(0) if outcome == "cancelled" and self.terms.mode == IncentiveMode.rebate else self.amount
-        decided = await self._write(TakebackActivities.record_settlement, SettlementEntry(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, outcome=outcome, amount=amount))
+        decided = await self._write(
+            TakebackActivities.record_settlement, SettlementEntry(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, outcome=outcome, amount=amount),
+            summary=f"record the decision: {outcome}",
+        )
         if decided.outcome != outcome:
             workflow.logger.warning("deal %s: the store holds the settlement %s, not %s; it stands", self.terms.deal_id, decided.outcome, outcome)
             p.settlement = decided.outcome
             p.incentive_status = SETTLED_INCENTIVE[decided.outcome]
             return
         if outcome in ("released", "forfeited", "clawed_back"):
-            self.notices.send(TakebackActivities.notify_settlement, self._settlement_notice(outcome), f"the {outcome} notice")
+            self.notices.send(TakebackActivities.notify_settlement, self._settlement_notice(outcome), story.NOTICE_SUMMARY[outcome])
 
     def _settlement_notice(self, kind: str) -> SettlementNotice:
         p = self.progress
@@ -477,21 +501,33 @@ class TakebackDealWorkflow:
         would add two history events each time.
         """
         p = self.progress
-        wake_at = [p.deadline]
+        self._show()
+        wake_at = {p.deadline: None}  # moment -> the reminder offset due then (None: the deadline)
         if not self._condition_met():
-            wake_at += [p.deadline - timedelta(seconds=o) for o in self._pending_reminders()]
+            wake_at.update({p.deadline - timedelta(seconds=o): o for o in self._pending_reminders() if p.deadline - timedelta(seconds=o) != p.deadline})
         target = min(wake_at)
         if self.timer is None or self.timer_target != target or self.timer.done():
             if self.timer is not None and not self.timer.done():
                 self.timer.cancel()
             seconds = max((target - workflow.now()).total_seconds(), 0.001)
-            self.timer = asyncio.ensure_future(workflow.sleep(timedelta(seconds=seconds)))
+            self.timer = asyncio.ensure_future(workflow.sleep(timedelta(seconds=seconds), summary=story.wake_summary(wake_at[target])))
             self.timer_target = target
         await workflow.wait_condition(lambda: self.dirty or self.timer.done())
 
+    def _show(self) -> None:
+        """The deal's story in the Web UI: its current details (no command, nothing to replay) and, where
+        the deal keeps it, the DealStatus search attribute (a command, on each change of status)."""
+        if self.progress is None:
+            return
+        view = self.view()
+        workflow.set_current_details(story.deal_current_details(view))
+        if self.keeps_status_attribute and view.status.value != self.status_shown:
+            workflow.upsert_search_attributes([DEAL_STATUS.value_set(view.status.value)])
+            self.status_shown = view.status.value
+
     async def _ledger(self, kind: str) -> None:
         amount = Decimal(0) if kind == "cancelled" and self.progress is not None and self.progress.incentive_status == IncentiveStatus.held else self.amount
-        await self._write(TakebackActivities.record_incentive, LedgerEntry(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, kind=kind, amount=amount))
+        await self._write(TakebackActivities.record_incentive, LedgerEntry(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, kind=kind, amount=amount), summary=f"ledger: {kind}")
 
     async def _notify(self, kind: str) -> None:
         p = self.progress
@@ -502,7 +538,7 @@ class TakebackDealWorkflow:
 
     async def _project(self) -> None:
         self.progress.revision += 1
-        await self._write(TakebackActivities.project_deal, self.view())
+        await self._write(TakebackActivities.project_deal, self.view(), summary="update the read model")
 
     async def _close_v1(self, status: DealStatus, reason: str) -> None:
         self.progress.status = status

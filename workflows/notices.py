@@ -27,7 +27,8 @@ class Notices:
 
         async def deliver() -> None:
             try:
-                await workflow.execute_activity_method(activity, argument, start_to_close_timeout=MAIL_ATTEMPT, retry_policy=MAIL_RETRY)
+                # `what` is also its line in the Web UI ("release notice", "reminder 30d"): workflows/story.py.
+                await workflow.execute_activity_method(activity, argument, start_to_close_timeout=MAIL_ATTEMPT, retry_policy=MAIL_RETRY, summary=what)
             except ActivityError as error:
                 workflow.logger.warning("%s: %s could not be sent: %s", self.owner, what, error.cause or error)
             finally:

@@ -10,6 +10,7 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.partner_activities import PartnerActivities, PartnerMail, TrainingInput, TrainingTotals
     from domain.durations import format_duration
+    from workflows import story
     from workflows.notices import Notices
     from domain.specialization import (
         ExamResult,
@@ -231,7 +232,9 @@ class PartnerSpecializationWorkflow:
                 )
             wake = self._next_wake()
             timeout = None if wake is None else timedelta(seconds=max((wake - workflow.now()).total_seconds(), 0.001))
+            # The Web UI's account of the partner (workflows/story.py): details and a timer summary, no command.
+            workflow.set_current_details(story.partner_current_details(self.view()))
             try:
-                await workflow.wait_condition(lambda: self.dirty, timeout=timeout)
+                await workflow.wait_condition(lambda: self.dirty, timeout=timeout, timeout_summary=story.year_wake_summary(self.state.year_end, wake))
             except TimeoutError:
                 pass
