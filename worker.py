@@ -16,6 +16,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.deal_activities import TakebackActivities
 from activities.partner_activities import PartnerActivities
+from observability.logs import temporal_core_logging
 from observability.worker_health import WorkerHealth, serve_health
 from observability.worker_metrics import ActivityFailureCounter
 from settings import Settings, get_settings
@@ -104,19 +105,22 @@ async def purge_personal_data_periodically(settings: Settings) -> None:
         await asyncio.sleep(settings.purge_every_seconds)
 
 
-def metrics_runtime(settings: Settings) -> Runtime | None:
-    """The SDK's runtime serving Prometheus on TAKEBACK_WORKER_METRICS_ADDRESS: its own metrics (task
-    latencies, slots, pollers, failures) and the project's counters (observability/worker_metrics.py)."""
-    if not settings.worker_metrics_address:
+def worker_runtime(settings: Settings) -> Runtime | None:
+    """The SDK's runtime: serving Prometheus on TAKEBACK_WORKER_METRICS_ADDRESS (its own metrics: task
+    latencies, slots, pollers, failures; and the project's counters, observability/worker_metrics.py),
+    its core's log lines in JSON when asked. None: the default runtime does."""
+    if not settings.worker_metrics_address and settings.log_format != "json":
         return None
-    prometheus = PrometheusConfig(bind_address=settings.worker_metrics_address, counters_total_suffix=True, durations_as_seconds=True, unit_suffix=True)
-    return Runtime(telemetry=TelemetryConfig(metrics=prometheus))
+    prometheus = None
+    if settings.worker_metrics_address:
+        prometheus = PrometheusConfig(bind_address=settings.worker_metrics_address, counters_total_suffix=True, durations_as_seconds=True, unit_suffix=True)
+    return Runtime(telemetry=TelemetryConfig(metrics=prometheus, logging=temporal_core_logging(settings.log_format)))
 
 
 async def run_worker(settings: Settings | None = None, **extras) -> None:
     settings = settings or get_settings()
     settings.require_safe_to_start("takeback worker")  # also when started without the CLI (its own check)
-    runtime = metrics_runtime(settings)
+    runtime = worker_runtime(settings)
     client = await connect(settings, **({"runtime": runtime} if runtime else {}))
     with ThreadPoolExecutor(max_workers=32) as executor:
         worker = build_worker(client, settings, executor=executor, **extras)

@@ -125,6 +125,16 @@ def quiet_temporal_message_suffix() -> None:
     workflow.logger.workflow_info_on_message = False
 
 
+def temporal_core_logging(log_format: str):
+    """The SDK core's own lines (its Rust part writes them itself by default): in JSON they go through
+    Python logging, so they too are one JSON object a line, masked like every other."""
+    from temporalio.runtime import LogForwardingConfig, LoggingConfig, TelemetryFilter
+
+    if log_format != "json":
+        return LoggingConfig.default
+    return LoggingConfig(filter=TelemetryFilter(core_level="WARN", other_level="ERROR"), forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")))
+
+
 def configure_worker_logging(log_format: str) -> None:
     """The worker's (and other plain processes') logging: safe, one line per event, text or JSON."""
     handler = logging.StreamHandler(sys.stderr)
@@ -145,6 +155,10 @@ def api_log_config(log_format: str) -> dict:
 
     config = log_config()
     if log_format == "json":
+        from temporalio.runtime import Runtime, TelemetryConfig
+
         config["formatters"] = {name: {"()": "observability.logs.JsonFormatter"} for name in config["formatters"]}
         quiet_temporal_message_suffix()
+        # Before the API's client connects: the default runtime is the one it uses.
+        Runtime.set_default(Runtime(telemetry=TelemetryConfig(logging=temporal_core_logging(log_format))), error_if_already_set=False)
     return config
