@@ -17,8 +17,6 @@ from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 from temporalio.exceptions import ApplicationError
 
-TRACER = trace.get_tracer("takeback.mail")
-
 
 class Mail(BaseModel):
     key: str  # deal id + step: the business identity of this message
@@ -122,7 +120,7 @@ class SendGridMailer(Mailer):
         # so ops can match a delivery (or an "outcome unknown") to the deal's message.
         message.custom_arg = CustomArg(key="takeback_key", value=mail.key)
         # The provider call in the deal's trace (observability/tracing.py); a no-op span while traces are off.
-        with TRACER.start_as_current_span("SendGrid POST /v3/mail/send", kind=SpanKind.CLIENT, attributes={"server.address": self.host, "takeback.mail.key": mail.key}) as span:
+        with trace.get_tracer("takeback.mail").start_as_current_span("SendGrid POST /v3/mail/send", kind=SpanKind.CLIENT, attributes={"server.address": self.host, "takeback.mail.key": mail.key}) as span:
             response = self._send(message, span)
         headers = response.headers or {}
         return str(headers.get("X-Message-Id") or "") or f"sendgrid-{response.status_code}"
