@@ -28,6 +28,7 @@ from domain.models import OPEN_DEAL_STATUSES, CancelRequest, DealId, DealView, E
 from store import console as queries
 from store.db import session_scope
 from store.deals import deal_view_from_store
+from store.tables import Deal
 from workflows.ids import deal_workflow_id
 
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
@@ -211,15 +212,13 @@ async def _deal_view(settings, client, caller: Caller, deal_id: str) -> tuple[De
     return view, True
 
 
-async def deal_context(request: Request, settings, client, caller: Caller, deal_id: str) -> dict:
+async def deal_context(settings, client, caller: Caller, deal_id: str) -> dict:
     row = await owned_deal(settings, caller, deal_id)  # 404 for a deal that is not the caller's, as the API
     view, stale = await _deal_view(settings, client, caller, deal_id)
 
     def load():
         with session_scope(settings.effective_database_url) as session:
-            from store.tables import Deal
-
-            deal = session.get(Deal, deal_id)
+            deal = session.get(Deal, deal_id)  # read again: the store may have caught up since `row`
             return queries.deal_timeline(session, deal, status=view.status.value, closed_reason=view.closed_reason), deal.status
 
     timeline, stored_status = await asyncio.to_thread(load)
@@ -227,7 +226,7 @@ async def deal_context(request: Request, settings, client, caller: Caller, deal_
     is_open = view.status in OPEN_DEAL_STATUSES
     return {
         "deal": view, "row": row, "stale": stale, "timeline": timeline, "is_open": is_open,
-        # Polled while open, and after it closed until the store has caught up (its money, its certificate).
+        # Polled while open, and after it closed until the store's copy says so too (its projection lags the workflow).
         "polling": is_open or stored_status != view.status.value,
         "now": datetime.now(timezone.utc), "poll_seconds": POLL_SECONDS,
         "workflow_url": f"{ui}/namespaces/{quote(settings.temporal_namespace, safe='')}/workflows/{quote(deal_workflow_id(deal_id), safe='')}",
@@ -237,7 +236,7 @@ async def deal_context(request: Request, settings, client, caller: Caller, deal_
 @router.get("/deals/{deal_id}")
 async def deal_page(deal_id: DealId, request: Request, settings: SettingsDep, client: ClientDep):
     caller, _ = await signed_in_caller(request, settings)
-    context = await deal_context(request, settings, client, caller, deal_id)
+    context = await deal_context(settings, client, caller, deal_id)
     return render(request, "deal.html", **context, action=None)
 
 
@@ -245,7 +244,7 @@ async def deal_page(deal_id: DealId, request: Request, settings: SettingsDep, cl
 async def deal_live(deal_id: DealId, request: Request, settings: SettingsDep, client: ClientDep):
     """The part of a deal's page that changes (header and timeline): an open deal's page polls it."""
     caller, _ = await signed_in_caller(request, settings)
-    return render(request, "_deal_live.html", **await deal_context(request, settings, client, caller, deal_id))
+    return render(request, "_deal_live.html", **await deal_context(settings, client, caller, deal_id))
 
 
 @router.get("/deals/{deal_id}/certificate")
@@ -301,7 +300,7 @@ async def _action(request: Request, settings, client, deal_id: str, name: str):
     headers = {"HX-Trigger": "deal-changed"} if state.step == "done" else {}
     if is_htmx(request):
         return render(request, "_actions.html", status_code=status_code, headers=headers, deal_id=deal_id, action=state, is_open=state.result is None or state.result.status in OPEN_DEAL_STATUSES)
-    context = await deal_context(request, settings, client, caller, deal_id)
+    context = await deal_context(settings, client, caller, deal_id)
     return render(request, "deal.html", status_code=status_code, **context, action=state)
 
 
