@@ -139,6 +139,21 @@ class Settings(BaseSettings):
     # Where the console links a deal's workflow (the Temporal Web UI as the ops' browser reaches it).
     temporal_ui_url: str = Field("http://localhost:8233", alias="TAKEBACK_TEMPORAL_UI_URL")
 
+    # The carrier pickups are booked with (README "A real carrier: EasyPost"): `sim`, the embedded
+    # simulated carrier, or `easypost`, which needs its API key, webhook secret and the returns address.
+    carrier: Literal["sim", "easypost"] = Field("sim", alias="TAKEBACK_CARRIER")
+    easypost_api_key: SecretStr | None = Field(None, alias="EASYPOST_API_KEY")
+    # The webhook's secret as registered with EasyPost; several comma-separated during a rotation.
+    easypost_webhook_secret: SecretStr | None = Field(None, alias="EASYPOST_WEBHOOK_SECRET")
+    easypost_api_base: str = Field("https://api.easypost.com/v2", alias="EASYPOST_API_BASE")
+    # Where collected gear goes (the shipments' destination), JSON: {"company", "street1", "city", "state", "zip", "country", "phone", ...}.
+    returns_address: dict[str, str] | None = Field(None, alias="TAKEBACK_RETURNS_ADDRESS")
+    easypost_label_format: Literal["PDF", "ZPL"] = Field("PDF", alias="TAKEBACK_EASYPOST_LABEL_FORMAT")
+    # The Temporal Schedule that polls open trackers, in case webhooks were lost; an event signed longer
+    # ago than the tolerance is refused (the poll brings its news instead).
+    easypost_poll_every: str = Field("1h", alias="TAKEBACK_EASYPOST_POLL_EVERY")
+    easypost_webhook_tolerance: str = Field("1d", alias="TAKEBACK_EASYPOST_WEBHOOK_TOLERANCE")
+
     ops_email: str = Field("ops@takeback.example", alias="TAKEBACK_OPS_EMAIL")
     mail_from: str = Field("takeback@takeback.example", alias="TAKEBACK_MAIL_FROM")
     # Unset or empty: mail is written as .eml files to the outbox, which production allows only when
@@ -228,6 +243,12 @@ class Settings(BaseSettings):
         _seconds_or_zero(value)
         return value
 
+    @field_validator("easypost_poll_every", "easypost_webhook_tolerance")
+    @classmethod
+    def _easypost_durations(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
     @field_validator("worker_metrics_address", "worker_health_address")
     @classmethod
     def _host_and_port(cls, value: str | None) -> str | None:
@@ -279,6 +300,7 @@ class Settings(BaseSettings):
         for name, path in (("TEMPORAL_TLS_CA_PATH", self.temporal_tls_ca), ("TEMPORAL_TLS_CLIENT_CERT_PATH", self.temporal_tls_cert), ("TEMPORAL_TLS_CLIENT_KEY_PATH", self.temporal_tls_key)):
             if path is not None and not path.is_file():
                 problems.append(f"{name} {path} is not a readable file")
+        problems += self.carrier_problems()
         if self.env != "production":
             return problems
         secrets = self.carrier_webhook_secrets
@@ -301,6 +323,39 @@ class Settings(BaseSettings):
             else:
                 problems.append("no mail provider: set SENDGRID_API_KEY, or TAKEBACK_MAIL_OUTBOX=true to write mail to files on purpose")
         return problems
+
+    def carrier_problems(self) -> list[str]:
+        """TAKEBACK_CARRIER=easypost without what it needs (in every mode: nothing could be booked or tracked)."""
+        if self.carrier != "easypost":
+            return []
+        problems = []
+        if not self.easypost_api_key or not self.easypost_api_key.get_secret_value().strip():
+            problems.append("TAKEBACK_CARRIER=easypost needs EASYPOST_API_KEY")
+        secrets = self.easypost_webhook_secrets
+        if not secrets:
+            problems.append("TAKEBACK_CARRIER=easypost needs EASYPOST_WEBHOOK_SECRET (the secret its webhook is registered with)")
+        elif self.env == "production" and any(len(s.encode()) < MIN_WEBHOOK_SECRET_BYTES or len(set(s)) < 8 for s in secrets):
+            problems.append(f"EASYPOST_WEBHOOK_SECRET must be at least {MIN_WEBHOOK_SECRET_BYTES} random bytes: openssl rand -hex 32")
+        missing = [name for name in ("street1", "city", "zip", "country") if not (self.returns_address or {}).get(name)]
+        if missing:
+            problems.append(f"TAKEBACK_CARRIER=easypost needs TAKEBACK_RETURNS_ADDRESS (JSON) with {', '.join(missing)}")
+        if self.sim_carrier_step_seconds > 0:
+            problems.append("TAKEBACK_SIM_CARRIER_STEP must be 0s with TAKEBACK_CARRIER=easypost (it would invent events for real shipments)")
+        return problems
+
+    @property
+    def easypost_webhook_secrets(self) -> list[str]:
+        if self.easypost_webhook_secret is None:
+            return []
+        return [part.strip() for part in self.easypost_webhook_secret.get_secret_value().split(",") if part.strip()]
+
+    @property
+    def easypost_poll_every_seconds(self) -> float:
+        return parse_duration(self.easypost_poll_every).total_seconds()
+
+    @property
+    def easypost_webhook_tolerance_seconds(self) -> float:
+        return parse_duration(self.easypost_webhook_tolerance).total_seconds()
 
     def require_safe_to_start(self, what: str = "takeback") -> None:
         problems = self.startup_problems()
