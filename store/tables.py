@@ -95,6 +95,38 @@ class Pickup(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class CarrierPickup(SQLModel, table=True):
+    """A pickup booked with a shipping provider (TAKEBACK_CARRIER=easypost), step by step: each provider
+    object is recorded as soon as it exists, so a retried booking resumes instead of booking twice.
+    `state`: booking | booked | cancel_requested | cancelled; `last_error` shows an outage on the deal."""
+
+    __table_args__ = (Index("ix_carrierpickup_state_deal_id", "state", "deal_id"),)
+    pickup_id: str = Field(primary_key=True)
+    deal_id: str = Field(index=True)
+    provider: str
+    state: str = "booking"
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    last_attempt_at: datetime | None = None
+    parcel_kind: str  # parcel | pallet: the estimate from the committed products' weights
+    weight_kg: float
+    window_start: str  # the pickup window, business days from ready_on
+    window_end: str
+    address_id: str | None = None
+    shipment_id: str | None = None
+    tracker_id: str | None = None
+    tracking_code: str | None = None
+    carrier: str | None = None
+    service: str | None = None
+    label_url: str | None = Field(default=None, sa_column=Column(Text))
+    label_format: str | None = None
+    provider_pickup_id: str | None = None
+    confirmation: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    booked_at: datetime | None = None
+    cancelled_at: datetime | None = None
+
+
 class ShipmentEvent(SQLModel, table=True):
     event_id: str = Field(primary_key=True)
     tracking_number: str = Field(index=True)
