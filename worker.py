@@ -26,6 +26,7 @@ from workflows.pickup import PickupWorkflow
 from workflows.specialization import PartnerSpecializationWorkflow
 
 WORKFLOW_TASK_POLLS = 16
+SCHEDULE_TO_START_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2.5, 5, 10, 30, 60]
 WORKFLOWS = [TakebackDealWorkflow, PickupWorkflow, PartnerSpecializationWorkflow]
 log = logging.getLogger("takeback.worker")
 
@@ -113,7 +114,11 @@ def worker_runtime(settings: Settings) -> Runtime | None:
         return None
     prometheus = None
     if settings.worker_metrics_address:
-        prometheus = PrometheusConfig(bind_address=settings.worker_metrics_address, counters_total_suffix=True, durations_as_seconds=True, unit_suffix=True)
+        prometheus = PrometheusConfig(
+            bind_address=settings.worker_metrics_address, counters_total_suffix=True, durations_as_seconds=True, unit_suffix=True,
+            # A bucket at 200 ms, the schedule-to-start alert's threshold (deploy/prometheus): the SDK's jump from 100 to 500 ms.
+            histogram_bucket_overrides={"workflow_task_schedule_to_start_latency": SCHEDULE_TO_START_BUCKETS},
+        )
     return Runtime(telemetry=TelemetryConfig(metrics=prometheus, logging=temporal_core_logging(settings.log_format)))
 
 

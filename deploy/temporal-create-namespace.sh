@@ -15,3 +15,11 @@ until temporal operator namespace describe --namespace "$namespace" --address "$
     sleep 2
 done
 echo "namespace ${namespace} is registered at ${address}"
+# The search attributes ops filter deals by in the Web UI (workflows/search_attributes.py): the API
+# starts deals with them (TAKEBACK_SEARCH_ATTRIBUTES=true). One that exists is refused: then it is listed.
+for attribute in DealStatus PartnerId; do
+    temporal operator search-attribute create --namespace "$namespace" --name "$attribute" --type Keyword --address "$address" >/dev/null 2>&1 \
+        || temporal operator search-attribute list --namespace "$namespace" --address "$address" 2>/dev/null | grep -qw "$attribute" \
+        || { echo "could not register search attribute ${attribute} in ${namespace}" >&2; exit 1; }
+done
+echo "search attributes DealStatus and PartnerId are registered in ${namespace}"

@@ -203,7 +203,7 @@ def test_published_ports_are_unique_and_images_pinned():
             continue
         image = service["image"]
         assert ":" in image and not image.endswith(":latest"), f"{name} image {image} is not pinned"
-        assert re.search(r":\d+\.\d+", image), f"{name} image {image} has no version tag"
+        assert re.search(r":v?\d+\.\d+", image), f"{name} image {image} has no version tag"
     assert SERVICES["postgresql"]["image"].startswith("postgres:15")
 
 
@@ -280,15 +280,15 @@ def test_the_namespace_script_retries_until_the_namespace_exists(tmp_path):
     fake_cli(tmp_path, "sleep", "exit 0")
     run = run_script("temporal-create-namespace.sh", tmp_path, "temporal-create-namespace")
     assert run.returncode == 0, run.stderr
-    calls = [line for line in (tmp_path / "calls").read_text().splitlines() if line.startswith("operator")]
+    calls = [line for line in (tmp_path / "calls").read_text().splitlines() if line.startswith("operator namespace")]
     assert calls[-1].startswith("operator namespace create --namespace default") and "--address temporal:7233" in calls[-1]
 
 
 def test_the_namespace_script_leaves_an_existing_namespace_alone(tmp_path):
-    fake_cli(tmp_path, "temporal", '[ "$3" = describe ] && exit 0\nexit 1')
+    fake_cli(tmp_path, "temporal", '[ "$3" = describe ] && exit 0\n[ "$2" = search-attribute ] && exit 0\nexit 1')
     run = run_script("temporal-create-namespace.sh", tmp_path, "temporal-create-namespace")
     assert run.returncode == 0, run.stderr
-    assert [line.split()[2] for line in (tmp_path / "calls").read_text().splitlines()] == ["describe"]
+    assert [line.split()[1:3] for line in (tmp_path / "calls").read_text().splitlines()] == [["namespace", "describe"], ["search-attribute", "create"], ["search-attribute", "create"]]
 
 
 def test_the_namespace_script_gives_up_in_the_end(tmp_path):
@@ -396,3 +396,62 @@ def test_the_package_built_from_the_copied_tree_runs_on_its_own(tmp_path):
     )
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+# --- operating it: search attributes, metrics, Prometheus and Grafana (issue 13) --------------------
+
+
+def test_the_namespace_script_registers_the_search_attributes_the_app_uses(tmp_path):
+    """Both are created (or, existing already, found in the list); one that cannot be either fails the job."""
+    from workflows.search_attributes import REGISTERED
+
+    assert env_of("api")["TAKEBACK_SEARCH_ATTRIBUTES"] == "true"
+    names = [key.name for key in REGISTERED]
+    # DealStatus exists already (its create is refused, the list shows it); PartnerId is created.
+    fake_cli(tmp_path, "temporal", '[ "$3" = describe ] && exit 0\n[ "$3" = list ] && echo "  DealStatus  Keyword" && exit 0\n'
+             '[ "$3" = create ] && [ "$7" = PartnerId ] && exit 0\nexit 1')
+    run = run_script("temporal-create-namespace.sh", tmp_path, "temporal-create-namespace")
+    assert run.returncode == 0, run.stderr
+    created = [line for line in (tmp_path / "calls").read_text().splitlines() if line.startswith("operator search-attribute create")]
+    assert [line.split()[6] for line in created] == names and all("--type Keyword" in line for line in created)
+    (tmp_path / "calls").unlink()
+    fake_cli(tmp_path, "temporal", '[ "$3" = describe ] && exit 0\n[ "$3" = list ] && exit 0\nexit 1')  # neither created nor listed
+    run = run_script("temporal-create-namespace.sh", tmp_path, "temporal-create-namespace")
+    assert run.returncode == 1 and "could not register search attribute DealStatus" in run.stderr
+
+
+def test_the_observability_profile_scrapes_the_api_and_the_worker():
+    prometheus_config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in prometheus_config["scrape_configs"]}
+    worker_host, worker_port = env_of("worker")["TAKEBACK_WORKER_METRICS_ADDRESS"].split(":")
+    assert worker_host == "0.0.0.0" and targets["takeback-worker"] == [f"worker:{worker_port}"]
+    api_port = SERVICES["api"]["command"][SERVICES["api"]["command"].index("--port") + 1]
+    assert targets["takeback-api"] == [f"api:{api_port}"]
+    for name in ("prometheus", "grafana"):
+        assert SERVICES[name]["profiles"] == ["observability"]  # off unless asked for
+        assert all(host_ip == "127.0.0.1" for host_ip, _, _ in port_mappings(name))
+    mounted = {target: source for source, target in host_mounts("prometheus")}
+    config_dir = Path(SERVICES["prometheus"]["command"][0].split("=", 1)[1]).parent
+    for rule_file in prometheus_config["rule_files"]:  # relative to the config, in the image as in the repo
+        assert mounted[str(config_dir / rule_file)] == ROOT / "deploy/prometheus" / rule_file
+    assert mounted[str(config_dir / "prometheus.yml")] == ROOT / "deploy/prometheus/prometheus.yml"
+    # The worker's health is its container's healthcheck; Caddy answers /metrics itself (404), never the API's.
+    assert env_of("worker")["TAKEBACK_WORKER_HEALTH_ADDRESS"].split(":")[1] in " ".join(SERVICES["worker"]["healthcheck"]["test"])
+    caddyfile = (ROOT / "deploy/Caddyfile").read_text()
+    assert re.search(r"@metrics path /metrics\s+respond @metrics 404\s+reverse_proxy", caddyfile)
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard():
+    mounts = {target: source for source, target in host_mounts("grafana")}
+    datasource = yaml.safe_load(mounts["/etc/grafana/provisioning/datasources/takeback.yml"].read_text())["datasources"][0]
+    prometheus_port = port_mappings("prometheus")[0][2]
+    assert datasource["type"] == "prometheus" and datasource["url"] == f"http://prometheus:{prometheus_port}"
+    provider = yaml.safe_load(mounts["/etc/grafana/provisioning/dashboards/takeback.yml"].read_text())["providers"][0]
+    dashboard_files = [target for target in mounts if target.startswith(provider["options"]["path"] + "/")]
+    assert dashboard_files and env_of("grafana")["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] in dashboard_files
+    import json
+
+    for target in dashboard_files:
+        dashboard = json.loads(mounts[target].read_text())
+        panels = [panel for panel in dashboard["panels"] if panel["type"] != "row"]
+        assert panels and all(panel["datasource"]["uid"] == datasource["uid"] and panel["targets"] for panel in panels)

@@ -199,6 +199,8 @@ async def test_the_worker_metrics_count_what_the_deals_did(observed):
     # The SDK's own: what the alerts read.
     assert value(page, "temporal_workflow_completed_total", workflow_type="TakebackDealWorkflow") == 2
     assert value(page, "temporal_workflow_task_schedule_to_start_latency_seconds_count") > 0
+    # ... with a bucket at the alert's 200 ms, so its p99 is read, not guessed between 100 and 500 ms.
+    assert any(name == "temporal_workflow_task_schedule_to_start_latency_seconds_bucket" and ("le", "0.2") in labels for name, labels in page)
     assert value(page, "temporal_activity_execution_failed_total", activity_type="notify_settlement") == 1
 
 
@@ -343,3 +345,21 @@ async def test_the_temporal_ui_tells_each_deals_story(observed, dev_server_env):
     assert statuses == ["closed"]  # from awaiting_returns, in the step that met the condition and took every unit back
     result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure
+
+
+async def test_the_alerts_and_the_dashboard_read_metrics_the_stack_exports(observed):
+    """A rule or a panel over a misspelt metric would stay silent for ever: each name they read is
+    exported by the API or the worker that just ran the deals (after the `_total` suffix, `_bucket` ...)."""
+    import re
+
+    import yaml
+
+    exported = {name for name, _labels in samples(httpx.get(observed.worker_metrics, timeout=10).text)}
+    exported |= {name for name, _labels in samples(httpx.get(f"{observed.api}/metrics", timeout=10).text)}
+    deploy = ROOT / "deploy"
+    expressions = [rule["expr"] for group in yaml.safe_load((deploy / "prometheus/takeback-alerts.yml").read_text())["groups"] for rule in group["rules"]]
+    dashboard = json.loads((deploy / "grafana/takeback-dashboard.json").read_text())
+    expressions += [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    read = {name for expression in expressions for name in re.findall(r"\b((?:takeback|temporal)_[a-z_]+)\b", expression)}
+    assert len(read) > 15
+    assert sorted(read - exported) == []
