@@ -64,6 +64,7 @@ async def test_one_trace_runs_from_the_booking_request_to_the_sendgrid_call(dev_
                     await asyncio.sleep(0.05)
                 assert standin.delivered_to("p1@partner.example", "released") == 1
                 await client.get_workflow_handle(f"deal-{deal}").result()
+                history = await client.get_workflow_handle(f"deal-{deal}").fetch_history()
             spans = exporter.get_finished_spans()
     finally:
         standin.server.shutdown()
@@ -94,3 +95,13 @@ async def test_one_trace_runs_from_the_booking_request_to_the_sendgrid_call(dev_
     # The receipt's update is traced under its own request: a trace per caller's action.
     receipt = next(span for span in spans if span.name == "POST /v1/deals/{deal_id}/receipts")
     assert any(span.name.startswith("StartWorkflowUpdate") and span.context.trace_id == receipt.context.trace_id for span in spans)
+
+    # TAKEBACK_SEARCH_ATTRIBUTES is off here (the default): the deal started without DealStatus, so it
+    # took neither the patch nor an upsert, and would run as well on a server without the attributes.
+    from temporalio.api.enums.v1 import EventType
+
+    markers = [event.marker_recorded_event_attributes for event in history.events if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
+    patches = b"".join(marker.SerializeToString() for marker in markers)
+    assert b"store-writes-as-activities" in patches and b"deal-status-search-attribute" not in patches
+    upserts = [event.upsert_workflow_search_attributes_event_attributes for event in history.events if event.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES]
+    assert not any("DealStatus" in upsert.search_attributes.indexed_fields for upsert in upserts)
