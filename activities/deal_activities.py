@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.carrier import SimulatedCarrier
+from activities.carrier import carrier_from_settings
 from activities.mailer import Mail, Mailer, mailer_from_settings
 from domain.catalog import Catalog, default_catalog
 from domain.deal_progress import PickupEscalation
@@ -97,7 +97,7 @@ class TakebackActivities:
         self.database_url = settings.effective_database_url
         self.mailer = mailer or mailer_from_settings(settings)
         self.catalog = catalog or default_catalog()
-        self.carrier = SimulatedCarrier()
+        self.carrier = carrier_from_settings(settings)  # TAKEBACK_CARRIER: sim (default) or easypost
 
     def all(self) -> list:
         return [
@@ -171,7 +171,7 @@ class TakebackActivities:
         with session_scope(self.database_url) as session:
             existing = session.get(Pickup, booking.pickup_id)
             if existing is None:
-                carrier = self.carrier.book(booking.pickup_id)
+                carrier = self.carrier.book(booking.pickup_id, booking.deal_id, booking.request)
                 existing = store.save_pickup(session, booking.pickup_id, booking.deal_id, carrier.carrier, carrier.tracking_number, booking.request)
             return PickupView(id=existing.id, status=existing.status, carrier=existing.carrier, tracking_number=existing.tracking_number)
 
@@ -320,7 +320,12 @@ class TakebackActivities:
     @activity.defn
     def close_deal(self, view: DealView) -> str:
         with session_scope(self.database_url) as session:
-            return store.close_deal(session, view, heartbeat=activity.heartbeat)
+            digest = store.close_deal(session, view, heartbeat=activity.heartbeat)
+        if view.status == "cancelled":
+            # Its pickups not yet collected are cancelled with the provider (marked first, so the
+            # tracking poll finishes any the provider refuses now; the close never waits for it).
+            self.carrier.cancel_open_pickups(view.id, heartbeat=activity.heartbeat)
+        return digest
 
 
 def _unprocessed(session, batch_id: str) -> bool:

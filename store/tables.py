@@ -98,7 +98,7 @@ class Pickup(SQLModel, table=True):
 class CarrierPickup(SQLModel, table=True):
     """A pickup booked with a shipping provider (TAKEBACK_CARRIER=easypost), step by step: each provider
     object is recorded as soon as it exists, so a retried booking resumes instead of booking twice.
-    `state`: booking | booked | cancel_requested | cancelled; `last_error` shows an outage on the deal."""
+    `state`: booking | booked | failed | cancel_requested | cancelled; `last_error` shows an outage on the deal."""
 
     __table_args__ = (Index("ix_carrierpickup_state_deal_id", "state", "deal_id"),)
     pickup_id: str = Field(primary_key=True)
