@@ -17,6 +17,7 @@ from domain import rules
 from domain.deal_progress import deal_view, initial_progress
 from domain.models import OPEN_DEAL_STATUSES, BookingRequest, CarrierEvent, DealStatus, DealTerms, DealView, PickupRequest, PickupView, ReceiptItem, extension_duration
 from service.partners import ensure_may_book
+from service.pickup_address import check_pickup_address
 from settings import DEFAULT_MAX_OPEN_PICKUPS, Settings
 from store import deals as store
 from store.db import session_scope
@@ -298,6 +299,8 @@ async def request_pickup(
             rules.validate_pickup(request, view, await booking_clock(), max_open)
         except rules.RuleViolation as error:
             raise PickupRefused(str(error)) from None
+        if settings is not None:  # a real carrier checks the address first: refused here (422), never inside the deal
+            await check_pickup_address(settings, deal_id, request)
     return await _update(handle, TakebackDealWorkflow.request_pickup, request, id=request_id or uuid.uuid4().hex)
 
 
