@@ -16,6 +16,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.deal_activities import TakebackActivities
 from activities.partner_activities import PartnerActivities
+from activities.tracking_poll import TrackingPollActivities
 from observability.logs import temporal_core_logging
 from observability.worker_health import WorkerHealth, serve_health
 from observability.worker_metrics import ActivityFailureCounter
@@ -24,10 +25,11 @@ from temporal_client import connect
 from workflows.deal import TakebackDealWorkflow
 from workflows.pickup import PickupWorkflow
 from workflows.specialization import PartnerSpecializationWorkflow
+from workflows.tracking_poll import TrackingPollWorkflow, ensure_tracking_poll_schedule
 
 WORKFLOW_TASK_POLLS = 16
 SCHEDULE_TO_START_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2.5, 5, 10, 30, 60]
-WORKFLOWS = [TakebackDealWorkflow, PickupWorkflow, PartnerSpecializationWorkflow]
+WORKFLOWS = [TakebackDealWorkflow, PickupWorkflow, PartnerSpecializationWorkflow, TrackingPollWorkflow]
 log = logging.getLogger("takeback.worker")
 
 
@@ -63,7 +65,7 @@ def build_worker(
         client,
         task_queue=settings.task_queue,
         workflows=workflows,
-        activities=activities.all() + PartnerActivities(activities).all() + (extra_activities or []),
+        activities=activities.all() + PartnerActivities(activities).all() + TrackingPollActivities(settings).all() + (extra_activities or []),
         # Store and mail activities are blocking calls: they run on threads.
         activity_executor=executor or ThreadPoolExecutor(max_workers=32),
         max_concurrent_activities=32,
@@ -127,6 +129,8 @@ async def run_worker(settings: Settings | None = None, **extras) -> None:
     settings.require_safe_to_start("takeback worker")  # also when started without the CLI (its own check)
     runtime = worker_runtime(settings)
     client = await connect(settings, **({"runtime": runtime} if runtime else {}))
+    if settings.carrier == "easypost":  # the tracking poll, a fallback for lost webhooks: one schedule, made or updated here
+        await ensure_tracking_poll_schedule(client, settings)
     with ThreadPoolExecutor(max_workers=32) as executor:
         worker = build_worker(client, settings, executor=executor, **extras)
         stop = asyncio.Event()
