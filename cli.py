@@ -32,6 +32,16 @@ def _wait_for_port(port: int, name: str, process: subprocess.Popen, timeout: flo
     raise SystemExit(f"{name} did not open port {port} within {timeout:.0f}s")
 
 
+def _port_or_free(port: int) -> int:
+    """`port` on loopback if nothing listens there, else one the system picks (the worker's metrics must not stop dev)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _stop(processes: list[tuple[str, subprocess.Popen]]) -> None:
     # Reverse start order: API first, then the worker (finishes its tasks), the server last.
     for name, process in reversed(processes):
@@ -89,8 +99,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     # Operating it, locally: the server has the search attributes ops filter deals by, the worker
     # serves its metrics and health next to the API's port (README "Operating it").
     env["TAKEBACK_SEARCH_ATTRIBUTES"] = "true"
-    env["TAKEBACK_WORKER_METRICS_ADDRESS"] = env.get("TAKEBACK_WORKER_METRICS_ADDRESS") or f"127.0.0.1:{args.api_port + 1}"
-    env["TAKEBACK_WORKER_HEALTH_ADDRESS"] = env.get("TAKEBACK_WORKER_HEALTH_ADDRESS") or f"127.0.0.1:{args.api_port + 2}"
+    env["TAKEBACK_WORKER_METRICS_ADDRESS"] = env.get("TAKEBACK_WORKER_METRICS_ADDRESS") or f"127.0.0.1:{_port_or_free(args.api_port + 1)}"
+    env["TAKEBACK_WORKER_HEALTH_ADDRESS"] = env.get("TAKEBACK_WORKER_HEALTH_ADDRESS") or f"127.0.0.1:{_port_or_free(args.api_port + 2)}"
     ui_port = args.temporal_port + 1000
     env.setdefault("TAKEBACK_TEMPORAL_UI_URL", f"http://127.0.0.1:{ui_port}")  # where the console links a deal's workflow
     processes: list[tuple[str, subprocess.Popen]] = []

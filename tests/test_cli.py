@@ -29,6 +29,17 @@ def test_dev_serves_the_api_and_stops_everything_on_ctrl_c(tmp_path):
         assert f"http://127.0.0.1:{api_port}/docs" in output and f"http://127.0.0.1:{temporal_port + 1000}" in output
         health = httpx.get(f"http://127.0.0.1:{api_port}/healthz", timeout=10)
         assert health.status_code == 200, health.text
+        # Operating it, locally: the worker's Prometheus endpoint is on and printed.
+        import re
+
+        worker_metrics = re.search(r"(http://127\.0\.0\.1:\d+/metrics) \(worker\)", output).group(1)
+        for _ in range(100):  # the worker started before the API, but may still be connecting
+            try:
+                scraped = httpx.get(worker_metrics, timeout=10).text
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert "temporal_worker_task_slots_available" in scraped
         partner = httpx.post(f"http://127.0.0.1:{api_port}/v1/partners", json={"id": "CLI", "name": "Cli", "contact_email": "c@p.example", "country": "CA"},
                              headers={"Authorization": f"Bearer {ops_key}"}, timeout=10)
         assert partner.status_code == 201, partner.text
