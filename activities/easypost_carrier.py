@@ -270,7 +270,13 @@ class EasyPostCarrier:
             if row.state != journal.BOOKING:
                 return self._booking(row)
             try:
-                row = self._advance(session, row, request, customer, parcel)
+                address = pickup_fields(request, customer)
+            except ValueError as error:  # the API checks it first: only a request that came round it
+                journal.record_error(session, pickup_id, f"the address cannot be read: {error}")
+                journal.mark_failed(session, pickup_id)
+                raise ApplicationError(f"booking pickup {pickup_id}: the address cannot be read: {error}", type="AddressUnreadable", non_retryable=True) from None
+            try:
+                row = self._advance(session, row, request, address, parcel)
             except ep_errors.EasyPostError as error:
                 message = describe(error)
                 journal.record_error(session, pickup_id, message)
@@ -289,13 +295,13 @@ class EasyPostCarrier:
     def _booking(self, row: CarrierPickup) -> CarrierBooking:
         return CarrierBooking(carrier=f"{self.name}/{row.carrier}" if row.carrier else self.name, tracking_number=row.tracking_code)
 
-    def _advance(self, session, row: CarrierPickup, request: PickupRequest, customer, parcel: ParcelEstimate) -> CarrierPickup:
+    def _advance(self, session, row: CarrierPickup, request: PickupRequest, address: dict[str, str], parcel: ParcelEstimate) -> CarrierPickup:
         ep = self._client()
         ref = reference(row.pickup_id)
         if row.address_id is None:
             # Verified again (the API did before asking the deal): the shipment then carries EasyPost's corrected form.
-            address = _dict(ep.address.create(verify=True, **pickup_fields(request, customer)))
-            row = journal.record(session, row.pickup_id, address_id=address["id"])
+            created = _dict(ep.address.create(verify=True, **address))
+            row = journal.record(session, row.pickup_id, address_id=created["id"])
         if row.shipment_id is None:
             shipment = self._find(ep.shipment, ref) or _dict(
                 ep.shipment.create(

@@ -5,9 +5,7 @@ NULL`): two attempts of one booking running at once (a timed-out attempt still r
 retry) both adopt whichever object was recorded first.
 """
 
-from datetime import datetime
-
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -124,14 +122,3 @@ def customer(session: Session, deal_id: str) -> tuple[str, str] | None:
     """(customer name, customer country) of a deal."""
     row = session.execute(select(Deal.customer_name, Deal.customer_country).where(Deal.id == deal_id)).first()
     return (row[0], row[1]) if row is not None else None
-
-
-def count(session: Session, **where) -> int:
-    query = select(func.count()).select_from(CarrierPickup)
-    for column, value in where.items():
-        query = query.where(getattr(CarrierPickup, column) == value)
-    return session.execute(query).scalar_one()
-
-
-def as_of(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment is not None else None

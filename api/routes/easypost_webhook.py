@@ -13,7 +13,6 @@ to the deal. Answered 200 (EasyPost's preferred success); a tracker that is not 
 or another kind of event, is acknowledged and ignored, so EasyPost does not retry it.
 """
 
-import json
 import time
 from datetime import datetime, timezone
 
