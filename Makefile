@@ -33,14 +33,16 @@ chromium:
 test-slow: install
 	$(BIN)/pytest -q -rs -m slow
 
-# Four benchmarks, each printing its own table (about 12.5 minutes on 2 cores): bench/run.py (~8.5 min), deadline to
+# Five benchmarks, each printing its own table (about 14 minutes on 2 cores): bench/run.py (~8.5 min), deadline to
 # decision with mail healthy vs down (~2 min; a 10 s window instead of 20 s), receipts while the worker is SIGKILLed
-# (~1.5 min; 30 s of kills per setting instead of 40 s), the console's deals page with 10,000 deals (~30 s).
+# (~1.5 min; 30 s of kills per setting instead of 40 s), the console's deals page with 10,000 deals (~30 s), booking
+# with metrics and traces off and on (~1.5 min).
 bench: install
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/decision_latency.py --window 10s
 	$(BIN)/python bench/worker_kill_latency.py --seconds 30
 	$(BIN)/python bench/console_page.py
+	$(BIN)/python bench/observability_cost.py
 
 # Record the histories of a newly released workflow version, once: make histories VERSION=v3.
 # A version's folder is never re-recorded; every later change must replay it.
