@@ -226,6 +226,8 @@ async def test_an_outage_is_retried_visibly_and_the_pickup_booked_once(dev_serve
         rows, booking = await eventually(failing_visibly, what="two failed booking attempts")
         assert rows[0]["status"] == "booking"  # on the deal while the provider is down ...
         assert booking["booking_state"] == "booking" and "HTTP 503" in booking["last_error"] and "SERVICE.UNAVAILABLE" in booking["last_error"]  # ... with why
+        as_partner = (await http.get(f"/v1/deals/{deal_id}/pickups/{rows[0]['id']}", headers=key(settings, "partner", "P1"))).json()
+        assert as_partner["booking_state"] == "booking" and "being retried" in as_partner["last_error"] and "503" not in as_partner["last_error"]
         standin.failing = set()
         r = await request
         assert r.status_code == 201, r.text

@@ -25,7 +25,7 @@ class PickupBooking(BaseModel):
     carrier: str | None
     tracking_number: str | None
     attempts: int  # booking attempts so far (an outage: several, with the last one's error)
-    last_error: str | None
+    last_error: str | None  # the provider's words for ops; a partner is told that the booking is being retried
     last_attempt_at: datetime | None
     window_start: date | None  # the carrier collects between these business days
     window_end: date | None
@@ -61,6 +61,13 @@ async def _found(settings, caller, deal_id: str, pickup_id: str) -> tuple[Pickup
     return pickup, booking
 
 
+def _error_for(caller, error: str | None) -> str | None:
+    """The provider's error in full for ops (it may name the vendor's account: a payment, a key)."""
+    if error is None or caller.is_ops:
+        return error
+    return "the carrier could not book this pickup yet; it is being retried, and ops can see why"
+
+
 @router.get("/{deal_id}/pickups/{pickup_id}", response_model=PickupBooking, summary="A pickup's booking with the carrier (ops or owner)")
 async def pickup_booking(deal_id: DealId, pickup_id: DealId, caller: CallerDep, settings: SettingsDep):
     pickup, booking = await _found(settings, caller, deal_id, pickup_id)
@@ -73,7 +80,7 @@ async def pickup_booking(deal_id: DealId, pickup_id: DealId, caller: CallerDep, 
     return PickupBooking(
         id=booking.pickup_id, deal_id=deal_id, status=pickup.status if pickup is not None else "booking", provider=booking.provider, booking_state=booking.state,
         carrier=pickup.carrier if pickup is not None else booking.carrier, tracking_number=booking.tracking_code, attempts=booking.attempts,
-        last_error=booking.last_error, last_attempt_at=booking.last_attempt_at, window_start=date.fromisoformat(booking.window_start),
+        last_error=_error_for(caller, booking.last_error), last_attempt_at=booking.last_attempt_at, window_start=date.fromisoformat(booking.window_start),
         window_end=date.fromisoformat(booking.window_end), parcel_kind=booking.parcel_kind, weight_kg=booking.weight_kg, confirmation=booking.confirmation,
         label_url=booking.label_url,
     )
