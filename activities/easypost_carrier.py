@@ -276,7 +276,10 @@ class EasyPostCarrier:
                 journal.mark_failed(session, pickup_id)
                 raise ApplicationError(f"booking pickup {pickup_id}: the address cannot be read: {error}", type="AddressUnreadable", non_retryable=True) from None
             try:
-                row = self._advance(session, row, request, address, parcel)
+                try:
+                    row = self._advance(session, row, request, address, parcel)
+                except (KeyError, TypeError, ValueError) as error:  # an answer without the fields EasyPost documents
+                    raise ep_errors.JsonError(f"an answer of an unexpected shape ({type(error).__name__}: {error})") from error
             except ep_errors.EasyPostError as error:
                 message = describe(error)
                 journal.record_error(session, pickup_id, message)
