@@ -25,7 +25,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
-import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
