@@ -105,3 +105,29 @@ async def test_one_trace_runs_from_the_booking_request_to_the_sendgrid_call(dev_
     assert b"store-writes-as-activities" in patches and b"deal-status-search-attribute" not in patches
     upserts = [event.upsert_workflow_search_attributes_event_attributes for event in history.events if event.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES]
     assert not any("DealStatus" in upsert.search_attributes.indexed_fields for upsert in upserts)
+
+
+async def test_deals_that_keep_their_status_attribute_replay_as_recorded():
+    """Histories frozen from deals started with DealStatus (tests/observability_histories/, recorded once
+    by the stack of test_observability.py): their status upserts, summaries and patch marker must
+    replay on every later version of the code, as the released versions' histories do (test_replay.py)."""
+    from pathlib import Path
+
+    from temporalio.api.enums.v1 import EventType
+    from temporalio.client import WorkflowHistory
+
+    from tests.test_replay import replayer
+
+    folder = Path(__file__).with_name("observability_histories")
+    seen = []
+    for path in sorted(folder.glob("*.json")):
+        history = WorkflowHistory.from_json(path.stem, path.read_text())
+        seen += [
+            bytes(event.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields["DealStatus"].data)
+            for event in history.events
+            if event.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
+            and "DealStatus" in event.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+        ]
+        result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
+        assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
+    assert sorted(set(seen)) == [b'"closed"', b'"condition_met"']  # both moves of the attribute are in them
