@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import exists, func, select
 from sqlmodel import Session
 
 from domain.models import FINAL_CARRIER_STATUSES, CarrierStatus, DealStatus, IncentiveStatus
@@ -67,14 +67,15 @@ def business_gauges(session: Session, at_risk_within: timedelta, pickup_silent_a
     if oldest is not None:
         oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=timezone.utc)
         gauges.oldest_unsent_email_age_seconds = max(0.0, (now - oldest).total_seconds())
-    # A partner without a projection has not been certified yet.
+    # A partner without a projection (NULL here) has not been certified yet.
     gauges.partners_by_status = {status.value: 0 for status in SpecializationStatus}
     rows = session.execute(
-        select(func.coalesce(SpecializationProjection.status, SpecializationStatus.not_certified.value), func.count())
+        select(SpecializationProjection.status, func.count())
         .select_from(Partner)
-        .outerjoin(SpecializationProjection, and_(SpecializationProjection.partner_id == Partner.id))
-        .group_by(func.coalesce(SpecializationProjection.status, SpecializationStatus.not_certified.value))
+        .outerjoin(SpecializationProjection, SpecializationProjection.partner_id == Partner.id)
+        .group_by(SpecializationProjection.status)
     )
     for status, count in rows:
-        gauges.partners_by_status[status] = count
+        status = status or SpecializationStatus.not_certified.value
+        gauges.partners_by_status[status] = gauges.partners_by_status.get(status, 0) + count
     return gauges

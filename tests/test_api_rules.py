@@ -65,8 +65,14 @@ def route_table(deals: dict, partner: str) -> dict:
         ("POST", "/v1/deals/{deal_id}/cancel"): ({"reason": "r"}, 403),
         ("GET", "/v1/reports/impact"): (None, 200),
         ("GET", "/healthz"): (None, 200),
+        ("GET", "/readyz"): (None, 200),
+        ("GET", "/livez"): (None, 200),
+        ("GET", "/metrics"): (None, 200),  # for Prometheus: no key (README "Operating it")
         ("POST", "/v1/carrier-events"): (None, None),  # signed, not keyed: tested below
     }
+
+
+PUBLIC = {"/healthz", "/readyz", "/livez", "/metrics"}  # answered without a key
 
 
 def app_routes(settings) -> set[tuple[str, str]]:
@@ -83,7 +89,10 @@ async def test_authorization_matrix_covers_every_route(two_partners):
     table = route_table(deals, "A")
     assert app_routes(settings) == set(table), "a route was added or removed: give it a row in route_table"
     for (method, path), (body, own_status) in table.items():
-        if own_status is None or path == "/healthz":
+        if own_status is None:
+            continue
+        if path in PUBLIC:
+            assert (await http.request(method, path)).status_code == own_status, path
             continue
         scoped = "{" in path or path == "/v1/deals" and method == "POST"
         call = lambda who, owner: http.request(method, fill(path, owner, deals), json=body if owner == "A" else route_table(deals, owner)[(method, path)][0], headers=keys[who])  # noqa: E731
