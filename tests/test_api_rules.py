@@ -61,6 +61,8 @@ def route_table(deals: dict, partner: str) -> dict:
         ("GET", "/v1/deals/{deal_id}/audit"): (None, 403),  # ops read who did what to a deal
         ("POST", "/v1/deals/{deal_id}/extend"): ({"extend_by": "30d", "reason": "r"}, 403),
         ("POST", "/v1/deals/{deal_id}/pickups"): (PICKUP, 201),
+        ("GET", "/v1/deals/{deal_id}/pickups/{pickup_id}"): (None, 200),  # its booking with the carrier
+        ("GET", "/v1/deals/{deal_id}/pickups/{pickup_id}/label"): (None, 404),  # the simulated carrier prints no label
         ("POST", "/v1/deals/{deal_id}/receipts"): (items, 403),
         ("POST", "/v1/deals/{deal_id}/cancel"): ({"reason": "r"}, 403),
         ("GET", "/v1/reports/impact"): (None, 200),
@@ -69,6 +71,7 @@ def route_table(deals: dict, partner: str) -> dict:
         ("GET", "/livez"): (None, 200),
         ("GET", "/metrics"): (None, 200),  # for Prometheus: no key (README "Operating it")
         ("POST", "/v1/carrier-events"): (None, None),  # signed, not keyed: tested below
+        ("POST", "/v1/carrier-events/easypost"): (None, None),  # signed by EasyPost: tests/test_easypost.py
     }
 
 
@@ -81,7 +84,7 @@ def app_routes(settings) -> set[tuple[str, str]]:
 
 
 def fill(path: str, partner: str, deals: dict) -> str:
-    return path.replace("{partner_id}", partner).replace("{deal_id}", deals[partner])
+    return path.replace("{partner_id}", partner).replace("{deal_id}", deals[partner]).replace("{pickup_id}", f"{deals[partner]}-p1")
 
 
 async def test_authorization_matrix_covers_every_route(two_partners):
@@ -105,7 +108,7 @@ async def test_authorization_matrix_covers_every_route(two_partners):
         table = route_table(deals, "A")  # fresh ids for the ops call
         ops = await http.request(method, fill(path, "A", deals), json=table[(method, path)][0], headers=keys["ops"])
         assert ops.status_code < 500, (method, path, ops.text)  # an ops call may be refused (a 409), never fail
-        assert ops.status_code not in (401, 403) and (ops.status_code != 404 or path.endswith("certificate")), (method, path, ops.text)
+        assert ops.status_code not in (401, 403) and (ops.status_code != 404 or path.endswith(("certificate", "label"))), (method, path, ops.text)
 
 
 async def test_partner_lists_and_reports_show_only_its_own(two_partners):
