@@ -108,9 +108,10 @@ async def test_one_trace_runs_from_the_booking_request_to_the_sendgrid_call(dev_
 
 
 async def test_deals_that_keep_their_status_attribute_replay_as_recorded():
-    """Histories frozen from deals started with DealStatus (tests/observability_histories/, recorded once
-    by the stack of test_observability.py): their status upserts, summaries and patch marker must
-    replay on every later version of the code, as the released versions' histories do (test_replay.py)."""
+    """Histories of deals started with DealStatus (kept with v3 in tests/histories/, recorded once by
+    the stack of test_observability.py): their status upserts, summaries and patch marker replay on
+    every later version of the code (test_replay.py replays them with the rest; this checks they
+    hold both moves of the attribute)."""
     from pathlib import Path
 
     from temporalio.api.enums.v1 import EventType
@@ -118,9 +119,9 @@ async def test_deals_that_keep_their_status_attribute_replay_as_recorded():
 
     from tests.test_replay import replayer
 
-    folder = Path(__file__).with_name("observability_histories")
+    folder = Path(__file__).with_name("histories") / "v3"
     seen = []
-    for path in sorted(folder.glob("*.json")):
+    for path in sorted(folder.glob("*_with_status_attribute.json")):
         history = WorkflowHistory.from_json(path.stem, path.read_text())
         seen += [
             bytes(event.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields["DealStatus"].data)
