@@ -181,6 +181,10 @@ SIMULATED_CARRIER_PATH = [
     CarrierStatus.delivered,
 ]
 
+# A pickup the carrier refused to book for good (a real provider's refusal after a day of retries):
+# shown on the deal, never under way, and what a retry of its request is answered with.
+BOOKING_FAILED = "booking_failed"
+
 
 # --- booking -----------------------------------------------------------------------------
 

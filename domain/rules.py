@@ -5,6 +5,7 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 
 from domain.models import (
+    BOOKING_FAILED,
     CARRIER_PROGRESS,
     ESCALATED_CARRIER_STATUSES,
     FINAL_CARRIER_STATUSES,
@@ -89,7 +90,7 @@ def pickup_dates(now: datetime, deadline: datetime) -> tuple[date, date]:
 
 def open_pickups(view: DealView) -> int:
     """Pickups the carrier has not finished with (delivered, returned or cancelled)."""
-    return sum(1 for pickup in view.pickups if pickup.status not in FINAL_CARRIER_STATUSES)
+    return sum(1 for pickup in view.pickups if pickup.status not in FINAL_CARRIER_STATUSES and pickup.status != BOOKING_FAILED)
 
 
 def validate_pickup(request: PickupRequest, view: DealView, now: datetime, max_open_pickups: int) -> None:

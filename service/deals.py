@@ -15,7 +15,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.problems import Problem
 from domain import rules
 from domain.deal_progress import deal_view, initial_progress
-from domain.models import OPEN_DEAL_STATUSES, BookingRequest, CarrierEvent, DealStatus, DealTerms, DealView, PickupRequest, PickupView, ReceiptItem, extension_duration
+from domain.models import BOOKING_FAILED, OPEN_DEAL_STATUSES, BookingRequest, CarrierEvent, DealStatus, DealTerms, DealView, PickupRequest, PickupView, ReceiptItem, extension_duration
 from service.partners import ensure_may_book
 from service.pickup_address import check_pickup_address
 from settings import DEFAULT_MAX_OPEN_PICKUPS, Settings
@@ -49,6 +49,10 @@ async def ask(handle: WorkflowHandle, query, *args):
 
 class DealNotOpen(Exception):
     """The deal is closed, expired or cancelled (or paid, for a cancel): HTTP 409."""
+
+
+class PickupBookingFailed(Exception):
+    """The carrier refused to book a pickup for good (payment, no rate, an address it cannot serve): HTTP 502."""
 
 
 class WriteStaged(Exception):
@@ -100,6 +104,8 @@ async def _update(handle: WorkflowHandle, update, *args, **kwargs):
     except WorkflowUpdateFailedError as error:
         if isinstance(error.cause, ApplicationError) and error.cause.type == "DealNotOpen":
             raise DealNotOpen(error.cause.message) from error
+        if isinstance(error.cause, ApplicationError) and error.cause.type == "PickupBookingFailed":
+            raise PickupBookingFailed(error.cause.message) from error
         raise
     except RPCError as error:
         if error.status != RPCStatusCode.NOT_FOUND:
@@ -291,6 +297,8 @@ async def request_pickup(
         # A retry of a request the deal took is the same request: answered with its pickup, not
         # checked again against a deal that has moved on since (units received meanwhile).
         booked = await ask(handle, TakebackDealWorkflow.pickup_for_request, request_id)
+        if booked is not None and booked.status == BOOKING_FAILED:
+            raise PickupBookingFailed(f"the carrier could not book pickup {booked.id}")
         if booked is not None and booked.status != "booking":
             return booked
     if view.status in OPEN_DEAL_STATUSES:  # a closed deal's refusal (409) comes from the deal itself

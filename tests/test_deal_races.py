@@ -16,8 +16,10 @@ from sqlalchemy import select
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus
+from temporalio.exceptions import ApplicationError
 
 from activities.deal_activities import SettlementEntry, SettlementNotice, TakebackActivities
+from domain import rules
 from domain.models import DealStatus, IncentiveStatus
 from service import deals
 from store import reports
@@ -421,3 +423,32 @@ async def test_a_revoked_key_and_a_long_outage_never_delay_a_decision(time_skipp
     with session_scope(settings.effective_database_url) as session:
         assert {s.deal_id: s.outcome for s in session.execute(select(Settlement)).scalars()} == {revoked.id: "forfeited", released.id: "released"}
 
+
+
+class RefusingCarrier(TakebackActivities):
+    """A carrier that refuses every booking for good, as a real provider does after a day of refusals."""
+
+    @activity.defn(name="book_pickup")
+    def book_pickup(self, booking):
+        raise ApplicationError("no rate for this collection", type="CarrierRefused", non_retryable=True)
+
+
+async def test_a_pickup_the_carrier_refuses_for_good_shows_failed_and_its_retry_is_answered(time_skipping_env, tmp_path):
+    """Before: the deal kept the pickup 'booking' for ever, a retry of the request waited for ever
+    (the API answered 503s), and the refusal itself was a 500."""
+    env = time_skipping_env
+    settings = make_settings(tmp_path)
+    add_partner(settings)
+    async with build_worker(env.client, settings, activities=RefusingCarrier(settings)):
+        view = await deals.book_deal(env.client, settings, booking(10))
+        with pytest.raises(deals.PickupBookingFailed, match="no rate"):
+            await deals.request_pickup(env.client, view.id, PICKUP, request_id="order-9-pickup")
+        with pytest.raises(deals.PickupBookingFailed):  # the retry is answered at once, not after a wait
+            await asyncio.wait_for(deals.request_pickup(env.client, view.id, PICKUP, request_id="order-9-pickup"), 10)
+        current = await deals.get_deal(env.client, settings, view.id)
+        assert [p.status for p in current.pickups] == ["booking_failed"]
+        assert rules.open_pickups(current) == 0  # a failed booking does not hold a place among the open pickups
+        await deals.record_receipt(env.client, settings, view.id, items("R", 8))
+        await env.sleep(YEAR)
+        final = await deals.deal_handle(env.client, view.id).result()
+    assert final.status == DealStatus.closed and [p.status for p in final.pickups] == ["booking_failed"]

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         required_units,
     )
     from domain.models import (
+        BOOKING_FAILED,
         ESCALATED_CARRIER_STATUSES,
         OPEN_DEAL_STATUSES,
         DealStatus,
@@ -151,6 +152,8 @@ class TakebackDealWorkflow:
         known = self.progress.pickup_requests.get(request_id)
         if known is not None:  # a retry of a request this deal took, maybe in an earlier run
             await workflow.wait_condition(lambda: self._pickup(known).status != "booking")
+            if self._pickup(known).status == BOOKING_FAILED:
+                raise ApplicationError(f"the carrier could not book pickup {known}", type="PickupBookingFailed", non_retryable=True)
             return self._pickup(known)
         self._require_open()
         pickup_id = f"{self.terms.deal_id}-p{len(self.progress.pickups) + 1}"
@@ -159,6 +162,14 @@ class TakebackDealWorkflow:
         self.pickups_in_flight += 1
         try:
             booked = await self._book_pickup(pickup_id, request)
+        except ActivityError as error:
+            # The carrier refused the booking for good (a real provider gives up after a day): the
+            # deal shows it, and a retry of the request is answered with it instead of waiting for
+            # a booking that never comes. Commands are unchanged where a booking never failed, as
+            # in every recorded history (the simulated carrier retries for as long as it takes).
+            self.progress.pickups = [p.model_copy(update={"status": BOOKING_FAILED}) if p.id == pickup_id else p for p in self.progress.pickups]
+            self.dirty = True
+            raise ApplicationError(f"the carrier could not book pickup {pickup_id}: {error.cause or error}", type="PickupBookingFailed", non_retryable=True) from None
         finally:
             self.pickups_in_flight -= 1
         self.dirty = True

@@ -151,6 +151,8 @@ async def _deal_update(call):
         raise Problem(409, str(error), "deal-not-open") from None
     except service.DealNotFound as error:
         raise not_found(f"deal {error}") from None
+    except service.PickupBookingFailed as error:
+        raise Problem(502, f"{error}; ops see the carrier's reason on the pickup", "carrier-refused") from None
     except service.WriteStaged as error:
         raise Problem(503, f"{error}; retry with the same request to see its result", "write-staged", headers={"Retry-After": "2"}, staged=True) from None
 
