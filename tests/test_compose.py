@@ -27,6 +27,7 @@ REQUIRED = {
     "POSTGRES_PASSWORD": "pg-9f2c41d07b",
     "TAKEBACK_DB_PASSWORD": "tb-5e81aa2c3d",
     "TAKEBACK_CARRIER_WEBHOOK_SECRET": "5c1d0f3e9a7b46e2b8d4a1c7f0e3b9d26a4c8e1f7b3d5a9c2e6f0b4d8a1c3e5f",
+    "TAKEBACK_CONSOLE_SECRET": "9b2e7d4a1f6c3e8b5d0a7f2c9e4b1d6a8c3f5e0b7d2a9c4e1f6b3d8a5c0e7f2b",
 }
 
 
@@ -144,6 +145,7 @@ def test_api_and_worker_reach_temporal_and_the_database():
             postgres["TAKEBACK_DB_USER"], resolve(postgres["TAKEBACK_DB_PASSWORD"]), postgres["TAKEBACK_DB_NAME"]
         )
         assert "TAKEBACK_CARRIER_WEBHOOK_SECRET" in env
+        assert "TAKEBACK_CONSOLE_SECRET" in env  # the console on, its cookies signed with the operator's secret
         assert "SENDGRID_API_KEY" in env and env["SENDGRID_API_KEY"].startswith("${SENDGRID_API_KEY")  # passed through
     assert env_of("api") == env_of("worker")
 
