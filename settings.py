@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     # `takeback purge-personal-data` from a scheduler of your own).
     purge_every: str = Field("1d", alias="TAKEBACK_PURGE_EVERY")
     sim_carrier_step: str = Field("0s", alias="TAKEBACK_SIM_CARRIER_STEP")
+    # The API's public address, for the verification URL (and QR code) printed on certificates; empty:
+    # the address the request reached (fine unless a proxy rewrites it).
+    public_url: str = Field("", alias="TAKEBACK_PUBLIC_URL")
     specialization_year: str = Field("365d", alias="TAKEBACK_SPECIALIZATION_YEAR")
     specialization_reminder_offsets: str = Field("60d,30d", alias="TAKEBACK_SPECIALIZATION_REMINDER_OFFSETS")
     # `production` (the default) refuses to start the API or a worker on a missing, short or known
