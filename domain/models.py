@@ -12,6 +12,7 @@ from typing import Annotated
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
 from domain.durations import parse_duration
+from domain.reasons import CancellationReason, ExtensionReason
 
 MAX_SERIALS_PER_BOOKING = 50_000  # listed serials in one booking, all lines together
 MAX_RECEIPT_ITEMS = 5_000
@@ -294,6 +295,11 @@ class ReceiptItem(BaseModel):
 
 class ReceiptRequest(BaseModel):
     items: list[ReceiptItem] = Field(min_length=1, max_length=MAX_RECEIPT_ITEMS)
+    # Custody (issue 14), all optional: where and by whom the items were scanned, and the pickup
+    # (tracking number) they came in, which links each serial's timeline to that shipment's events.
+    facility: ShortText | None = None
+    operator: ShortText | None = None
+    tracking_number: Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(single_line)] | None = None
 
 
 class ReceiptCounts(BaseModel):
@@ -310,10 +316,12 @@ class ReceiptCounts(BaseModel):
 class ExtendRequest(BaseModel):
     extend_by: Annotated[str, StringConstraints(min_length=2, max_length=20), AfterValidator(_extension)]  # at most MAX_EXTENSION
     reason: FreeText
+    reason_code: ExtensionReason = Field(ExtensionReason.other, description="a code from the list (domain/custody.py), counted by GET /v1/reports/reasons")
 
 
 class CancelRequest(BaseModel):
     reason: FreeText
+    reason_code: CancellationReason = Field(CancellationReason.other, description="a code from the list (domain/custody.py), counted by GET /v1/reports/reasons")
 
 
 class Dispositions(BaseModel):

@@ -117,7 +117,9 @@ def test_resold_media_are_purged_and_recycled_media_destroyed():
 def test_catalog_knows_which_products_carry_data():
     catalog = default_catalog()
     assert catalog.is_data_bearing("ISR4331/K9") and catalog.is_data_bearing("UCSC-C220-M5SX")
-    assert not catalog.is_data_bearing("C9300-48P") and not catalog.is_data_bearing("SFP-10G-SR")
+    # network gear keeps configurations, credentials and keys in NVRAM and flash: data-bearing (issue 14)
+    assert catalog.is_data_bearing("C9300-48P") and catalog.is_data_bearing("AIR-AP2802I-E-K9")
+    assert not catalog.is_data_bearing("SFP-10G-SR") and not catalog.is_data_bearing("PWR-C1-715WAC")
     assert catalog.is_data_bearing("NEVER-HEARD-OF-IT")  # unknown: sanitize to be safe
     assert catalog.unit_weight_kg("C9300-48P") == 7.9
 

@@ -114,8 +114,11 @@ async def test_disposition_by_age_and_condition_and_sanitization_of_data_bearing
         "SRV-old": "recycle",
     }
     assert (view.dispositions.refresh, view.dispositions.recycle, view.dispositions.other) == (2, 4, 0)
-    # routers and servers carry data (domain/catalog.csv); switches do not
-    assert sanitization(settings, deal.id) == {"RT-young": "purge", "RT-dead": "destroy", "SRV-old": "destroy"}
+    # switches, routers and servers all keep data (configurations, keys: domain/catalog.csv): each gets
+    # the method its disposition calls for; what was actually done is recorded by POST .../sanitizations
+    assert sanitization(settings, deal.id) == {
+        "SW-young": "purge", "SW-old": "destroy", "SW-damaged": "destroy", "RT-young": "purge", "RT-dead": "destroy", "SRV-old": "destroy",
+    }
 
 
 async def test_the_refresh_age_limit_is_a_setting(time_skipping_env, tmp_path):
