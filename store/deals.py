@@ -12,10 +12,11 @@ from pydantic import BaseModel
 from sqlmodel import Session
 
 from store.once import insert_once
+from store import custody
 
 from domain import rules
-from domain.catalog import Catalog
-from domain.certificate import canonical_json, content_hash
+from domain.catalog import Catalog, default_catalog
+from domain.custody import REJECTION_TEXT, RejectionReason
 from domain.models import (
     ESCALATED_CARRIER_STATUSES,
     BookingRequest,
@@ -29,6 +30,7 @@ from domain.models import (
 )
 from store.tables import (
     Certificate,
+    CustodyEvent,
     CommittedLine,
     CommittedSerial,
     Deal,
@@ -73,11 +75,12 @@ def _chunks(rows: list[dict], size: int = INSERT_CHUNK):
         yield rows[start : start + size]
 
 
-def stage_booking(session: Session, deal_id: str, request: BookingRequest, terms: DealTerms, view: DealView) -> bool:
+def stage_booking(session: Session, deal_id: str, request: BookingRequest, terms: DealTerms, view: DealView, *, actor: str | None = None) -> bool:
     """Store the booking with its committed lines and serials, and its first view; False if already staged.
 
     Listed serials are claimed in OpenSerialClaim, whose primary key refuses a serial that
-    another open deal holds. The workflow, started next, keeps the view up to date.
+    another open deal holds. The workflow, started next, keeps the view up to date. Each listed
+    serial's custody starts here: `committed`, by `actor` (who booked), at the booking time.
     """
     serial_rows = [
         {"deal_id": deal_id, "serial": serial, "product_id": line.product_id}
@@ -122,6 +125,7 @@ def stage_booking(session: Session, deal_id: str, request: BookingRequest, terms
         for chunk in _chunks(serial_rows):
             session.execute(insert(CommittedSerial), chunk)
             session.execute(insert(OpenSerialClaim), [{"serial": r["serial"], "deal_id": deal_id} for r in chunk])
+        custody.insert_events(session, custody.committed_rows(deal_id, serial_rows, view.booked_at, actor or f"partner:{request.partner_id}"))
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -146,6 +150,8 @@ def discard_staged_booking(session: Session, deal_id: str) -> None:
         return
     for table in (OpenSerialClaim, CommittedSerial, CommittedLine):
         session.execute(delete(table).where(table.deal_id == deal_id))
+    # The booking never happened: its `committed` events go with it (no other event can exist yet).
+    session.execute(delete(CustodyEvent).where(CustodyEvent.deal_id == deal_id, CustodyEvent.kind == "committed"))
     session.delete(deal)
     session.commit()
 
@@ -181,6 +187,7 @@ def save_pickup(session: Session, pickup_id: str, deal_id: str, carrier: str, tr
         expected_units=request.expected_units,
     )
     session.add(pickup)
+    session.execute(insert(CustodyEvent), custody.pickup_booked_row(pickup, utcnow()))
     session.commit()
     return pickup
 
@@ -232,6 +239,7 @@ def record_carrier_event(session: Session, event: CarrierEvent) -> CarrierEventO
         key = scoped_event_id(event.tracking_number, event.event_id)
         session.add(ShipmentEvent(event_id=key, tracking_number=event.tracking_number, status=event.status.value, occurred_at=event.occurred_at, applied=moved))
         try:
+            session.execute(insert(CustodyEvent), custody.carrier_row(pickup, key, event, moved))  # a milestone of every serial it carries
             session.commit()
         except IntegrityError:  # the same event, delivered twice at once: the other delivery recorded it
             session.rollback()
@@ -267,12 +275,16 @@ def with_pickup_statuses(view: DealView, statuses: dict[str, dict[str, str]]) ->
 # --- receipts --------------------------------------------------------------------------------
 
 
-def stage_receipt(session: Session, batch_id: str, deal_id: str, items: list[ReceiptItem], staged_at: datetime | None = None) -> bool:
-    """Stage a batch for its deal; False if this batch id was staged before (a retry re-drives it)."""
+def stage_receipt(session: Session, batch_id: str, deal_id: str, items: list[ReceiptItem], staged_at: datetime | None = None, *, context: dict | None = None) -> bool:
+    """Stage a batch for its deal; False if this batch id was staged before (a retry re-drives it).
+    `context` (actor, facility, operator, tracking_number, pickup_id): who scanned it, where, from
+    which pickup, for its serials' custody."""
     if session.get(ReceiptBatch, batch_id) is not None:
         return False
     payload = json.dumps([item.model_dump(mode="json") for item in items])
     session.add(ReceiptBatch(id=batch_id, deal_id=deal_id, items_json=payload, item_count=len(items), created_at=staged_at or utcnow()))
+    if context is not None:
+        custody.stage_receipt_context(session, batch_id, received_at=staged_at or utcnow(), **context)
     try:
         session.commit()
     except IntegrityError:  # the same batch, staged at once by a concurrent retry
@@ -351,16 +363,16 @@ def process_receipt(session: Session, deal_id: str, batch_id: str, refresh_max_a
         accepted, rejections, sanitizations = [], [], []
         for position, item in enumerate(items):
             serial = item.serial_number
-            reason = None
+            code = None
             if serial in seen:
-                reason = "serial appears twice in this receipt"
+                code = RejectionReason.duplicate_in_receipt
             elif serial in already_returned:
-                reason = "serial already returned"
+                code = RejectionReason.already_returned
             elif listed is not None and serial not in listed:
-                reason = "serial not listed on this deal"
+                code = RejectionReason.not_listed
             seen.add(serial)
-            if reason:
-                rejections.append({"batch_id": batch_id, "deal_id": deal_id, "position": position, "serial": serial, "reason": reason})
+            if code:
+                rejections.append({"batch_id": batch_id, "deal_id": deal_id, "position": position, "serial": serial, "reason": REJECTION_TEXT[code], "reason_code": code.value})
                 continue
             disposition = rules.disposition_for(item.condition, item.age_years, refresh_max_age_years)
             accepted.append(
@@ -387,6 +399,8 @@ def process_receipt(session: Session, deal_id: str, batch_id: str, refresh_max_a
                 session.execute(insert(ReceiptRejection), chunk)
             for chunk in _chunks(sanitizations):
                 session.execute(insert(SanitizationRecord), chunk)
+            # Custody: received and graded (accepted), rejected with its reason (every refused line, committed or not).
+            custody.insert_events(session, custody.receipt_rows(session, deal_id, batch_id, accepted, rejections, batch.created_at), heartbeat)
             # Only a batch nobody refused or processed meanwhile (PostgreSQL re-checks the row under its lock).
             marked = session.execute(
                 update(ReceiptBatch).where(ReceiptBatch.id == batch_id, ReceiptBatch.processed_at.is_(None), ReceiptBatch.refused_at.is_(None)).values(processed_at=utcnow())
@@ -410,7 +424,7 @@ def receipt_result(session: Session, batch_id: str) -> dict:
     items = session.execute(select(ReturnedItem.serial, ReturnedItem.disposition).where(ReturnedItem.batch_id == batch_id).order_by(ReturnedItem.id)).all()
     return {
         "accepted": len(items),
-        "rejected": [{"serial_number": s, "reason": r} for s, r in rejected],
+        "rejected": [{"serial_number": s, "reason": r} for s, r in rejected],  # the API adds each reason's code
         "items": [{"serial_number": s, "disposition": d} for s, d in items],
     }
 
@@ -506,57 +520,22 @@ def deal_view_from_store(session: Session, deal_id: str) -> DealView | None:
     return DealView.model_validate_json(deal.view_json)
 
 
-def close_deal(session: Session, view: DealView, heartbeat=lambda: None) -> str:
-    """Free the deal's serial claims and issue its certificate of recycling; returns its hash."""
+def close_deal(session: Session, view: DealView, heartbeat=lambda: None, *, catalog: Catalog | None = None) -> str:
+    """Free the deal's serial claims and issue its certificate of recycling; returns its hash.
+
+    The certificate is final when every received data-bearing unit has its sanitization verified,
+    else provisional, listing what is outstanding; the final one follows (store.custody)."""
     project_deal(session, view)
     session.execute(delete(OpenSerialClaim).where(OpenSerialClaim.deal_id == view.id))
     session.commit()
-    existing = session.get(Certificate, view.id)
-    if existing is not None:
-        return existing.content_hash
     heartbeat()
-    content = certificate_content(session, view)
-    heartbeat()
-    body = canonical_json(content)
-    digest = content_hash(content)
-    session.add(Certificate(deal_id=view.id, content_json=body, content_hash=digest))
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        return session.get(Certificate, view.id).content_hash
-    return digest
+    return custody.issue_at_close(session, view, catalog, heartbeat)
 
 
-def certificate_content(session: Session, view: DealView) -> dict:
-    sanitization = dict(session.execute(select(SanitizationRecord.serial, SanitizationRecord.method).where(SanitizationRecord.deal_id == view.id)).all())
-    items = session.execute(
-        select(ReturnedItem.serial, ReturnedItem.product_id, ReturnedItem.condition, ReturnedItem.age_years, ReturnedItem.disposition)
-        .where(ReturnedItem.deal_id == view.id)
-        .order_by(ReturnedItem.serial)
-    ).all()
-    return {
-        "deal_id": view.id,
-        "partner_id": view.partner_id,
-        "status": view.status.value,
-        "booked_at": view.booked_at.isoformat(),
-        "return_deadline": view.return_deadline.isoformat(),
-        "units_received": len(items),
-        "dispositions": view.dispositions.model_dump(),
-        "items": [
-            {
-                "serial_number": serial,
-                "product_id": product_id,
-                "condition": condition,
-                "age_years": age,
-                "disposition": disposition,
-                "sanitization": (
-                    {"method": sanitization[serial], "standard": "NIST SP 800-88 Rev. 1"} if serial in sanitization else None
-                ),
-            }
-            for serial, product_id, condition, age, disposition in items
-        ],
-    }
+def certificate_content(session: Session, view: DealView, *, catalog: Catalog | None = None) -> dict:
+    """The content a certificate of the deal would have now, as a dict (small deals, tests)."""
+    body, _digest, _complete = custody.build_certificate(session, view, catalog or default_catalog())
+    return json.loads(body)
 
 
 def get_certificate(session: Session, deal_id: str) -> Certificate | None:

@@ -172,6 +172,7 @@ class ReceiptRejection(SQLModel, table=True):
     position: int
     serial: str
     reason: str
+    reason_code: str | None = Field(default=None, max_length=40)  # domain.custody.RejectionReason; rows before codes: derived from `reason`
 
 
 class SanitizationRecord(SQLModel, table=True):
@@ -251,10 +252,16 @@ class DealExtension(SQLModel, table=True):
 
 
 class Certificate(SQLModel, table=True):
+    """The deal's current certificate. `provisional` while a received data-bearing unit awaits its
+    sanitization (or failed verification); `final` once every one is verified, issued once."""
+
+    __table_args__ = (Index("ix_certificate_certificate_id", "certificate_id", unique=True),)
     deal_id: str = Field(primary_key=True)
     content_json: str = Field(sa_column=Column(Text, nullable=False))
     content_hash: str
     issued_at: datetime = Field(default_factory=utcnow)
+    certificate_id: str | None = Field(default=None, max_length=40)  # see CertificateIssue
+    status: str = Field(default="final", max_length=20, sa_column_kwargs={"server_default": "final"})  # final | provisional
 
 
 # A partner key always names its partner and an ops key never does: a partner key without one
@@ -321,3 +328,123 @@ class AuditEvent(SQLModel, table=True):
     detail_json: str | None = Field(default=None, sa_column=Column(Text))
     idempotency_key: str | None = Field(default=None, max_length=200)
     status_code: int
+
+
+# --- custody, sanitization, downstream, certificates, reasons (issue 14) --------------------------
+
+
+class CustodyEvent(SQLModel, table=True):
+    """One step of a serial's custody (domain/custody.py), appended and never changed: a correction is
+    a new event. Events of a pickup (booked, carrier milestones) have serial '' and the pickup's id:
+    every serial received from that pickup shares them. The record that caused an event (a booking,
+    a carrier event, a receipt batch, a sanitization run ...) is its `source_id`, and (serial, kind,
+    source_id) is unique: a retried activity or request appends nothing twice."""
+
+    __table_args__ = (
+        UniqueConstraint("serial", "kind", "source_id", name="uq_custodyevent_source"),
+        Index("ix_custodyevent_serial_id", "serial", "id"),  # one serial's timeline
+        Index("ix_custodyevent_pickup_id_serial_id", "pickup_id", "serial", "id"),  # the events of its pickup (serial '')
+        Index("ix_custodyevent_deal_id_serial_id", "deal_id", "serial", "id"),  # a deal's certificate, serial by serial
+        Index("ix_custodyevent_kind_value", "kind", "value"),  # the serials of a downstream shipment
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    serial: str = Field(max_length=64)
+    kind: str = Field(max_length=32)
+    source_id: str = Field(max_length=200)
+    deal_id: str | None = Field(default=None, max_length=64)
+    pickup_id: str | None = Field(default=None, max_length=80)
+    at: datetime  # when it happened
+    actor: str = Field(max_length=200)  # who did it: an API account, the carrier, the rules
+    value: str | None = Field(default=None, max_length=200)  # its main fact: product, carrier status, condition, disposition, method, shipment
+    detail_json: str | None = Field(default=None, sa_column=Column(Text))
+    recorded_at: datetime = Field(default_factory=utcnow)
+
+
+class ReceiptContext(SQLModel, table=True):
+    """Who scanned a receipt batch, where, and from which pickup: the custody of its serials."""
+
+    batch_id: str = Field(primary_key=True)
+    actor: str = Field(max_length=200)
+    facility: str | None = Field(default=None, max_length=200)
+    operator: str | None = Field(default=None, max_length=200)
+    tracking_number: str | None = Field(default=None, max_length=100)
+    pickup_id: str | None = Field(default=None, max_length=80)
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class Sanitization(SQLModel, table=True):
+    """A sanitization record (NIST SP 800-88, R2v3 Appendix B), appended: a serial's current one is its
+    latest. `source_id` is the request that recorded it; (serial, source_id) is unique."""
+
+    __table_args__ = (
+        UniqueConstraint("serial", "source_id", name="uq_sanitization_source"),
+        Index("ix_sanitization_serial_id", "serial", "id"),
+        Index("ix_sanitization_deal_id_serial_id", "deal_id", "serial", "id"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    serial: str = Field(max_length=64)
+    deal_id: str = Field(max_length=64)
+    source_id: str = Field(max_length=200)
+    method: str = Field(max_length=20)  # clear | purge | destroy
+    technique: str = Field(max_length=200)
+    tool: str = Field(max_length=200)
+    tool_version: str = Field(max_length=200)
+    operator: str = Field(max_length=200)
+    facility: str = Field(max_length=200)
+    performed_at: datetime
+    verification: str = Field(max_length=20)  # passed | failed
+    verified_by: str = Field(max_length=200)
+    note: str | None = Field(default=None, sa_column=Column(Text))
+    recorded_by: str = Field(max_length=200)
+    recorded_at: datetime = Field(default_factory=utcnow)
+
+
+class DownstreamShipment(SQLModel, table=True):
+    """Material or units that left the facility to a downstream vendor: a recycler (its R2v3 or
+    e-Stewards certificate named) or, for a resale, the refurbisher or buyer."""
+
+    id: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(max_length=20)  # recycling | resale
+    recycler_name: str = Field(max_length=200)
+    certification_id: str = Field(max_length=200)
+    shipped_at: datetime = Field(index=True)
+    lot: str | None = Field(default=None, max_length=200)
+    serial_count: int = 0
+    note: str | None = Field(default=None, sa_column=Column(Text))
+    recorded_by: str = Field(max_length=200)
+    recorded_at: datetime = Field(default_factory=utcnow)
+
+
+class DownstreamMaterial(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("shipment_id", "material"),)
+    id: int | None = Field(default=None, primary_key=True)
+    shipment_id: str = Field(index=True, max_length=64)
+    material: str = Field(max_length=40)
+    kg: Decimal = Field(sa_column=Column(Numeric(14, 3), nullable=False))
+
+
+class CertificateIssue(SQLModel, table=True):
+    """Every certificate document ever issued, by its id: what GET /v1/certificates/{id}/verify checks.
+    A deal's provisional certificate is superseded by its final one; both stay verifiable."""
+
+    certificate_id: str = Field(primary_key=True, max_length=40)
+    deal_id: str = Field(index=True, max_length=64)
+    content_hash: str = Field(max_length=64)
+    status: str = Field(max_length=20)  # final | provisional
+    issued_at: datetime = Field(default_factory=utcnow)
+    superseded_at: datetime | None = None
+
+
+class ReasonRecord(SQLModel, table=True):
+    """The coded reason of a cancellation or an extension (domain/custody.py lists), one per request."""
+
+    __table_args__ = (UniqueConstraint("action", "request_id"), Index("ix_reasonrecord_action_recorded_at", "action", "recorded_at"))
+    id: int | None = Field(default=None, primary_key=True)
+    deal_id: str = Field(index=True, max_length=64)
+    partner_id: str | None = Field(default=None, max_length=200)
+    action: str = Field(max_length=20)  # cancel | extend
+    code: str = Field(max_length=40)
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    request_id: str = Field(max_length=200)
+    actor: str = Field(max_length=200)
+    recorded_at: datetime = Field(default_factory=utcnow)
