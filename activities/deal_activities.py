@@ -320,7 +320,7 @@ class TakebackActivities:
     @activity.defn
     def close_deal(self, view: DealView) -> str:
         with session_scope(self.database_url) as session:
-            digest = store.close_deal(session, view, heartbeat=activity.heartbeat)
+            digest = store.close_deal(session, view, heartbeat=activity.heartbeat, catalog=self.catalog)
         if view.status == "cancelled":
             # Its pickups not yet collected are cancelled with the provider (marked first, so the
             # tracking poll finishes any the provider refuses now; the close never waits for it).
