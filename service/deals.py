@@ -154,7 +154,7 @@ def deal_handle(client: Client, deal_id: str) -> WorkflowHandle:
     return client.get_workflow_handle_for(TakebackDealWorkflow.run, deal_workflow_id(deal_id))
 
 
-async def book_deal(client: Client, settings: Settings, request: BookingRequest, deal_id: str | None = None, *, by_partner: bool = False) -> DealView:
+async def book_deal(client: Client, settings: Settings, request: BookingRequest, deal_id: str | None = None, *, by_partner: bool = False, actor: str | None = None) -> DealView:
     """Validate, stage the booking with its first view (claiming listed serials), start the workflow.
 
     A deal is durable once its workflow has started, so the answer does not wait for a worker: it
@@ -163,7 +163,8 @@ async def book_deal(client: Client, settings: Settings, request: BookingRequest,
     A retry with the same deal id starts nothing new and answers with the deal as it is.
 
     `by_partner`: a partner key books it, alone up to TAKEBACK_PARTNER_BOOKING_LIMIT (else
-    NeedsOpsApproval, before anything is staged).
+    NeedsOpsApproval, before anything is staged). `actor`: who books it (an API account), the actor
+    of its listed serials' `committed` custody events (default: the partner).
 
     Raises RuleViolation (422), NeedsOpsApproval (403), PartnerNotCertified, store.UnknownPartner,
     store.SerialConflict (409).
@@ -179,7 +180,7 @@ async def book_deal(client: Client, settings: Settings, request: BookingRequest,
     def stage() -> bool:
         with session_scope(settings.effective_database_url) as session:
             ensure_may_book(settings, request.partner_id, session)
-            return store.stage_booking(session, deal_id, request, terms, view)
+            return store.stage_booking(session, deal_id, request, terms, view, actor=actor)
 
     staged = await asyncio.to_thread(stage)
     try:
@@ -319,19 +320,21 @@ def receipt_batch_id(deal_id: str, items: list[ReceiptItem]) -> str:
     return f"{deal_id}-r{digest}"
 
 
-async def record_receipt(client: Client, settings: Settings, deal_id: str, items: list[ReceiptItem], batch_id: str | None = None) -> dict:
+async def record_receipt(client: Client, settings: Settings, deal_id: str, items: list[ReceiptItem], batch_id: str | None = None, *, custody: dict | None = None) -> dict:
     """Stage the items, let the workflow process the batch by id, answer item by item from the store.
 
     Staged is delivered: a batch whose update times out is applied by the deal when it decides
     (WriteStaged), or at once on a retry. One the deal refuses (it has decided) is marked refused
     and burns no serial, unless the deal's deadline sweep counted it already: then that is the answer.
+    `custody` (actor, facility, operator, tracking_number, pickup_id) is kept with the batch for its
+    serials' custody events.
     """
     batch_id = batch_id or receipt_batch_id(deal_id, items)
     staged_at = await booking_clock()
 
     def stage() -> None:
         with session_scope(settings.effective_database_url) as session:
-            store.stage_receipt(session, batch_id, deal_id, items, staged_at=staged_at)
+            store.stage_receipt(session, batch_id, deal_id, items, staged_at=staged_at, context=custody)
 
     def result() -> dict:
         with session_scope(settings.effective_database_url) as session:
@@ -367,15 +370,42 @@ def parse_extension(extend_by: str) -> str:
     return extend_by
 
 
-async def extend_deal(client: Client, deal_id: str, extend_by: str, reason: str, request_id: str | None = None) -> DealView:
+async def extend_deal(
+    client: Client, deal_id: str, extend_by: str, reason: str, request_id: str | None = None, *,
+    reason_code: str | None = None, settings: Settings | None = None, actor: str | None = None,
+) -> DealView:
     """`request_id` (from an Idempotency-Key) makes a retry the same extension. ValueError for an
-    `extend_by` that `parse_extension` refuses: nothing reaches the deal."""
+    `extend_by` that `parse_extension` refuses: nothing reaches the deal. With `settings`, the
+    extension's reason code (domain.custody.ExtensionReason, default `other`) is kept to be counted."""
     seconds = extension_duration(extend_by).total_seconds()
-    return await _update(deal_handle(client, deal_id), TakebackDealWorkflow.extend, ExtendCommand(extend_by_seconds=seconds, reason=reason), id=request_id or uuid.uuid4().hex)
+    request_id = request_id or uuid.uuid4().hex
+    view = await _update(deal_handle(client, deal_id), TakebackDealWorkflow.extend, ExtendCommand(extend_by_seconds=seconds, reason=reason), id=request_id)
+    await _keep_reason(settings, view, "extend", reason_code, reason, request_id, actor)
+    return view
 
 
-async def cancel_deal(client: Client, deal_id: str, reason: str, request_id: str | None = None) -> DealView:
-    return await _update(deal_handle(client, deal_id), TakebackDealWorkflow.cancel, reason, id=request_id or uuid.uuid4().hex)
+async def cancel_deal(
+    client: Client, deal_id: str, reason: str, request_id: str | None = None, *,
+    reason_code: str | None = None, settings: Settings | None = None, actor: str | None = None,
+) -> DealView:
+    """With `settings`, the cancellation's reason code (domain.custody.CancellationReason, default `other`) is kept to be counted."""
+    request_id = request_id or uuid.uuid4().hex
+    view = await _update(deal_handle(client, deal_id), TakebackDealWorkflow.cancel, reason, id=request_id)
+    await _keep_reason(settings, view, "cancel", reason_code, reason, request_id, actor)
+    return view
+
+
+async def _keep_reason(settings: Settings | None, view: DealView, action: str, code: str | None, text: str, request_id: str, actor: str | None) -> None:
+    """The coded reason of an extension or cancellation the deal took, once per request (a retry adds none)."""
+    if settings is None:
+        return
+    from store import custody
+
+    def keep() -> None:
+        with session_scope(settings.effective_database_url) as session:
+            custody.record_reason(session, view.id, view.partner_id, action, code or "other", text, request_id, actor or "unknown")
+
+    await asyncio.to_thread(keep)
 
 
 class UnknownTracking(LookupError):
