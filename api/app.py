@@ -10,7 +10,7 @@ from api import metrics, problems
 from api.limits import HttpEdge, SecurityHeaders, booking_body_limit
 from api.ratelimit import RateLimit
 from api.request_id import RequestId
-from api.routes import carrier_events, carrier_pickups, deals, easypost_webhook, health, partners, pickups, receipts, reports
+from api.routes import carrier_events, carrier_pickups, custody, deals, easypost_webhook, health, partners, pickups, receipts, reports
 from api.console import router as console_router
 from settings import Settings, get_settings
 from store.db import get_engine
@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(metrics.HttpMetrics, api=app)
     app.add_middleware(RequestId)
     metrics.install(app, app.state.settings)
-    for module in (health, partners, deals, pickups, carrier_pickups, receipts, carrier_events, easypost_webhook, reports):
+    for module in (health, partners, deals, pickups, carrier_pickups, receipts, carrier_events, easypost_webhook, reports, custody):
         app.include_router(module.router, responses={**problems.COMMON_RESPONSES, **EDGE_RESPONSES})
     app.include_router(console_router)  # the web console at /console: HTML pages, a session instead of a bearer key
     return app

@@ -15,7 +15,7 @@ from api.idempotency import Action, once
 from api.metrics import DEALS_BOOKED
 from api.problems import Problem, not_found
 from domain import rules
-from domain.certificate import render_html
+from api.certificates import actor_of, certificate_answer
 from domain.models import BookingRequest, CancelRequest, DealId, DealStatus, DealView, ExtendRequest
 from observability.logs import bind
 from service import deals as service
@@ -63,7 +63,7 @@ async def book_deal(
 
     async def run(deal_id: str | None) -> DealView:
         try:
-            view = await temporal(service.book_deal(client, settings, body, deal_id=deal_id, by_partner=not caller.is_ops), timeout=20)
+            view = await temporal(service.book_deal(client, settings, body, deal_id=deal_id, by_partner=not caller.is_ops, actor=actor_of(caller)), timeout=20)
         except rules.RuleViolation as error:
             raise Problem(422, str(error), "rule-violation") from None
         except PartnerNotCertified as error:
@@ -185,7 +185,8 @@ async def extend(
         raise Problem(422, str(error), "invalid-duration") from None
     return await _deal_action(
         request, settings, caller, deal, "extend", idempotency_key, body,
-        lambda request_id: service.extend_deal(client, deal_id, extend_by, body.reason, request_id=request_id), detail={"extend_by": body.extend_by},
+        lambda request_id: service.extend_deal(client, deal_id, extend_by, body.reason, request_id=request_id, reason_code=body.reason_code.value, settings=settings, actor=actor_of(caller)),
+        detail={"extend_by": body.extend_by, "reason_code": body.reason_code.value},
     )
 
 
@@ -197,7 +198,9 @@ async def cancel(
     deal = await owned_deal(settings, caller, deal_id)
     require_ops(caller, "cancelling a deal")
     return await _deal_action(
-        request, settings, caller, deal, "cancel", idempotency_key, body, lambda request_id: service.cancel_deal(client, deal_id, body.reason, request_id=request_id)
+        request, settings, caller, deal, "cancel", idempotency_key, body,
+        lambda request_id: service.cancel_deal(client, deal_id, body.reason, request_id=request_id, reason_code=body.reason_code.value, settings=settings, actor=actor_of(caller)),
+        detail={"reason_code": body.reason_code.value},
     )
 
 
@@ -252,18 +255,10 @@ async def emails(deal_id: DealId, caller: CallerDep, settings: SettingsDep) -> l
     return await asyncio.to_thread(load)
 
 
-@router.get("/{deal_id}/certificate", summary="The certificate of recycling: JSON, or HTML with ?format=html")
-async def certificate(deal_id: DealId, caller: CallerDep, settings: SettingsDep, request: Request, format: Annotated[str, Query(pattern="^(json|html)$")] = "json"):
+@router.get("/{deal_id}/certificate", summary="The certificate of recycling: JSON, HTML (?format=html) or PDF (?format=pdf)")
+async def certificate(deal_id: DealId, caller: CallerDep, settings: SettingsDep, request: Request, format: Annotated[str, Query(pattern="^(json|html|pdf)$")] = "json"):
+    """Provisional while a received data-bearing unit awaits its verified sanitization (`status`,
+    the certificate's `sanitization` summary and each item's `sanitization_status` say which), final
+    once none does. Streamed from the store, a window at a time: a deal of 100,000 serials is tens of MB."""
     await owned_deal(settings, caller, deal_id)
-
-    def load():
-        with session_scope(settings.effective_database_url) as session:
-            return store.get_certificate(session, deal_id)
-
-    row = await asyncio.to_thread(load)
-    if row is None:
-        raise Problem(404, f"deal {deal_id} has no certificate yet: it is issued when the deal closes", "certificate-not-issued")
-    content = json.loads(row.content_json)
-    if format == "html" or "text/html" in request.headers.get("accept", ""):
-        return HTMLResponse(render_html(content, row.content_hash), headers={"X-Content-Hash": row.content_hash})
-    return {"deal_id": deal_id, "issued_at": row.issued_at.isoformat(), "content_hash": row.content_hash, "hash_algorithm": "sha256 of the canonical JSON of `certificate`", "certificate": content}
+    return await certificate_answer(settings, request, deal_id, format)
