@@ -87,6 +87,7 @@ class CertificateText:
         self.length, self.read, self.window = length, read, window
         self._fields: dict | None = None
         self._items_start = self._items_end = 0
+        self._whole: list | None = None  # the items of a JSON that is not canonical (written by hand): parsed whole
 
     @classmethod
     def of(cls, text: str, window: int = WINDOW) -> "CertificateText":
@@ -96,17 +97,22 @@ class CertificateText:
         head = ""
         while ITEMS_OPEN not in head and len(head) < self.length:
             head += self.read(len(head), self.window)
-        at = head.index(ITEMS_OPEN)
-        self._items_start = at + len(ITEMS_OPEN)
-        tail, start = "", self.length
-        while ITEMS_CLOSE not in tail and start > 0:
-            start = max(0, start - self.window)
-            tail = self.read(start, self.length - start)
-        end = start + tail.rindex(ITEMS_CLOSE)
-        self._items_end = end
-        fields = json.loads(head[:at].rstrip(",") + "}") if at > 1 else {}
-        fields.update(json.loads("{" + tail[end - start + 2 :]))
-        self._fields = fields
+        if ITEMS_OPEN in head:
+            tail, start = "", self.length
+            while ITEMS_CLOSE not in tail and start > 0:
+                start = max(0, start - self.window)
+                tail = self.read(start, self.length - start)
+            if ITEMS_CLOSE in tail:
+                at = head.index(ITEMS_OPEN)
+                end = start + tail.rindex(ITEMS_CLOSE)
+                self._items_start, self._items_end = at + len(ITEMS_OPEN), end
+                self._fields = json.loads(head[:at].rstrip(",") + "}") if at > 1 else {}
+                self._fields.update(json.loads("{" + tail[end - start + 2 :]))
+                return
+        # Not the canonical form (a JSON written otherwise, by hand or by a test): small, read whole.
+        whole = json.loads(self.read(0, self.length))
+        self._whole = whole.pop("items", [])
+        self._fields = whole
 
     @property
     def fields(self) -> dict:
@@ -118,6 +124,9 @@ class CertificateText:
     def items(self) -> Iterator[dict]:
         if self._fields is None:
             self._locate()
+        if self._whole is not None:
+            yield from self._whole
+            return
         decoder = json.JSONDecoder()
         position, end = self._items_start, self._items_end
         buffer, offset = "", position  # buffer holds text from `offset`
@@ -178,6 +187,8 @@ def custody_line(item: dict) -> str:
 def sanitization_line(item: dict) -> str:
     record = item.get("sanitization_record")
     status = item.get("sanitization_status", "")
+    if "sanitization_status" not in item:  # a certificate issued before sanitization records: its method line
+        return f"{item['sanitization']['method']} ({item['sanitization']['standard']})" if item.get("sanitization") else "not data-bearing"
     if record:
         return (f"{record['method']} ({record['technique']}; {record['tool']} {record['tool_version']}) {_day(record['performed_at'])} "
                 f"at {record['facility']} by {record['operator']}, verification {record['verification']} by {record['verified_by']}"
