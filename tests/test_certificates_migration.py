@@ -1,4 +1,4 @@
-"""Migration 0008 (issue 14): certificates issued before it become final, each with its id, and verify."""
+"""Migration 0009 (issue 14): certificates issued before it become final, each with its id, and verify."""
 
 from sqlalchemy import create_engine, text
 
@@ -10,7 +10,7 @@ from domain.certificate import certificate_id
 
 def test_certificates_issued_before_get_their_id_and_verify(database_url):
     engine = create_engine(database_url)
-    migrate.upgrade(engine, "0007")
+    migrate.upgrade(engine, "0008")
     with engine.begin() as connection:
         connection.execute(text("INSERT INTO certificate (deal_id, content_json, content_hash, issued_at) VALUES ('DOLD', '{}', :h, '2026-01-02 03:04:05')"), {"h": "c" * 64})
     migrate.upgrade(engine)
