@@ -34,7 +34,7 @@ async def certificate_answer(settings: Settings, request: Request, deal_id: str,
     row = await asyncio.to_thread(load)
     if row is None:
         raise Problem(404, f"deal {deal_id} has no certificate yet: it is issued when the deal closes", "certificate-not-issued")
-    text = custody.certificate_text(url, deal_id, row.length)
+    text = await asyncio.to_thread(custody.certificate_text, url, row.certificate_id, deal_id)
     verify = verification_url(public_base(settings, request), row.certificate_id, row.content_hash) if row.certificate_id else None
     headers = {"X-Content-Hash": row.content_hash, "X-Certificate-Id": row.certificate_id or "", "X-Certificate-Status": row.status}
     if format == "pdf":

@@ -38,6 +38,7 @@ from domain.models import CarrierEvent, DealView, Disposition
 from store.tables import (
     Certificate,
     CertificateIssue,
+    CertificatePart,
     CustodyEvent,
     Deal,
     DownstreamMaterial,
@@ -497,6 +498,7 @@ def issue_at_close(session: Session, view: DealView, catalog: Catalog | None = N
     status = "final" if complete else "provisional"
     cid = certificate_id(view.id, digest)
     session.add(Certificate(deal_id=view.id, content_json=body, content_hash=digest, certificate_id=cid, status=status))
+    _add_parts(session, cid, body)
     session.add(CertificateIssue(certificate_id=cid, deal_id=view.id, content_hash=digest, status=status))
     try:
         session.commit()
@@ -554,6 +556,7 @@ def certify_if_complete(session: Session, deal_id: str, catalog: Catalog | None 
     if not replaced:
         session.rollback()
         return False
+    _add_parts(session, cid, body)
     session.execute(update(CertificateIssue).where(CertificateIssue.deal_id == deal_id, CertificateIssue.superseded_at.is_(None)).values(superseded_at=now))
     session.add(CertificateIssue(certificate_id=cid, deal_id=deal_id, content_hash=digest, status="final", issued_at=now))
     try:
@@ -581,26 +584,49 @@ class StoredCertificate(NamedTuple):
     content_hash: str
     status: str
     issued_at: datetime
-    length: int
 
 
 def stored_certificate(session: Session, deal_id: str) -> StoredCertificate | None:
+    """The deal's current certificate, without its content."""
     row = session.execute(
-        select(Certificate.deal_id, Certificate.certificate_id, Certificate.content_hash, Certificate.status, Certificate.issued_at, func.length(Certificate.content_json))
-        .where(Certificate.deal_id == deal_id)
+        select(Certificate.deal_id, Certificate.certificate_id, Certificate.content_hash, Certificate.status, Certificate.issued_at).where(Certificate.deal_id == deal_id)
     ).first()
     return StoredCertificate(*row) if row is not None else None
 
 
-def certificate_text(url: str, deal_id: str, length: int) -> CertificateText:
-    """The stored JSON, read a window at a time (each window one query)."""
+PART_CHARS = 1 << 20
+
+
+def _add_parts(session: Session, cid: str, body: str) -> None:
+    rows = [{"certificate_id": cid, "seq": n, "text": body[start : start + PART_CHARS]} for n, start in enumerate(range(0, len(body), PART_CHARS))]
+    for start in range(0, len(rows), 16):  # 16 MB a statement
+        session.execute(insert(CertificatePart), rows[start : start + 16])
+
+
+def certificate_text(url: str, cid: str | None, deal_id: str) -> CertificateText:
+    """The stored JSON, read a slice at a time (one query each) from its parts; a certificate issued
+    before parts were kept (small) is read whole."""
     from store.db import session_scope
 
-    def read(start: int, size: int) -> str:
-        with session_scope(url) as session:
-            return session.execute(select(func.substr(Certificate.content_json, start + 1, size)).where(Certificate.deal_id == deal_id)).scalar_one() or ""
+    with session_scope(url) as session:
+        last = session.execute(select(func.max(CertificatePart.seq)).where(CertificatePart.certificate_id == cid)).scalar_one() if cid is not None else None
+        if last is None:
+            text = session.execute(select(Certificate.content_json).where(Certificate.deal_id == deal_id)).scalar_one()
+            return CertificateText.of(text)
+        tail = session.execute(select(func.length(CertificatePart.text)).where(CertificatePart.certificate_id == cid, CertificatePart.seq == last)).scalar_one()
+    length = last * PART_CHARS + tail
 
-    return CertificateText(length, read)
+    def read(start: int, size: int) -> str:
+        first, last = start // PART_CHARS, (start + size - 1) // PART_CHARS
+        with session_scope(url) as session:
+            parts = session.execute(
+                select(CertificatePart.text).where(CertificatePart.certificate_id == cid, CertificatePart.seq >= first, CertificatePart.seq <= last).order_by(CertificatePart.seq)
+            ).scalars().all()
+        joined = "".join(parts)
+        offset = start - first * PART_CHARS
+        return joined[offset : offset + size]
+
+    return CertificateText(length, read, window=PART_CHARS)
 
 
 def new_id(prefix: str) -> str:

@@ -423,6 +423,16 @@ class DownstreamMaterial(SQLModel, table=True):
     kg: Decimal = Field(sa_column=Column(Numeric(14, 3), nullable=False))
 
 
+class CertificatePart(SQLModel, table=True):
+    """A certificate's canonical JSON in consecutive slices of PART_CHARS characters (the last shorter):
+    read a slice at a time, a certificate of 100,000 serials (about 100 MB) renders in flat memory.
+    `certificate.content_json` keeps the whole JSON too, for the readers that load it at once."""
+
+    certificate_id: str = Field(primary_key=True, max_length=40)
+    seq: int = Field(primary_key=True)
+    text: str = Field(sa_column=Column(Text, nullable=False))
+
+
 class CertificateIssue(SQLModel, table=True):
     """Every certificate document ever issued, by its id: what GET /v1/certificates/{id}/verify checks.
     A deal's provisional certificate is superseded by its final one; both stay verifiable."""

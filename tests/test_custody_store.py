@@ -106,3 +106,23 @@ def test_a_sanitization_completing_a_closed_deal_issues_its_final_certificate_on
     with session_scope(database_url) as session:
         assert custody.verify(session, final.certificate_id, final.content_hash)["valid"] is True
         assert custody.verify(session, final.certificate_id, provisional.content_hash)["valid"] is False
+
+
+def test_a_certificate_reads_back_from_its_parts_slice_by_slice(database_url, tmp_path, monkeypatch):
+    monkeypatch.setattr(custody, "PART_CHARS", 97)  # many parts, items split across them
+    settings = make_settings(tmp_path, database_url=database_url)
+    add_partner(settings)
+    request = booking(3, serials=["A", "B", "C"], product_id="SFP-10G-SR")  # carries no data: final at once
+    terms = deal_terms("D1", request, settings, booked_at=NOW)
+    from domain.deal_progress import deal_view, initial_progress
+
+    with session_scope(database_url) as session:
+        store.stage_booking(session, "D1", request, terms, deal_view(terms, initial_progress(terms, NOW)))
+        store.stage_receipt(session, "b1", "D1", [ReceiptItem(product_id="SFP-10G-SR", serial_number=s, condition="working", age_years=2) for s in ("A", "B", "C")], staged_at=NOW)
+        store.process_receipt(session, "D1", "b1", 5, default_catalog())
+        store.close_deal(session, closed_view("D1", 3))
+        stored = session.get(Certificate, "D1")
+    assert stored.status == "final" and len(stored.content_json) > 10 * 97
+    text = custody.certificate_text(database_url, stored.certificate_id, "D1")
+    assert "".join(text.chunks()) == stored.content_json
+    assert list(text.items()) == json.loads(stored.content_json)["items"] and text.fields["units_received"] == 3

@@ -5,6 +5,7 @@ custodyevent: each serial's custody, appended (serial '' for a pickup's own even
 batch, where, from which pickup; sanitization: NIST SP 800-88 records with their verification;
 downstreamshipment / downstreammaterial: what went to which recycler, kg by material;
 certificateissue: every certificate id and hash ever issued (verification without a key);
+certificatepart: a certificate's JSON in 1 MB slices, read one at a time to render it;
 certificate gains its id and status (provisional | final), existing ones are final and get their id
 here; reasonrecord: coded reasons of cancellations and extensions; receiptrejection.reason_code.
 
@@ -44,6 +45,12 @@ def upgrade() -> None:
     with op.batch_alter_table('certificateissue', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_certificateissue_deal_id'), ['deal_id'], unique=False)
 
+    op.create_table('certificatepart',
+    sa.Column('certificate_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+    sa.Column('seq', sa.Integer(), nullable=False),
+    sa.Column('text', sa.Text(), nullable=False),
+    sa.PrimaryKeyConstraint('certificate_id', 'seq')
+    )
     op.create_table('custodyevent',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('serial', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
@@ -202,3 +209,4 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_certificateissue_deal_id'))
 
     op.drop_table('certificateissue')
+    op.drop_table('certificatepart')
