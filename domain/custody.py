@@ -17,7 +17,7 @@ Rules (README, "Custody, sanitization and certificates"; they extend shared/doma
   (free text beside), so that they can be counted.
 """
 
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Annotated
 
@@ -135,6 +135,20 @@ MAX_SERIALS_PER_SHIPMENT = 10_000
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True), AfterValidator(single_line)]
 
 
+def _plausible(at: datetime) -> datetime:
+    """A time of this programme (years 2000 to 2199, in UTC): not one that overflows on its way to UTC."""
+    try:
+        utc = at.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("a time between the years 2000 and 2199") from None
+    if not 2000 <= utc.year < 2200:
+        raise ValueError("a time between the years 2000 and 2199")
+    return at
+
+
+When = Annotated[AwareDatetime, AfterValidator(_plausible)]
+
+
 class SanitizationRequest(BaseModel):
     """One sanitization run: the same method, technique, tool, operator and verification for the
     listed serials (one serial or a batch)."""
@@ -148,7 +162,7 @@ class SanitizationRequest(BaseModel):
     tool_version: ShortText
     operator: Name
     facility: Name
-    performed_at: AwareDatetime
+    performed_at: When
     verification: Verification
     verified_by: Name
     note: FreeText | None = None
@@ -168,7 +182,7 @@ class DispositionRequest(BaseModel):
     serial_numbers: list[Serial] = Field(min_length=1, max_length=MAX_SERIALS_PER_RECORD)
     disposition: Disposition
     facility: Name | None = None
-    at: AwareDatetime | None = None  # defaults to the time it is recorded
+    at: When | None = None  # defaults to the time it is recorded
     note: FreeText | None = None
 
     @model_validator(mode="after")
@@ -211,7 +225,7 @@ class DownstreamShipmentRequest(BaseModel):
 
     kind: ShipmentKind = ShipmentKind.recycling
     recycler: Recycler  # the downstream vendor: a recycler, or the refurbisher or buyer of a resale
-    shipped_at: AwareDatetime
+    shipped_at: When
     materials: list[MaterialWeight] = Field(default_factory=list, max_length=20)
     serial_numbers: list[Serial] = Field(default_factory=list, max_length=MAX_SERIALS_PER_SHIPMENT)
     lot: ShortText | None = None  # the facility's lot (commingled material, or the serials' lot)

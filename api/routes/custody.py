@@ -3,7 +3,7 @@ shipments, certificate verification and counted reasons. Rules: domain/custody.p
 
 import asyncio
 import hashlib
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request
@@ -190,7 +190,10 @@ def period(from_: date | None, to: date | None, year: int | None, quarter: int |
             start, end = datetime(year, 1, 1, tzinfo=timezone.utc), datetime(year + 1, 1, 1, tzinfo=timezone.utc)
         return start, end
     start = datetime.combine(from_, time(), tzinfo=timezone.utc) if from_ else None
-    end = datetime.combine(to, time(), tzinfo=timezone.utc) + (datetime(2000, 1, 2) - datetime(2000, 1, 1)) if to else None
+    try:
+        end = datetime.combine(to, time(), tzinfo=timezone.utc) + timedelta(days=1) if to else None  # `to` is a whole day
+    except OverflowError:
+        end = None  # to 9999-12-31: no end
     if start and end and end <= start:
         raise Problem(422, "`to` is before `from`", "invalid-period")
     return start, end

@@ -255,7 +255,7 @@ async def emails(deal_id: DealId, caller: CallerDep, settings: SettingsDep) -> l
     return await asyncio.to_thread(load)
 
 
-@router.get("/{deal_id}/certificate", summary="The certificate of recycling: JSON, HTML (?format=html) or PDF (?format=pdf)")
+@router.get("/{deal_id}/certificate", responses={200: {"content": {"application/json": {}, "text/html": {}, "application/pdf": {}}, "description": "the certificate"}}, summary="The certificate of recycling: JSON, HTML (?format=html) or PDF (?format=pdf)")
 async def certificate(deal_id: DealId, caller: CallerDep, settings: SettingsDep, request: Request, format: Annotated[str, Query(pattern="^(json|html|pdf)$")] = "json"):
     """Provisional while a received data-bearing unit awaits its verified sanitization (`status`,
     the certificate's `sanitization` summary and each item's `sanitization_status` say which), final

@@ -15,7 +15,7 @@ from store.reports import accounting, impact
 router = APIRouter(prefix="/v1/reports", tags=["reports"])
 
 
-@router.get("/impact", summary="Units and kg returned, dispositions, trees, incentives, WEEE categories, CO2e and the 99.3% target (a partner sees its own)")
+@router.get("/impact", responses={200: {"content": {"application/json": {}, "text/csv": {}}, "description": "the report, as JSON or (format=csv) CSV"}}, summary="Units and kg returned, dispositions, trees, incentives, WEEE categories, CO2e and the 99.3% target (a partner sees its own)")
 async def impact_report(
     caller: CallerDep, settings: SettingsDep, partner_id: Annotated[str | None, Query(max_length=64)] = None,
     from_: Annotated[date | None, Query(alias="from", description="first day (UTC) of the period")] = None,
