@@ -72,6 +72,15 @@ def route_table(deals: dict, partner: str) -> dict:
         ("GET", "/metrics"): (None, 200),  # for Prometheus: no key (README "Operating it")
         ("POST", "/v1/carrier-events"): (None, None),  # signed, not keyed: tested below
         ("POST", "/v1/carrier-events/easypost"): (None, None),  # signed by EasyPost: tests/test_easypost.py
+        # Custody (issue 14). Ops recording on a deal with nothing received: a 422 naming the serials.
+        ("POST", "/v1/deals/{deal_id}/sanitizations"): ({"serial_numbers": ["NOT-RECEIVED"], "method": "purge", "technique": "t", "tool": "t", "tool_version": "1",
+                                                         "operator": "o", "facility": "f", "performed_at": "2026-01-01T00:00:00Z", "verification": "passed", "verified_by": "v"}, 403),
+        ("POST", "/v1/deals/{deal_id}/dispositions"): ({"serial_numbers": ["NOT-RECEIVED"], "disposition": "refresh"}, 403),
+        ("POST", "/v1/downstream-shipments"): ({"recycler": {"name": "R", "certification_id": "R2v3-1"}, "shipped_at": "2026-01-01T00:00:00Z", "lot": "L1",
+                                               "materials": [{"material": "ferrous", "kg": 1}]}, 403),
+        ("GET", "/v1/reports/reasons"): (None, 403),
+        ("GET", "/v1/serials/{serial}"): (None, None),  # a serial of a partner's own deal: tests/test_custody_flow.py
+        ("GET", "/v1/certificates/{certificate_id}/verify"): (None, None),  # no key: tests/test_custody_flow.py
     }
 
 

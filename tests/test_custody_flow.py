@@ -153,6 +153,7 @@ async def test_a_serials_custody_from_booking_to_refresh_and_to_a_recycler(time_
         assert [e["kind"] for e in grey] == ["pickup_booked", "carrier", "carrier", "carrier", "carrier", "rejected"]
         assert grey[-1]["detail"]["value"] == "not_listed" and grey[-1]["detail"]["reason"] == "serial not listed on this deal" and grey[-1]["actor"].startswith("ops:")
         assert (await http.get("/v1/serials/NEVER-SEEN", headers=ops)).status_code == 404
+        assert (await http.get("/v1/serials/FOC-REF")).status_code == 401  # the timeline needs a key; verification does not
 
         report = (await http.get("/v1/reports/impact", headers=partner)).json()
         assert report["kg_by_material"] == {"circuit_boards": 1.5, "ferrous": 4.2}
