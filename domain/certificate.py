@@ -309,30 +309,34 @@ def render_pdf(text: CertificateText, digest: str, cert_id: str | None, status: 
         t.setFont("Helvetica", size, leading)
         return t
 
+    from reportlab.lib.utils import simpleSplit
+
     y_top = height - margin
+    qr = 80 if verify_url else 0
     canvas.setFont("Helvetica-Bold", 14)
     canvas.drawString(margin, y_top, "Certificate of recycling and data sanitization")
+    if verify_url:
+        _draw_qr(canvas, verify_url, width - margin - qr + 8, y_top - qr + 4, qr - 8)
     t = canvas.beginText(margin, y_top - 22)
     t.setFont("Helvetica", 8, 10)
+    header = []
     if status != "final":
         s = fields.get("sanitization") or {}
-        t.setFillColorRGB(0.7, 0, 0)
-        t.textLine(_latin1(f"PROVISIONAL: {s.get('outstanding', 0)} units await sanitization, {s.get('failed', 0)} failed verification. "
-                           "The final certificate is issued, with a new id, once every unit is verified."))
-        t.setFillColorRGB(0, 0, 0)
-    for line in summary_lines(fields):
-        t.textLine(_latin1(line))
-    t.textLine(_latin1(f"Certificate id: {cert_id or '-'}"))
-    t.textLine(_latin1(f"Content hash (SHA-256 of the certificate JSON, keys sorted, no spaces): {digest}"))
+        header.append(("red", f"PROVISIONAL: {s.get('outstanding', 0)} units await sanitization, {s.get('failed', 0)} failed verification. "
+                              "The final certificate is issued, with a new id, once every unit is verified."))
+    header += [("black", line) for line in summary_lines(fields)]
+    header += [("black", f"Certificate id: {cert_id or '-'}"), ("black", f"Content hash (SHA-256 of the certificate JSON, keys sorted, no spaces): {digest}")]
     if verify_url:
-        t.textLine(_latin1(f"Verify (no key needed): {verify_url}"))
+        header.append(("black", f"Verify (no key needed): {verify_url}"))
     for pickup in fields.get("pickups") or []:
         milestones = ", ".join(f"{e['value']} {_day(e['at'])}" for e in pickup.get("events", []))
-        t.textLine(_latin1(f"Pickup {pickup['pickup_id']} {pickup.get('carrier') or ''} {pickup.get('tracking_number') or ''}: {milestones}"))
+        header.append(("black", f"Pickup {pickup['pickup_id']} {pickup.get('carrier') or ''} {pickup.get('tracking_number') or ''}: {milestones}"))
+    for colour, line in header:  # wrapped beside the QR code
+        t.setFillColorRGB(*((0.7, 0, 0) if colour == "red" else (0, 0, 0)))
+        for part in simpleSplit(_latin1(line), "Helvetica", 8, width - 2 * margin - qr):
+            t.textLine(part)
     canvas.drawText(t)
-    if verify_url:
-        _draw_qr(canvas, verify_url, width - margin - 72, y_top - 80, 72)
-    t = canvas.beginText(margin, y_top - 140)
+    t = canvas.beginText(margin, min(t.getY(), y_top - qr) - 14)
     t.setFont("Helvetica", size, leading)
     bottom = margin + 6
     for item in text.items():
