@@ -37,12 +37,15 @@ test-slow: install
 # decision with mail healthy vs down (~2 min; a 10 s window instead of 20 s), receipts while the worker is SIGKILLed
 # (~1.5 min; 30 s of kills per setting instead of 40 s), the console's deals page with 10,000 deals (~30 s), booking
 # with metrics and traces off and on (~1.5 min).
+# bench/custody.py: a deal of 100,000 serials with custody events, one serial's timeline and the whole certificate
+# as HTML and PDF, beside a deal of 10,000 to show memory does not grow with it (~6.5 min).
 bench: install
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/decision_latency.py --window 10s
 	$(BIN)/python bench/worker_kill_latency.py --seconds 30
 	$(BIN)/python bench/console_page.py
 	$(BIN)/python bench/observability_cost.py
+	$(BIN)/python bench/custody.py
 
 # Record the histories of a newly released workflow version, once: make histories VERSION=v3.
 # A version's folder is never re-recorded; every later change must replay it.
