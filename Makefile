@@ -33,12 +33,12 @@ chromium:
 test-slow: install
 	$(BIN)/pytest -q -rs -m slow
 
-# Five benchmarks, each printing its own table (about 14 minutes on 2 cores): bench/run.py (~8.5 min), deadline to
+# Six benchmarks, each printing its own table (about 20 minutes on 2 cores): bench/run.py (~8.5 min), deadline to
 # decision with mail healthy vs down (~2 min; a 10 s window instead of 20 s), receipts while the worker is SIGKILLed
 # (~1.5 min; 30 s of kills per setting instead of 40 s), the console's deals page with 10,000 deals (~30 s), booking
 # with metrics and traces off and on (~1.5 min).
 # bench/custody.py: a deal of 100,000 serials with custody events, one serial's timeline and the whole certificate
-# as HTML and PDF, beside a deal of 10,000 to show memory does not grow with it (~6.5 min).
+# as HTML and PDF, beside a deal of 10,000 to show whether memory grows with the deal (~6.5 min).
 bench: install
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/decision_latency.py --window 10s
