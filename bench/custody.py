@@ -106,7 +106,7 @@ def build(url: str, settings: Settings, serials: int) -> dict:
                 chunk = group[start : start + BATCH]
                 custody.record_sanitization(session, DEAL, SanitizationRequest(
                     serial_numbers=chunk, method=method, technique="crypto erase" if method == "purge" else "shred", tool="bench", tool_version="1",
-                    operator="Olga", facility="Returns Center", performed_at=booked_at + timedelta(days=4), verification="passed", verified_by="Victor",
+                    operator="Olga", facility="Returns Center", at=booked_at + timedelta(days=4), verification="passed", verified_by="Victor",
                 ), "ops:bench", f"san-{method}-{start}")
     timings["sanitizations"] = time.perf_counter() - started
     started = time.perf_counter()

@@ -190,7 +190,7 @@ def sanitization_line(item: dict) -> str:
     if "sanitization_status" not in item:  # a certificate issued before sanitization records: its method line
         return f"{item['sanitization']['method']} ({item['sanitization']['standard']})" if item.get("sanitization") else "not data-bearing"
     if record:
-        return (f"{record['method']} ({record['technique']}; {record['tool']} {record['tool_version']}) {_day(record['performed_at'])} "
+        return (f"{record['method']} ({record['technique']}; {record['tool']} {record['tool_version']}) {_day(record['at'])} "
                 f"at {record['facility']} by {record['operator']}, verification {record['verification']} by {record['verified_by']}"
                 + ("" if status == "verified" else f" [{status}]"))
     if status == "not_required":

@@ -162,7 +162,7 @@ class SanitizationRequest(BaseModel):
     tool_version: ShortText
     operator: Name
     facility: Name
-    performed_at: When
+    at: When  # when it was done
     verification: Verification
     verified_by: Name
     note: FreeText | None = None

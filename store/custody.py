@@ -226,11 +226,11 @@ def record_sanitization(session: Session, deal_id: str, request: SanitizationReq
         detail["note"] = request.note
     records = [
         dict(serial=s, deal_id=deal_id, source_id=source_id, method=request.method.value, technique=request.technique, tool=request.tool,
-             tool_version=request.tool_version, operator=request.operator, facility=request.facility, performed_at=request.performed_at,
+             tool_version=request.tool_version, operator=request.operator, facility=request.facility, performed_at=request.at,
              verification=request.verification.value, verified_by=request.verified_by, note=request.note, recorded_by=actor, recorded_at=now)
         for s in serials
     ]
-    events = [event_row(s, CustodyKind.sanitized, source_id, request.performed_at, actor, deal_id=deal_id, value=request.method.value, detail=detail, recorded_at=now)
+    events = [event_row(s, CustodyKind.sanitized, source_id, request.at, actor, deal_id=deal_id, value=request.method.value, detail=detail, recorded_at=now)
               for s in serials]
     try:
         for start in range(0, len(records), CHUNK):
@@ -239,7 +239,11 @@ def record_sanitization(session: Session, deal_id: str, request: SanitizationReq
         session.commit()
     except IntegrityError:  # the same request, recorded by a concurrent retry: it stands once
         session.rollback()
-    return {"recorded": len(serials), "method": request.method.value, "verification": request.verification.value, "source_id": source_id}
+    record = {k: v for k, v in detail.items() if k not in ("standard", "note")}
+    return {
+        "recorded": len(serials), "method": request.method.value, "verification": request.verification.value, "source_id": source_id,
+        "records": [{"serial_number": s, "method": request.method.value, "at": request.at.isoformat(), **record} for s in serials],
+    }
 
 
 def record_dispositions(session: Session, deal_id: str, request: DispositionRequest, actor: str, source_id: str, catalog: Catalog) -> dict:
@@ -438,7 +442,7 @@ def _items(session: Session, deal_id: str, catalog: Catalog, tally: _Tally, hear
                 # ... the record that stands (the latest), and where the unit stands.
                 "sanitization_record": None if record is None else {
                     "method": record.method, "technique": record.technique, "tool": record.tool, "tool_version": record.tool_version,
-                    "operator": record.operator, "facility": record.facility, "performed_at": _iso(record.performed_at),
+                    "operator": record.operator, "facility": record.facility, "at": _iso(record.performed_at),
                     "verification": record.verification, "verified_by": record.verified_by, "standard": STANDARD,
                 },
                 "sanitization_status": status.value,

@@ -74,7 +74,7 @@ def route_table(deals: dict, partner: str) -> dict:
         ("POST", "/v1/carrier-events/easypost"): (None, None),  # signed by EasyPost: tests/test_easypost.py
         # Custody (issue 14). Ops recording on a deal with nothing received: a 422 naming the serials.
         ("POST", "/v1/deals/{deal_id}/sanitizations"): ({"serial_numbers": ["NOT-RECEIVED"], "method": "purge", "technique": "t", "tool": "t", "tool_version": "1",
-                                                         "operator": "o", "facility": "f", "performed_at": "2026-01-01T00:00:00Z", "verification": "passed", "verified_by": "v"}, 403),
+                                                         "operator": "o", "facility": "f", "at": "2026-01-01T00:00:00Z", "verification": "passed", "verified_by": "v"}, 403),
         ("POST", "/v1/deals/{deal_id}/dispositions"): ({"serial_numbers": ["NOT-RECEIVED"], "disposition": "refresh"}, 403),
         ("POST", "/v1/downstream-shipments"): ({"recycler": {"name": "R", "certification_id": "R2v3-1"}, "shipped_at": "2026-01-01T00:00:00Z", "lot": "L1",
                                                "materials": [{"material": "ferrous", "kg": 1}]}, 403),

@@ -17,7 +17,7 @@ def content(serials: list[str]) -> dict:
             {"serial_number": s, "product_id": "C9300-48P", "condition": "working", "age_years": 2.0, "disposition": "refresh", "weee_category": 6,
              "data_bearing": True, "pickup_id": "D1-p1", "tracking_number": "SIM1", "sanitization": {"method": "purge", "standard": "NIST SP 800-88 Rev. 1"},
              "sanitization_record": {"method": "purge", "technique": "crypto erase", "tool": "t", "tool_version": "1", "operator": "Olga", "facility": "Toronto",
-                                     "performed_at": "2026-02-01T00:00:00+00:00", "verification": "passed", "verified_by": "Victor", "standard": "NIST SP 800-88 Rev. 1"},
+                                     "at": "2026-02-01T00:00:00+00:00", "verification": "passed", "verified_by": "Victor", "standard": "NIST SP 800-88 Rev. 1"},
              "sanitization_status": "verified",
              "custody": [{"kind": "committed", "at": "2026-01-05T00:00:00+00:00", "actor": "partner:P1", "value": "C9300-48P"},
                          {"kind": "received", "at": "2026-01-20T00:00:00+00:00", "actor": 'ops:a "quoted" ],"partner_id":', "value": "C9300-48P"}]}

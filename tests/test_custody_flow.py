@@ -22,7 +22,7 @@ def sanitization(serials: list[str], method: str, verification: str = "passed") 
     return {
         "serial_numbers": serials, "method": method, "technique": "config erase + NVRAM wipe" if method != "destroy" else "shred",
         "tool": "IOS-XE erase", "tool_version": "17.9", "operator": "Olga Operator", "facility": "Returns Center Toronto",
-        "performed_at": now(), "verification": verification, "verified_by": "Victor Verifier",
+        "at": now(), "verification": verification, "verified_by": "Victor Verifier",
     }
 
 
@@ -78,6 +78,8 @@ async def test_a_serials_custody_from_booking_to_refresh_and_to_a_recycler(time_
         assert (await http.post(f"/v1/deals/{deal_id}/sanitizations", headers=other, json=sanitization(["FOC-REF"], "purge"))).status_code == 404
         r = await http.post(f"/v1/deals/{deal_id}/sanitizations", headers=ops, json=sanitization(["FOC-REF"], "purge"))
         assert r.status_code == 201 and r.json()["recorded"] == 1 and r.json()["certificate_status"] == "provisional", r.text
+        record = r.json()["records"][0]  # the record of each serial, as R2v3 Appendix B asks
+        assert (record["serial_number"], record["method"], record["operator"], record["verification"], record["verified_by"]) == ("FOC-REF", "purge", "Olga Operator", "passed", "Victor Verifier")
         r = await http.post(f"/v1/deals/{deal_id}/dispositions", headers=ops, json={"serial_numbers": ["FOC-REF"], "disposition": "refresh", "facility": "Returns Center Toronto"})
         assert r.status_code == 201, r.text
 

@@ -87,7 +87,7 @@ def test_a_sanitization_completing_a_closed_deal_issues_its_final_certificate_on
 
     def sanitize(serials, verification, source):
         body = SanitizationRequest(serial_numbers=serials, method="purge", technique="crypto erase", tool="t", tool_version="1", operator="o", facility="f",
-                                   performed_at=NOW + timedelta(days=4), verification=verification, verified_by="v")
+                                   at=NOW + timedelta(days=4), verification=verification, verified_by="v")
         with session_scope(database_url) as session:
             custody.record_sanitization(session, "D1", body, "ops:alice", source)
             return custody.certify_if_complete(session, "D1", default_catalog())

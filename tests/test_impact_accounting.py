@@ -51,7 +51,7 @@ def populate(url: str, settings) -> None:
         def sanitize(deal_id, serials, method, verification="passed"):
             custody.record_sanitization(session, deal_id, SanitizationRequest(
                 serial_numbers=serials, method=method, technique="t", tool="tool", tool_version="1", operator="o", facility="f",
-                performed_at=at(6, 1), verification=verification, verified_by="v"), "ops:test", f"{deal_id}-{method}-{verification}-{serials[0]}")
+                at=at(6, 1), verification=verification, verified_by="v"), "ops:test", f"{deal_id}-{method}-{verification}-{serials[0]}")
 
         sanitize("D1", ["R1"], "purge")
         sanitize("D1", ["R2", "R6"], "destroy")

@@ -29,6 +29,19 @@ class Refused(BaseModel):
     reason: str
 
 
+class SanitizationRecordView(BaseModel):
+    serial_number: str
+    method: str
+    technique: str
+    tool: str
+    tool_version: str
+    operator: str
+    facility: str
+    at: datetime
+    verification: str
+    verified_by: str
+
+
 class Recorded(BaseModel):
     deal_id: str
     recorded: int
@@ -37,6 +50,7 @@ class Recorded(BaseModel):
     verification: str | None = None
     disposition: str | None = None
     certificate_status: str | None = None  # the deal's certificate after this record, once it has closed
+    records: list[SanitizationRecordView] | None = None  # a sanitization: the record of each serial
 
 
 def _refused(error: custody.RecordRefused) -> Problem:

@@ -186,7 +186,7 @@ async def extend(
     return await _deal_action(
         request, settings, caller, deal, "extend", idempotency_key, body,
         lambda request_id: service.extend_deal(client, deal_id, extend_by, body.reason, request_id=request_id, reason_code=body.reason_code.value, settings=settings, actor=actor_of(caller)),
-        detail={"extend_by": body.extend_by, "reason_code": body.reason_code.value},
+        detail={"extend_by": body.extend_by},  # its reason code is kept beside the deal (reasonrecord), counted by GET /v1/reports/reasons
     )
 
 
@@ -200,7 +200,6 @@ async def cancel(
     return await _deal_action(
         request, settings, caller, deal, "cancel", idempotency_key, body,
         lambda request_id: service.cancel_deal(client, deal_id, body.reason, request_id=request_id, reason_code=body.reason_code.value, settings=settings, actor=actor_of(caller)),
-        detail={"reason_code": body.reason_code.value},
     )
 
 
