@@ -4,6 +4,7 @@ no 5xx, responses conform to the OpenAPI document, bad input gets problem+json."
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -29,6 +30,9 @@ def stack(tmp_path_factory):
         while time.monotonic() < deadline and not line.startswith("tbk_ops_"):
             line = dev.stdout.readline()
         url, ops = f"http://127.0.0.1:{api_port}", {"Authorization": f"Bearer {line.strip()}"}
+        # Keep reading what the stack prints (its access log): a pipe nobody reads fills at 64 KB and
+        # then blocks the API's next log line, and with it the API.
+        threading.Thread(target=lambda: [None for _ in dev.stdout], daemon=True).start()
         r = httpx.post(f"{url}/v1/partners", json={"id": "FUZZ", "name": "Fuzz", "contact_email": "f@p.example", "country": "CA"}, headers=ops, timeout=20)
         assert r.status_code == 201, r.text
         key = subprocess.run([sys.executable, "-m", "cli", "apikey", "create", "--role", "partner", "--partner-id", "FUZZ", "--data-dir", str(data)],
