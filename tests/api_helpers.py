@@ -1,5 +1,6 @@
 """Helpers for API tests: an app on a settings object, keys, signed carrier events."""
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -71,7 +72,16 @@ async def certified_partner(http: httpx.AsyncClient, ops: dict, partner_id: str)
                 return
             except PartnerNotCertified:
                 pass
-        import asyncio
-
         await asyncio.sleep(0.05)
     raise AssertionError("partner never certified")
+
+
+async def eventually(check, timeout: float = 20, what: str = "condition"):
+    """The first truthy answer of `check`, asked every 0.2 s; AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = await check()
+        if result:
+            return result
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

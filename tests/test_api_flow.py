@@ -1,20 +1,7 @@
 """End to end over HTTP on the real dev server, with seconds-long settings."""
 
-import asyncio
-import time
-
-from tests.api_helpers import PICKUP, WEBHOOK_SECRET, api_client, booking_body, certified_partner, key, signed
+from tests.api_helpers import PICKUP, WEBHOOK_SECRET, api_client, booking_body, certified_partner, eventually, key, signed
 from tests.conftest import make_settings, running_worker
-
-
-async def eventually(check, timeout: float = 15, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = await check()
-        if result:
-            return result
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_book_pickup_track_receive_release_and_a_second_deal_forfeited(dev_server_env, tmp_path):

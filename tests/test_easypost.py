@@ -17,7 +17,7 @@ from domain.catalog import default_catalog
 from settings import Settings
 from store.db import session_scope
 from store.tables import CarrierPickup
-from tests.api_helpers import WEBHOOK_SECRET, api_client, booking_body, key
+from tests.api_helpers import WEBHOOK_SECRET, api_client, booking_body, eventually, key
 from tests.conftest import add_partner, make_settings, running_worker
 from tests.deal_helpers import outbox
 from tests.easypost_payloads import DOCS_TRACKER, DOCS_TRACKER_UPDATED, signed, tracker_updated
@@ -47,16 +47,6 @@ def easypost_settings(tmp_path, standin: EasyPostStandIn, dev_server_env, **over
         returns_address=RETURNS, carrier_webhook_secret=WEBHOOK_SECRET, temporal_address=dev_server_env.client.service_client.config.target_host,
     )
     return make_settings(tmp_path, **{**values, **overrides})
-
-
-async def eventually(check, timeout: float = 20, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = await check()
-        if result:
-            return result
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def booked_deal(http, ops) -> str:
