@@ -9,7 +9,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
 from domain.catalog import WEEE_CATEGORIES, Catalog
-from domain.custody import REUSE_OR_RECYCLE_TARGET, CurrentSanitization, CustodyKind, RejectionReason, counted_as, rejection_code
+from domain.custody import REUSE_OR_RECYCLE_TARGET, CurrentSanitization, CustodyKind, counted_as, rejection_code
 from store.specialization import TreePlanted
 from store.tables import (  # noqa: I001
     CustodyEvent,

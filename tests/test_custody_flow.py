@@ -124,7 +124,7 @@ async def test_a_serials_custody_from_booking_to_refresh_and_to_a_recycler(time_
         old = await http.get(f"/v1/certificates/{first.json()['certificate_id']}/verify", params={"hash": first.json()["content_hash"]})
         assert old.json()["valid"] is True and old.json()["superseded"] is True and old.json()["status"] == "provisional"
         assert (await http.get(verify, params={"hash": issued["content_hash"][:-1]})).status_code == 422
-        assert (await http.get(f"/v1/certificates/TBC-NOSUCH/verify", params={"hash": issued["content_hash"]})).json()["valid"] is False
+        assert (await http.get("/v1/certificates/TBC-NOSUCH/verify", params={"hash": issued["content_hash"]})).json()["valid"] is False
 
         html = await http.get(f"/v1/deals/{deal_id}/certificate?format=html", headers=partner)
         assert html.status_code == 200 and issued["certificate_id"] in html.text and issued["content_hash"] in html.text

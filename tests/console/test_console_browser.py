@@ -2,7 +2,6 @@
 dev server, a worker, and the app served by uvicorn on a free port. One stack and one browser for the
 module. Screenshots of each page go to test-output/console/ (ignored by git)."""
 
-import asyncio
 import csv
 import os
 import shutil
