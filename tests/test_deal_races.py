@@ -27,7 +27,7 @@ from store.db import session_scope
 from store.tables import Certificate, DealExtension, EmailMessage, Pickup, ReceiptBatch, ReturnedItem, Settlement
 from domain.catalog import default_catalog
 from tests.conftest import add_partner, booking, make_settings
-from tests.deal_helpers import PICKUP, count, items, ledger, ledger_amounts
+from tests.deal_helpers import PICKUP, count, items, ledger, ledger_amounts, skip_time
 from tests.sendgrid_standin import SendGridStandIn
 from worker import build_worker
 
@@ -173,7 +173,7 @@ async def test_a_cancel_during_the_release_write_is_refused_and_the_release_stan
         assert not activities.gate.opened.is_set()  # the race happened
         activities.gate.opened.set()
         assert (await receipt)["accepted"] == 8
-        await env.sleep(YEAR)
+        await skip_time(env, YEAR)
         final = await deals.deal_handle(env.client, view.id).result()
     assert final.status == DealStatus.closed and final.incentive.status == IncentiveStatus.released
     assert ledger_amounts(settings, view.id) == {"released": Decimal("5000.00")}  # no cancelled row beside it
@@ -233,7 +233,7 @@ async def test_a_receipt_during_the_forfeit_notice_is_refused_and_burns_nothing(
     activities = GatedNotice(settings)
     async with build_worker(env.client, settings, activities=activities):
         view = await deals.book_deal(env.client, settings, booking(10))
-        await env.sleep(YEAR)
+        await skip_time(env, YEAR)
         assert await activities.gate.reached()  # the forfeit notice is on its way (held) ...
         # ... and the decision did not wait for it: settled, certified and shown expired
         assert await eventually(lambda: count(settings, Certificate, deal_id=view.id) == 1)
@@ -352,7 +352,7 @@ async def test_continue_as_new_keeps_the_deal_and_a_retried_pickup_books_once(ti
         again = await deals.request_pickup(env.client, view.id, PICKUP, request_id="order-7-pickup")  # a retry after it
         current = await deals.get_deal(env.client, settings, view.id)
         await deals.record_receipt(env.client, settings, view.id, items("K", 5, start=3))
-        await env.sleep(YEAR)
+        await skip_time(env, YEAR)
         final = await handle.result()
     assert again == pickup and len(current.pickups) == 1 and count(settings, Pickup, deal_id=view.id) == 1
     assert current.received_units == 3
@@ -377,7 +377,7 @@ async def test_a_rejected_address_fails_the_mail_not_the_deal(time_skipping_env,
     standin.rejected_addresses.add("bounces@partner.example")
     async with build_worker(env.client, settings):
         view = await deals.book_deal(env.client, settings, booking(10))
-        await env.sleep(YEAR)
+        await skip_time(env, YEAR)
         final = await asyncio.wait_for(deals.deal_handle(env.client, view.id).result(), 30)
         description = await deals.deal_handle(env.client, view.id).describe()
     assert description.status == WorkflowExecutionStatus.COMPLETED and final.status == DealStatus.expired
@@ -449,6 +449,6 @@ async def test_a_pickup_the_carrier_refuses_for_good_shows_failed_and_its_retry_
         assert [p.status for p in current.pickups] == ["booking_failed"]
         assert rules.open_pickups(current) == 0  # a failed booking does not hold a place among the open pickups
         await deals.record_receipt(env.client, settings, view.id, items("R", 8))
-        await env.sleep(YEAR)
+        await skip_time(env, YEAR)
         final = await deals.deal_handle(env.client, view.id).result()
     assert final.status == DealStatus.closed and [p.status for p in final.pickups] == ["booking_failed"]
