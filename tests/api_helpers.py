@@ -18,10 +18,10 @@ WEBHOOK_SECRET = "test-webhook-secret"
 
 
 @asynccontextmanager
-async def api_client(settings):
+async def api_client(settings, base_url: str = "http://takeback.test", timeout: float = 60):
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://takeback.test", timeout=60) as http:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url, timeout=timeout) as http:
             yield http
 
 

@@ -3,12 +3,10 @@
 import base64
 import json
 import re
-from contextlib import asynccontextmanager
 
 import httpx
 from sqlalchemy import select
 
-from api.app import create_app
 from settings import Settings
 from store.api_keys import revoke_api_key
 from store.db import session_scope
@@ -20,12 +18,8 @@ from tests.console.seed import api_key, csrf_of, deal, sign_in
 STRONG = "9f8e7d6c5b4a39281706f5e4d3c2b1a0aa55bb66cc77dd88ee99ff0011223344"
 
 
-@asynccontextmanager
-async def https_client(settings):
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://takeback.test", timeout=30) as http:
-            yield http
+def https_client(settings):
+    return api_client(settings, base_url="https://takeback.test", timeout=30)
 
 
 def session_cookie(response: httpx.Response) -> str:

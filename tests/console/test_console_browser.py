@@ -133,6 +133,17 @@ async def shot(page, name: str) -> None:
     await page.screenshot(path=str(SHOTS / f"{name}.png"))
 
 
+async def fits(page) -> bool:
+    """No sideways scroll at the page's current width."""
+    return await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+async def fits_a_phone(page, name: str, what: str) -> None:
+    await page.set_viewport_size(PHONE)
+    assert await fits(page), f"{what} scrolls sideways on a phone"
+    await shot(page, f"{name}-phone")
+
+
 async def test_ops_filters_to_at_risk_and_downloads_exactly_that_as_csv(stack, browser):
     from playwright.async_api import expect
 
@@ -159,9 +170,7 @@ async def test_ops_filters_to_at_risk_and_downloads_exactly_that_as_csv(stack, b
     with open(await download.path(), newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert sorted(row["deal_id"] for row in rows) == at_risk and {row["status"] for row in rows} == {"awaiting_returns"}
-    await page.set_viewport_size(PHONE)
-    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "the deals page scrolls sideways on a phone"
-    await shot(page, "deals-phone")
+    await fits_a_phone(page, "deals", "the deals page")
     await page.context.close()
 
 
@@ -197,9 +206,7 @@ async def test_a_carrier_event_appears_without_a_reload_and_an_extension_moves_t
     await expect(page.locator("#timeline")).to_contain_text("by ops:")
     assert await page.evaluate("window.sameDocument === true")
     await page.screenshot(path=str(SHOTS / "deal-full.png"), full_page=True)
-    await page.set_viewport_size(PHONE)
-    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "the deal page scrolls sideways on a phone"
-    await shot(page, "deal-phone")
+    await fits_a_phone(page, "deal", "the deal page")
     await page.context.close()
 
 
@@ -262,7 +269,7 @@ async def test_partners_and_impact_pages_read_at_1280_and_on_a_phone(stack, brow
             answer = await page.goto(path)
             assert answer.status == 200, path
             await expect(page.locator("h1")).to_contain_text(heading)
-            assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), f"{path} scrolls sideways at {viewport['width']} px"
+            assert await fits(page), f"{path} scrolls sideways at {viewport['width']} px"
             await shot(page, name + suffix)
     await page.goto("/console/impact")
     await expect(page.locator("#units-returned")).to_have_text("8")
