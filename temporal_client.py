@@ -51,3 +51,13 @@ async def connect(settings: Settings, **options) -> Client:
         interceptors=interceptors,
         **options,
     )
+
+
+def call_timed_out(error: BaseException) -> bool:
+    """A call to the engine that ran out of time: the server's deadline, or the SDK's own rpc_timeout,
+    which surfaces as CANCELLED "Timeout expired" (seen under load on queries)."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    if not isinstance(error, RPCError):
+        return False
+    return error.status == RPCStatusCode.DEADLINE_EXCEEDED or (error.status == RPCStatusCode.CANCELLED and "timeout" in str(error).lower())

@@ -15,6 +15,7 @@ from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
 
 from api.problems import Problem, not_found
 from settings import Settings
+from temporal_client import call_timed_out
 from store.api_keys import LAST_USED_EVERY, KeyIdentity, hash_key, identify, identify_by_id, touch, well_formed
 from store.db import get_engine, session_scope
 from store.tables import Deal, utcnow
@@ -105,7 +106,7 @@ async def temporal(call, timeout: float | None = None, client: Client | None = N
     except TimeoutError:
         raise await _silence(client, probe, timeout) from None
     except Exception as error:
-        if _deadline_exceeded(error):
+        if call_timed_out(error):
             raise await _silence(client, probe, timeout) from None
         if engine_unreachable(error):
             raise engine_unavailable("the workflow engine is unreachable; retry shortly") from None
@@ -148,15 +149,6 @@ def _no_worker(error: BaseException) -> bool:
     from temporalio.service import RPCError, RPCStatusCode
 
     return isinstance(error, RPCError) and error.status == RPCStatusCode.FAILED_PRECONDITION and "no poller" in str(error).lower()
-
-
-def _deadline_exceeded(error: BaseException) -> bool:
-    from temporalio.service import RPCError, RPCStatusCode
-
-    if not isinstance(error, RPCError):
-        return False
-    # The SDK's own rpc_timeout surfaces as CANCELLED "Timeout expired" (seen under load on queries).
-    return error.status == RPCStatusCode.DEADLINE_EXCEEDED or (error.status == RPCStatusCode.CANCELLED and "timeout" in str(error).lower())
 
 
 async def _silence(client: Client | None, probe: float, timeout: float) -> Problem:

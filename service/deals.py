@@ -21,6 +21,7 @@ from service.pickup_address import check_pickup_address
 from settings import DEFAULT_MAX_OPEN_PICKUPS, Settings
 from store import deals as store
 from store.db import session_scope
+from temporal_client import call_timed_out
 from workflows import story
 from workflows.deal import DealWorkflowInput, ExtendCommand, TakebackDealWorkflow
 from workflows.ids import deal_workflow_id
@@ -41,7 +42,7 @@ async def ask(handle: WorkflowHandle, query, *args):
     try:
         return await handle.query(query, *args, rpc_timeout=QUERY_TIMEOUT)
     except RPCError as error:
-        if error.status not in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):  # the server's deadline, or ours
+        if not call_timed_out(error):
             raise
         log.info("query %s of %s unanswered in %s; asked again", getattr(query, "__name__", query), handle.id, QUERY_TIMEOUT)
         return await handle.query(query, *args, rpc_timeout=QUERY_TIMEOUT)
