@@ -1,7 +1,7 @@
 """What a deal costs: Temporal Cloud billable Actions, history events and bytes, store rows and bytes, e-mails.
 
     .venv/bin/python bench/deal_cost.py            # recorded v3 histories, then 20 real deals per path (~75 s)
-    .venv/bin/python bench/deal_cost.py --quick    # 3 deals per path (~40 s)
+    .venv/bin/python bench/deal_cost.py --quick    # 3 deals per path (42 s at load 2.4, 48 s at load 6)
     .venv/bin/python bench/deal_cost.py --database-url postgresql+psycopg://...   # the store on PostgreSQL
     .venv/bin/python bench/deal_cost.py --postgres # a throwaway PostgreSQL cluster (tests/postgres.py)
     .venv/bin/python bench/deal_cost.py --histories-only
