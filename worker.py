@@ -25,6 +25,7 @@ from temporal_client import connect
 from workflows.deal import TakebackDealWorkflow
 from workflows.pickup import PickupWorkflow
 from workflows.specialization import PartnerSpecializationWorkflow
+from workflows.notices import mail_task_queue
 from workflows.tracking_poll import TrackingPollWorkflow, ensure_tracking_poll_schedule
 
 WORKFLOW_TASK_POLLS = 16
@@ -48,6 +49,52 @@ def worker_identity(task_queue: str) -> str:
     return f"takeback-worker@{socket.gethostname()}:{os.getpid()}:{task_queue}"
 
 
+# Mail attempts at once on the mail queue: at the provider's pace (10/s), a few calls are in flight.
+MAIL_CONCURRENCY = 8
+
+
+class DealWorker(Worker):
+    """The worker of the deals' queue with the worker of their mail queue beside it (`mail`), run and
+    stopped together by `async with`: every caller of `build_worker` (the worker process, tests,
+    benchmarks) gets mail served without knowing there are two queues."""
+
+    mail: Worker
+
+    async def __aenter__(self) -> "DealWorker":
+        await self.mail.__aenter__()
+        try:
+            await super().__aenter__()
+        except BaseException:
+            await self.mail.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, exc_type, *args) -> None:
+        try:
+            await super().__aexit__(exc_type, *args)
+        finally:
+            await self.mail.__aexit__(exc_type, *args)
+
+
+def build_mail_worker(client: Client, settings: Settings, activities: TakebackActivities, executor: ThreadPoolExecutor | None, interceptors: list) -> Worker:
+    """Deals' mail (workflows.notices.mail_task_queue), handed out by the server at TAKEBACK_MAIL_RATE
+    for the whole queue: a storm of reminders and notices drains at the provider's pace, each call
+    mostly answered 202 rather than 429, and none of it waits in line before a decision's writes."""
+    rate = settings.mail_rate_per_second
+    queue = mail_task_queue(settings.task_queue)
+    return Worker(
+        client,
+        task_queue=queue,
+        activities=[activities.send_reminder, activities.notify_settlement, activities.escalate_pickup],
+        activity_executor=executor or ThreadPoolExecutor(max_workers=MAIL_CONCURRENCY),
+        max_concurrent_activities=MAIL_CONCURRENCY,
+        max_task_queue_activities_per_second=rate or None,
+        identity=worker_identity(queue),
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker_drain_seconds),
+        interceptors=interceptors,
+    )
+
+
 def build_worker(
     client: Client,
     settings: Settings,
@@ -61,7 +108,7 @@ def build_worker(
     workflows = WORKFLOWS + (extra_workflows or [])
     if settings.workflow_sandbox:
         write_workflow_bytecode(workflows)
-    return Worker(
+    worker = DealWorker(
         client,
         task_queue=settings.task_queue,
         workflows=workflows,
@@ -84,6 +131,9 @@ def build_worker(
         # Failed activity attempts by error type, on the metrics endpoint (observability/worker_metrics.py).
         interceptors=[ActivityFailureCounter()],
     )
+    # The deals' queue keeps the mail activities too: deals begun before the mail queue send mail there.
+    worker.mail = build_mail_worker(client, settings, activities, executor, [ActivityFailureCounter()])
+    return worker
 
 
 async def purge_personal_data_periodically(settings: Settings) -> None:

@@ -141,14 +141,15 @@ def uncached_worker(env, settings, activities=None):
     from concurrent.futures import ThreadPoolExecutor
 
     from activities.partner_activities import PartnerActivities
-    from temporalio.worker import Worker
-    from worker import WORKFLOWS
+    from worker import WORKFLOWS, DealWorker, build_mail_worker
 
     activities = activities or TakebackActivities(settings)
-    return Worker(
+    worker = DealWorker(
         env.client, task_queue=settings.task_queue, workflows=WORKFLOWS, activities=activities.all() + PartnerActivities(activities).all(),
         activity_executor=ThreadPoolExecutor(max_workers=8), max_cached_workflows=0,
     )
+    worker.mail = build_mail_worker(env.client, settings, activities, None, [])  # deals' mail waits on a queue of its own
+    return worker
 
 
 def is_event(kind):

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import Priority, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ParentClosePolicy
 
@@ -46,7 +46,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.durations import format_duration
     from workflows import story
     from workflows.ids import pickup_workflow_id
-    from workflows.notices import Notices
+    from workflows.notices import Notices, mail_task_queue
     from workflows.pickup import PickupInput, PickupWorkflow
     from workflows.search_attributes import DEAL_STATUS
 
@@ -66,6 +66,13 @@ STORE_WRITES_AS_ACTIVITIES = "store-writes-as-activities"
 # ops filter deals by status in the Web UI. An upsert is a command: deals begun by a worker without
 # this code replay as they ran.
 DEAL_STATUS_SEARCH_ATTRIBUTE = "deal-status-search-attribute"
+# A deadline storm (thousands of deals due in one second, a vendor's quarter-end) decides every deal
+# first: mail goes to its own queue (workflows.notices.mail_task_queue), served at the provider's
+# pace, and the store writes a decision waits for (the sweep of receipts staged by the deadline, the
+# settlement) go ahead of the deal's other tasks (read model, certificate) on the shared queue.
+# Commands change (a queue, a priority): deals begun before this replay as they ran.
+DECIDE_FIRST = "decide-first"
+DECISION_PRIORITY = Priority(priority_key=1)  # 1 first, 5 last; unset is 3
 
 # The incentive status each settlement outcome shows.
 SETTLED_INCENTIVE = {
@@ -84,12 +91,12 @@ SETTLED_STATUS = {
 }
 
 
-def _activity(fn, *args, timeout: timedelta = SHORT, summary: str | None = None):
+def _activity(fn, *args, timeout: timedelta = SHORT, summary: str | None = None, priority: Priority | None = None):
     """A task of its own: for mail (a provider may be slow or rate-limit) and long store work that heartbeats.
-    `summary`: its line in the Web UI (workflows/story.py)."""
+    `summary`: its line in the Web UI (workflows/story.py); `priority`: DECISION_PRIORITY for a decision's writes."""
     return workflow.execute_activity_method(
         fn, args=list(args), start_to_close_timeout=timeout, heartbeat_timeout=HEARTBEAT if timeout > SHORT else None, retry_policy=ACTIVITY_RETRY,
-        summary=summary,
+        summary=summary, priority=priority or Priority.default,
     )
 
 
@@ -112,7 +119,10 @@ class TakebackDealWorkflow:
         self.progress = input.progress
         self.receipts_in_flight = 0  # accepted receipts not yet counted: the decision waits for them
         self.pickups_in_flight = 0  # accepted pickups not yet booked: the closed view and certificate wait for them
-        self.notices = Notices(f"deal {input.terms.deal_id}")
+        self.decide_first = workflow.patched(DECIDE_FIRST)
+        self.notices = Notices(f"deal {input.terms.deal_id}", mail_task_queue(workflow.info().task_queue) if self.decide_first else None)
+        # The priority of the writes a decision waits for (DECIDE_FIRST).
+        self.decision_priority = DECISION_PRIORITY if self.decide_first else None
         self.is_booked = input.progress is not None
         self.dirty = False
         self.pickup_runs: list = []  # child handles of this run
@@ -201,10 +211,10 @@ class TakebackDealWorkflow:
         self.progress.pickups = [booked if p.id == pickup_id else p for p in self.progress.pickups]
         return booked
 
-    def _write(self, fn, *args, timeout: timedelta = SHORT, summary: str | None = None):
+    def _write(self, fn, *args, timeout: timedelta = SHORT, summary: str | None = None, priority: Priority | None = None):
         """A store write: an activity (see STORE_WRITES_AS_ACTIVITIES); deals started before it replay their local activities."""
         if self.v3:
-            return _activity(fn, *args, timeout=timeout, summary=summary)
+            return _activity(fn, *args, timeout=timeout, summary=summary, priority=priority)
         return _local(fn, *args, timeout=timeout)
 
     def _pickup(self, pickup_id: str) -> PickupView:
@@ -406,7 +416,10 @@ class TakebackDealWorkflow:
         await workflow.wait_condition(lambda: self.receipts_in_flight == 0 and self.pickups_in_flight == 0)
         if p.cancel_reason is None and workflow.now() >= p.deadline:
             sweep = ReceiptSweep(deal_id=self.terms.deal_id, staged_until=p.deadline)
-            for counts in await _activity(TakebackActivities.sweep_receipts, sweep, timeout=LONG, summary="take in the receipts staged by the deadline"):
+            swept = await _activity(
+                TakebackActivities.sweep_receipts, sweep, timeout=LONG, summary="take in the receipts staged by the deadline", priority=self.decision_priority
+            )
+            for counts in swept:
                 self._count(counts)
         if p.settlement is None:
             if p.cancel_reason is not None:
@@ -440,6 +453,7 @@ class TakebackDealWorkflow:
         decided = await self._write(
             TakebackActivities.record_settlement, SettlementEntry(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, outcome=outcome, amount=amount),
             summary=f"record the decision: {outcome}",
+            priority=self.decision_priority,
         )
         if decided.outcome != outcome:
             workflow.logger.warning("deal %s: the store holds the settlement %s, not %s; it stands", self.terms.deal_id, decided.outcome, outcome)

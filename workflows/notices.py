@@ -15,11 +15,19 @@ MAIL_ATTEMPT = timedelta(minutes=1)
 MAIL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=10))
 
 
+def mail_task_queue(task_queue: str) -> str:
+    """The queue a deal's mail waits on, beside its own: the worker serves it at the provider's pace
+    (TAKEBACK_MAIL_RATE, a server-side limit on the whole queue), so a pile of mail neither draws 429s
+    nor queues ahead of the store writes a decision waits for."""
+    return f"{task_queue}-mail"
+
+
 class Notices:
     """Mail on its way; a run ends (or continues as new) only once `pending` is 0."""
 
-    def __init__(self, owner: str) -> None:
+    def __init__(self, owner: str, task_queue: str | None = None) -> None:
         self.owner = owner
+        self.task_queue = task_queue  # None: the workflow's own (deals started before the mail queue)
         self.pending = 0
 
     def send(self, activity, argument, what: str = "a notice") -> None:
@@ -28,7 +36,9 @@ class Notices:
         async def deliver() -> None:
             try:
                 # `what` is also its line in the Web UI ("release notice", "reminder 30d"): workflows/story.py.
-                await workflow.execute_activity_method(activity, argument, start_to_close_timeout=MAIL_ATTEMPT, retry_policy=MAIL_RETRY, summary=what)
+                await workflow.execute_activity_method(
+                    activity, argument, task_queue=self.task_queue, start_to_close_timeout=MAIL_ATTEMPT, retry_policy=MAIL_RETRY, summary=what
+                )
             except ActivityError as error:
                 workflow.logger.warning("%s: %s could not be sent: %s", self.owner, what, error.cause or error)
             finally:
