@@ -40,7 +40,7 @@ from api.problems import Problem
 from settings import Settings
 from store import audit as audit_store
 from store.db import session_scope
-from store.tables import AuditEvent, IdempotencyRecord, utcnow
+from store.tables import IdempotencyRecord, utcnow
 
 log = logging.getLogger("takeback.api")
 
@@ -64,6 +64,9 @@ class Action:
     partner_id: str | None = None
     reason: str | None = None
     detail: dict = field(default_factory=dict)
+    # The audit row the action wrote in its own transaction (a booking stages its deal and its audit
+    # row in one): then no second write records it, and a failure after it corrects its status.
+    recorded_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,9 @@ async def _store(call, *args):
         raise store_unavailable() from None
 
 
-def _audit_row(caller: Caller, request: Request, action: Action, status_code: int, key: str | None) -> AuditEvent:
-    return AuditEvent(
+def audit_values(caller: Caller, request: Request, action: Action, status_code: int, key: str | None) -> dict:
+    """The audit row of a call (store.audit.record's values)."""
+    return dict(
         api_key_id=caller.key_id, account=caller.account, role=caller.role, action=action.name, method=request.method, path=request.url.path,
         deal_id=action.deal_id, partner_id=action.partner_id, reason=action.reason,
         detail_json=json.dumps(action.detail, default=str, sort_keys=True) if action.detail else None,
@@ -152,20 +156,21 @@ async def _run(request, caller, url, action, run, claim: _Claim | None, status_c
         model = await run(derived_id)
     except Problem as problem:
         refused = problem.status < 500  # a refusal: nothing was done
-        await _store(_failed, url, claim, refused, _audit_row(caller, request, action, problem.status, key))
+        await _store(_failed, url, claim, refused, action, audit_values(caller, request, action, problem.status, key))
         raise
     except asyncio.CancelledError:
         if claim is not None:  # the client went away: free the claim beside, a retry re-drives the action
-            asyncio.get_running_loop().run_in_executor(None, _failed, url, claim, False, None)
+            asyncio.get_running_loop().run_in_executor(None, _failed, url, claim, False, action, None)
         raise
     except Exception:
         try:
-            await _store(_failed, url, claim, False, _audit_row(caller, request, action, 500, key))
+            await _store(_failed, url, claim, False, action, audit_values(caller, request, action, 500, key))
         except Problem:
             pass
         raise
     answer = model.model_dump_json()
-    await _store(_done, url, claim, status_code, answer, _audit_row(caller, request, action, status_code, key))
+    if claim is not None or action.recorded_id is None:  # else nothing is left to write: the answer is not kept, the audit row is
+        await _store(_done, url, claim, status_code, answer, None if action.recorded_id else audit_values(caller, request, action, status_code, key))
     return Response(answer, status_code=status_code, media_type="application/json")
 
 
@@ -211,17 +216,18 @@ def _claim(url: str, scope: str, caller: Caller, method: str, path: str, key: st
         return _Claim("busy")
 
 
-def _done(url: str, claim: _Claim | None, status_code: int, answer: str, audit: AuditEvent) -> None:
+def _done(url: str, claim: _Claim | None, status_code: int, answer: str, audit: dict | None) -> None:
     with session_scope(url) as session:
         if claim is not None:
             session.execute(
                 update(IdempotencyRecord).where(IdempotencyRecord.id == claim.record_id).values(status_code=status_code, response_json=answer, locked_until=None)
             )
-        audit_store.record(session, audit)  # one transaction: the stored answer and its audit row
+        if audit is not None:
+            audit_store.record(session, audit)  # one transaction: the stored answer and its audit row
         session.commit()
 
 
-def _failed(url: str, claim: _Claim | None, refused: bool, audit: AuditEvent | None) -> None:
+def _failed(url: str, claim: _Claim | None, refused: bool, action: Action, audit: dict | None) -> None:
     with session_scope(url) as session:
         if claim is not None:
             unanswered = (IdempotencyRecord.id == claim.record_id, IdempotencyRecord.response_json.is_(None))
@@ -229,7 +235,9 @@ def _failed(url: str, claim: _Claim | None, refused: bool, audit: AuditEvent | N
                 session.execute(delete(IdempotencyRecord).where(*unanswered))
             else:  # the action may have happened: keep its fingerprint and id for the retry
                 session.execute(update(IdempotencyRecord).where(*unanswered).values(locked_until=None))
-        if audit is not None:
+        if audit is not None and action.recorded_id is not None:  # recorded with the action as if it would succeed
+            audit_store.correct_status(session, action.recorded_id, audit["status_code"])
+        elif audit is not None:
             audit_store.record(session, audit)
         session.commit()
 

@@ -55,6 +55,7 @@ class Stack:
     env_overrides: dict = field(default_factory=dict)
     data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="takeback-bench-")))
     processes: dict = field(default_factory=dict)
+    database_url: str = ""  # empty: the SQLite file in data_dir; else e.g. a throwaway PostgreSQL's URL
 
     def __post_init__(self):
         self.temporal_port = free_port()
@@ -68,6 +69,8 @@ class Stack:
             **self.env_overrides,
         )
         self.env.pop("TAKEBACK_DATABASE_URL", None)
+        if self.database_url:
+            self.env["TAKEBACK_DATABASE_URL"] = self.database_url
 
     @property
     def api_url(self) -> str:

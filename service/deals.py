@@ -155,7 +155,10 @@ def deal_handle(client: Client, deal_id: str) -> WorkflowHandle:
     return client.get_workflow_handle_for(TakebackDealWorkflow.run, deal_workflow_id(deal_id))
 
 
-async def book_deal(client: Client, settings: Settings, request: BookingRequest, deal_id: str | None = None, *, by_partner: bool = False, actor: str | None = None) -> DealView:
+async def book_deal(
+    client: Client, settings: Settings, request: BookingRequest, deal_id: str | None = None, *, by_partner: bool = False, actor: str | None = None,
+    audit: dict | None = None,
+) -> DealView:
     """Validate, stage the booking with its first view (claiming listed serials), start the workflow.
 
     A deal is durable once its workflow has started, so the answer does not wait for a worker: it
@@ -169,6 +172,9 @@ async def book_deal(client: Client, settings: Settings, request: BookingRequest,
 
     Raises RuleViolation (422), NeedsOpsApproval (403), PartnerNotCertified, store.UnknownPartner,
     store.SerialConflict (409).
+
+    `audit`: the call's audit row (store.audit.record's values), written in the staging transaction
+    with the deal's id; its id is then set in it as "id". One transaction a booking, not two.
     """
     rules.validate_incentive_rate(request.incentive_rate)
     rules.validate_serial_total(request.listed_serials, settings.max_serials_per_booking)
@@ -181,7 +187,7 @@ async def book_deal(client: Client, settings: Settings, request: BookingRequest,
     def stage() -> bool:
         with session_scope(settings.effective_database_url) as session:
             ensure_may_book(settings, request.partner_id, session)
-            return store.stage_booking(session, deal_id, request, terms, view, actor=actor)
+            return store.stage_booking(session, deal_id, request, terms, view, actor=actor, audit=audit)
 
     staged = await asyncio.to_thread(stage)
     try:

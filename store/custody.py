@@ -71,7 +71,7 @@ def insert_events(session: Session, rows: list[dict], heartbeat=lambda: None) ->
     """Core inserts in chunks, inside the caller's transaction (committed with the fact they record)."""
     for start in range(0, len(rows), CHUNK):
         heartbeat()
-        session.execute(insert(CustodyEvent), rows[start : start + CHUNK])
+        session.execute(insert(CustodyEvent.__table__), rows[start : start + CHUNK])
 
 
 # --- events written beside existing facts ---------------------------------------------------------

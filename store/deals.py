@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from sqlmodel import Session
 
 from store.once import insert_once
+from store import audit as audit_store
 from store import custody
 
 from domain import rules
@@ -75,12 +76,18 @@ def _chunks(rows: list[dict], size: int = INSERT_CHUNK):
         yield rows[start : start + size]
 
 
-def stage_booking(session: Session, deal_id: str, request: BookingRequest, terms: DealTerms, view: DealView, *, actor: str | None = None) -> bool:
+def stage_booking(
+    session: Session, deal_id: str, request: BookingRequest, terms: DealTerms, view: DealView, *, actor: str | None = None, audit: dict | None = None,
+) -> bool:
     """Store the booking with its committed lines and serials, and its first view; False if already staged.
 
     Listed serials are claimed in OpenSerialClaim, whose primary key refuses a serial that
     another open deal holds. The workflow, started next, keeps the view up to date. Each listed
-    serial's custody starts here: `committed`, by `actor` (who booked), at the booking time.
+    serial's custody starts here: `committed`, by `actor` (who booked), at the booking time. With
+    `audit` (the call's audit row), it is written in the same transaction and its id set in it.
+
+    Core inserts of the tables, no unit of work and no ORM bulk path: this is the hot path of a
+    booking (the ORM's bulk insert cost 0.35 ms a statement here, the table's insert a fifth of it).
     """
     serial_rows = [
         {"deal_id": deal_id, "serial": serial, "product_id": line.product_id}
@@ -92,10 +99,9 @@ def stage_booking(session: Session, deal_id: str, request: BookingRequest, terms
         raise rules.RuleViolation(f"serials listed twice in this booking: {', '.join(duplicates[:10])}")
     now = utcnow()
     try:
-        # Core inserts, no unit of work: the booking path is hot. The deal's primary key makes a
-        # retry of the same booking fail here, answered below.
+        # The deal's primary key makes a retry of the same booking fail here, answered below.
         session.execute(  # parameters apart from the statement: its compiled form is cached
-            insert(Deal),
+            insert(Deal.__table__),
             dict(
                 id=deal_id,
                 partner_id=request.partner_id,
@@ -119,13 +125,15 @@ def stage_booking(session: Session, deal_id: str, request: BookingRequest, terms
             )
         )
         session.execute(
-            insert(CommittedLine),
+            insert(CommittedLine.__table__),
             [{"deal_id": deal_id, "product_id": line.product_id, "quantity": line.quantity} for line in request.equipment],
         )
         for chunk in _chunks(serial_rows):
-            session.execute(insert(CommittedSerial), chunk)
-            session.execute(insert(OpenSerialClaim), [{"serial": r["serial"], "deal_id": deal_id} for r in chunk])
+            session.execute(insert(CommittedSerial.__table__), chunk)
+            session.execute(insert(OpenSerialClaim.__table__), [{"serial": r["serial"], "deal_id": deal_id} for r in chunk])
         custody.insert_events(session, custody.committed_rows(deal_id, serial_rows, view.booked_at, actor or f"partner:{request.partner_id}"))
+        if audit is not None:
+            audit["id"] = audit_store.record(session, {**{k: v for k, v in audit.items() if k != "id"}, "deal_id": deal_id})
         session.commit()
     except IntegrityError:
         session.rollback()

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from sqlalchemy import and_, or_, select
 
 from api.deps import CallerDep, ClientDep, SettingsDep, owned_deal, require_ops, require_partner_access, temporal
-from api.idempotency import Action, once
+from api.idempotency import Action, audit_values, once
 from api.metrics import DEALS_BOOKED
 from api.problems import Problem, not_found
 from domain import rules
@@ -62,8 +62,9 @@ async def book_deal(
     })
 
     async def run(deal_id: str | None) -> DealView:
+        audit = audit_values(caller, request, action, 201, idempotency_key)  # written with the booking, as if it succeeds
         try:
-            view = await temporal(service.book_deal(client, settings, body, deal_id=deal_id, by_partner=not caller.is_ops, actor=actor_of(caller)), timeout=20)
+            view = await temporal(service.book_deal(client, settings, body, deal_id=deal_id, by_partner=not caller.is_ops, actor=actor_of(caller), audit=audit), timeout=20)
         except rules.RuleViolation as error:
             raise Problem(422, str(error), "rule-violation") from None
         except PartnerNotCertified as error:
@@ -72,6 +73,8 @@ async def book_deal(
             raise not_found(f"partner {body.partner_id}") from None
         except store.SerialConflict as error:
             raise Problem(409, str(error), "serial-committed-elsewhere", conflicting_serials=error.count) from None
+        finally:
+            action.recorded_id = audit.get("id")
         action.deal_id = view.id
         bind(deal_id=view.id, partner_id=body.partner_id)  # the request's log lines name the deal it booked
         DEALS_BOOKED.inc()

@@ -78,3 +78,38 @@ async def test_mutating_calls_are_audited_with_key_and_reason_and_ops_read_a_dea
         assert ("pledge", mine_id, None, 201) in audited and ("reinstate", ops_id, "late deal approved", 409) in audited
         training = [row for row in rows if row.action == "training"][-1]
         assert json.loads(training.detail_json) == {"hours": 2.0} and "ana@aud.example" not in training.detail_json
+
+
+async def test_a_booking_writes_one_audit_row_with_its_deal_and_a_failed_start_corrects_it(time_skipping_env, tmp_path, monkeypatch):
+    """A booking's audit row is written in its staging transaction, as if the start will succeed: one row
+    per booking, and a start the engine refuses leaves the row with the status the caller got, not 201."""
+    from temporalio.client import Client
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from store.tables import AuditEvent, Deal
+
+    env = time_skipping_env
+    settings = make_settings(tmp_path, temporal_address=env.client.service_client.config.target_host)
+    async with running_worker(env.client, settings), api_client(settings) as http:
+        ops = key(settings)
+        await certified_partner(http, ops, "AUD")
+        booked = await http.post("/v1/deals", json=booking_body("AUD", 5), headers=ops)
+        assert booked.status_code == 201, booked.text
+
+        real_start = Client.start_workflow
+
+        async def engine_refuses(self, workflow, *args, **kwargs):
+            if getattr(workflow, "__name__", "") == "run" and kwargs.get("id", "").startswith("deal-"):
+                raise RPCError("engine unavailable", RPCStatusCode.UNAVAILABLE, b"")
+            return await real_start(self, workflow, *args, **kwargs)
+
+        monkeypatch.setattr(Client, "start_workflow", engine_refuses)
+        failed = await http.post("/v1/deals", json=booking_body("AUD", 5), headers={**ops, "Audit-Reason": "second PO"})
+        assert failed.status_code == 503, failed.text
+
+        with session_scope(settings.effective_database_url) as session:
+            rows = session.execute(select(AuditEvent).where(AuditEvent.action == "booking").order_by(AuditEvent.id)).scalars().all()
+            deals = session.execute(select(Deal.id)).scalars().all()
+        assert [(row.deal_id, row.status_code) for row in rows][0] == (booked.json()["id"], 201)
+        assert len(rows) == 2 and rows[1].status_code == 503 and rows[1].reason == "second PO"
+        assert rows[1].deal_id not in deals  # the refused deal's staged rows were discarded; its audit row stays
