@@ -35,6 +35,10 @@ PARTNER = "BENCH-PARTNER"
 WORKFLOW_CACHE = 1000  # the worker's max_cached_workflows (the SDK default): older open deals are evicted
 BOOKING_ROUNDS = 3
 PHASES = ("booking", "lifecycle", "trips", "scale", "reads", "parked")
+DEFAULT_PHASES = PHASES[1:]
+# Which dev server (in memory, or a SQLite file as production's would be a database) and which store. Issue 15:
+# the file-backed server, with the store on SQLite and on PostgreSQL (a throwaway cluster, as the tests use).
+BACKENDS = {"file/sqlite": ("file", "sqlite"), "file/postgresql": ("file", "postgresql"), "memory/sqlite": ("memory", "sqlite")}
 _STARTED = time.monotonic()
 
 # The full-window lifecycle paths. A deal's window, reminder offsets and incentive mode are its booking caller's
@@ -60,6 +64,9 @@ LIFECYCLE_PATHS = {
 # Lifecycles: deals per path and round (and 3x as many raw workflows), in `lifecycle_rounds` rounds.
 FULL = {"bookings": 250, "lifecycles": 20, "lifecycle_rounds": 3, "trips": 50, "reads": 2000, "scale_serials": 100_000, "parked": 3_000, "parked_memory": 2_000}
 QUICK = {"bookings": 60, "lifecycles": 3, "lifecycle_rounds": 2, "trips": 20, "reads": 300, "scale_serials": 10_000, "parked": 500, "parked_memory": 500}
+
+
+PICKUPS_PER_DEAL = 15  # under the 20 pickups a deal may have under way at once (the warm-up call takes one more)
 
 
 def log(message: str) -> None:
@@ -294,12 +301,21 @@ async def round_trips(client, settings, http, n: int) -> dict:
     assert r.status_code == 201, r.text[:300]
     tracking = r.json()["tracking_number"]
 
+    # A deal takes at most 20 pickups under way at once (the rule against a runaway client): each side books its
+    # pickups on deals of its own, a fresh one every PICKUPS_PER_DEAL, booked before the timing starts.
+    pickup_deals = {side: [(await http.post("/v1/deals", json=booking_body(1000))).json()["id"] for _ in range(n // PICKUPS_PER_DEAL + 1)] for side in ("api", "sdk")}
+    pickups_made = {"api": 0, "sdk": 0}
+
+    def pickup_deal(side: str) -> str:
+        pickups_made[side] += 1
+        return pickup_deals[side][(pickups_made[side] - 1) // PICKUPS_PER_DEAL]
+
     async def api_update():
-        r = await http.post(f"/v1/deals/{open_deal}/pickups", json=pickup_body)
+        r = await http.post(f"/v1/deals/{pickup_deal('api')}/pickups", json=pickup_body)
         assert r.status_code == 201, r.text[:300]
 
     async def sdk_update():
-        await service.request_pickup(client, open_deal, PickupRequest(**pickup_body))
+        await service.request_pickup(client, pickup_deal("sdk"), PickupRequest(**pickup_body))
 
     async def api_signal():
         raw, headers = signed({"event_id": f"trip-{uuid.uuid4().hex}", "tracking_number": tracking, "status": "in_transit", "occurred_at": datetime.now(timezone.utc).isoformat()})
@@ -444,10 +460,10 @@ async def lifecycle_rounds(client, settings, stack: Stack, apis: dict[str, LoadC
     return out
 
 
-async def bench_backend(file_backed: bool, args, backend: str) -> dict:
+async def bench_backend(file_backed: bool, args, backend: str, database_url: str = "") -> dict:
     log(f"{backend}: starting dev server, worker and API")
     started = time.monotonic()
-    stack = Stack(file_backed=file_backed, env_overrides={"TAKEBACK_CARRIER_WEBHOOK_SECRET": WEBHOOK_SECRET, "TAKEBACK_SIM_CARRIER_STEP": "0s"}).start()
+    stack = Stack(file_backed=file_backed, database_url=database_url, env_overrides={"TAKEBACK_CARRIER_WEBHOOK_SECRET": WEBHOOK_SECRET, "TAKEBACK_SIM_CARRIER_STEP": "0s"}).start()
     trivial = None
     out: dict = {}
     try:
@@ -458,7 +474,7 @@ async def bench_backend(file_backed: bool, args, backend: str) -> dict:
         from temporal_client import connect
 
         # The stack's SQLite file, the API's settings: service-layer calls from here see what the API sees.
-        settings = Settings(temporal_address=f"127.0.0.1:{stack.temporal_port}", data_dir=stack.data_dir, database_url="", carrier_webhook_secret=WEBHOOK_SECRET, sim_carrier_step="0s")
+        settings = Settings(temporal_address=f"127.0.0.1:{stack.temporal_port}", data_dir=stack.data_dir, database_url=database_url, carrier_webhook_secret=WEBHOOK_SECRET, sim_carrier_step="0s")
         client = await connect(settings)
         key = ops_key(stack)
         headers = {"Authorization": f"Bearer {key}"}
@@ -720,8 +736,10 @@ def main() -> None:
     parser.add_argument("--scale-serials", type=int, help=f"committed serials of the one big deal (default {FULL['scale_serials']})")
     parser.add_argument("--parked", type=int, help=f"open deals left waiting on the file-backed server (default {FULL['parked']})")
     parser.add_argument("--parked-memory", type=int, help=f"open deals left waiting on the in-memory server (default {FULL['parked_memory']})")
-    parser.add_argument("--backends", default="memory,file")
-    parser.add_argument("--phases", default=",".join(PHASES), help="a subset of " + ",".join(PHASES) + " (default all)")
+    parser.add_argument("--backends", default="file/sqlite,file/postgresql", help="dev server/store pairs, a subset of " + ",".join(BACKENDS))
+    # Booking has its own grid (bench/booking_grid.py: concurrency 1/8/32, serials or none, both stores); the
+    # booking phase here (concurrency 32 only, with the service layer beside) runs when asked for.
+    parser.add_argument("--phases", default=",".join(DEFAULT_PHASES), help="a subset of " + ",".join(PHASES) + f" (default {','.join(DEFAULT_PHASES)})")
     args = parser.parse_args()
     args.phases = args.phases.split(",")
     unknown = set(args.phases) - set(PHASES)
@@ -733,7 +751,14 @@ def main() -> None:
     log("sizes: " + ", ".join(f"{name}={getattr(args, name)}" for name in FULL) + f", backends={args.backends}, phases={','.join(args.phases)}")
     results = {}
     for backend in args.backends.split(","):
-        results[f"{backend} dev server"] = asyncio.run(bench_backend(backend == "file", args, backend))
+        server, store = BACKENDS[backend]
+        if store == "postgresql":
+            from tests.postgres import throwaway_postgres
+
+            with throwaway_postgres() as url:
+                results[backend] = asyncio.run(bench_backend(server == "file", args, backend, url))
+        else:
+            results[backend] = asyncio.run(bench_backend(server == "file", args, backend))
     print()
     print(table(results))
     print(f"\ntotal {time.monotonic() - _STARTED:.0f}s", flush=True)
