@@ -27,6 +27,7 @@ from domain.durations import parse_duration
 from domain.models import OPEN_DEAL_STATUSES, CancelRequest, DealId, DealView, ExtendRequest
 from store import console as queries
 from store.db import session_scope
+from store import deals as deal_store
 from store.deals import deal_view_from_store
 from store.tables import Deal
 from workflows.ids import deal_workflow_id
@@ -212,9 +213,27 @@ async def _deal_view(settings, client, caller: Caller, deal_id: str) -> tuple[De
     return view, True
 
 
-async def deal_context(settings, client, caller: Caller, deal_id: str) -> dict:
+async def _stored_view(settings, deal_id: str) -> DealView | None:
+    """The store's copy of the deal (its projection, written on every change, with the carrier's latest
+    pickup statuses), as the polls read it."""
+
+    def stored():
+        with session_scope(settings.effective_database_url) as session:
+            return deal_store.stored_deal(session, deal_id)
+
+    row, statuses = await asyncio.to_thread(stored)
+    if row is None or row.view_json is None:
+        return None
+    return deal_store.with_pickup_statuses(DealView.model_validate_json(row.view_json), statuses)
+
+
+async def deal_context(settings, client, caller: Caller, deal_id: str, *, poll: bool = False) -> dict:
+    """`poll`: the page's poll, every POLL_SECONDS while it is open, reads the store's copy: a query of
+    the workflow is a billable Temporal Cloud Action, 1,200 an hour for each open page (bench/RESULTS.md,
+    what a deal costs). The page itself, and every answer to an action, ask the workflow."""
     row = await owned_deal(settings, caller, deal_id)  # 404 for a deal that is not the caller's, as the API
-    view, stale = await _deal_view(settings, client, caller, deal_id)
+    stored = await _stored_view(settings, deal_id) if poll else None
+    view, stale = (stored, False) if stored is not None else await _deal_view(settings, client, caller, deal_id)
 
     def load():
         with session_scope(settings.effective_database_url) as session:
@@ -244,7 +263,7 @@ async def deal_page(deal_id: DealId, request: Request, settings: SettingsDep, cl
 async def deal_live(deal_id: DealId, request: Request, settings: SettingsDep, client: ClientDep):
     """The part of a deal's page that changes (header and timeline): an open deal's page polls it."""
     caller, _ = await signed_in_caller(request, settings)
-    return render(request, "_deal_live.html", **await deal_context(settings, client, caller, deal_id))
+    return render(request, "_deal_live.html", **await deal_context(settings, client, caller, deal_id, poll=True))
 
 
 @router.get("/deals/{deal_id}/certificate")

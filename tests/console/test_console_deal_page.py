@@ -154,3 +154,34 @@ async def test_impact_shows_the_report_and_monthly_charts(tmp_path):
         await sign_in(http, api_key(settings, "partner", "P1"))
         own = await http.get("/console/impact")
         assert 'id="units-returned">2<' in own.text and "Impact of P1" in own.text
+
+
+async def test_an_open_deals_poll_reads_the_store_and_asks_the_workflow_nothing(tmp_path, monkeypatch):
+    """A query of the workflow is a billable Temporal Cloud Action: the poll of an open deal's page
+    (every few seconds, as long as the page is open) reads the store's copy; the page itself asks."""
+    from service import deals as service
+    from store.deals import deal_view_from_store
+
+    settings = make_settings(tmp_path)
+    deal(settings, "DOPEN", received=3, pickups=[PickupView(id="DOPEN-p1", status="booked", carrier="SIM", tracking_number="SIM9")])
+    with session_scope(settings.effective_database_url) as session:
+        session.add(Pickup(id="DOPEN-p1", deal_id="DOPEN", carrier="SIM", tracking_number="SIM9", status="in_transit", address="1 Main St", contact_name="Sam",
+                           contact_phone="+1 555 0100", ready_on=NOW.date(), expected_units=3, created_at=NOW))
+        session.commit()
+    asked = []
+
+    async def workflow_view(handle, query):  # the workflow's answer: here, what its projection holds
+        asked.append(handle.id)
+        with session_scope(settings.effective_database_url) as session:
+            return deal_view_from_store(session, "DOPEN")
+
+    monkeypatch.setattr(service, "ask", workflow_view)
+    async with api_client(settings) as http:
+        await sign_in(http, api_key(settings))
+        poll = await http.get("/console/deals/DOPEN/live")
+        assert poll.status_code == 200 and asked == []
+        assert "3 received of 8 required" in poll.text
+        assert "in_transit" in poll.text or "in transit" in poll.text.lower()  # the carrier's latest status, from the store
+        assert 'hx-get="/console/deals/DOPEN/live"' in poll.text  # still open: it keeps polling
+        page = await http.get("/console/deals/DOPEN")
+        assert page.status_code == 200 and asked == ["deal-DOPEN"]
