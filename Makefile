@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-slow bench histories clean chromium
+.PHONY: install run test test-slow bench bench-quick bench-more histories clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,19 +33,19 @@ chromium:
 test-slow: install
 	$(BIN)/pytest -q -rs -m slow
 
-# Six benchmarks, each printing its own table (about 20 minutes on 2 cores): bench/run.py (~8.5 min), deadline to
-# decision with mail healthy vs down (~2 min; a 10 s window instead of 20 s), receipts while the worker is SIGKILLed
-# (~1.5 min; 30 s of kills per setting instead of 40 s), the console's deals page with 10,000 deals (~30 s), booking
-# with metrics and traces off and on (~1.5 min).
-# bench/custody.py: a deal of 100,000 serials with custody events, one serial's timeline and the whole certificate
-# as HTML and PDF, beside a deal of 10,000 to show whether memory grows with the deal (~6.5 min).
+# Issue 15's measures, each on a stack of its own, one after another (bench/all.py; under 15 minutes on 2 cores):
+# the booking grid (API vs raw SDK starts at concurrency 1/8/32, SQLite and PostgreSQL), a deadline storm of 5,000
+# deals, lifecycle / round trips / reads / parked deals on both stores, 1 vs 2 workers, and what a deal costs.
+# `make bench-quick`: every one at small sizes, SQLite only (about 2 minutes). `make bench-more`: the earlier
+# issues' benchmarks (mail down, worker SIGKILLs, console page, metrics cost, custody of 100,000 serials; ~12 min).
 bench: install
-	$(BIN)/python bench/run.py
-	$(BIN)/python bench/decision_latency.py --window 10s
-	$(BIN)/python bench/worker_kill_latency.py --seconds 30
-	$(BIN)/python bench/console_page.py
-	$(BIN)/python bench/observability_cost.py
-	$(BIN)/python bench/custody.py
+	$(BIN)/python bench/all.py
+
+bench-quick: install
+	$(BIN)/python bench/all.py --quick
+
+bench-more: install
+	$(BIN)/python bench/all.py --more
 
 # Record the histories of a newly released workflow version, once: make histories VERSION=v3.
 # A version's folder is never re-recorded; every later change must replay it.
