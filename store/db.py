@@ -13,6 +13,16 @@ import store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 from store import migrate
 
 _engines: dict[str, Engine] = {}
+
+# PostgreSQL connections a process keeps, and the most it opens at once. A connection is held by one thread at a
+# time, and only threads touch the store: an API process's are the event loop's default executor (min(32, cores + 4):
+# 6 on 2 cores; 12 on 8) and Starlette's for sync generators; a worker's are its 32 activity threads (worker.py). So
+# POOL_SIZE covers an API process's steady state and a worker's usual load without reconnecting, and the overflow
+# reaches the worker's 32 threads plus a few, so no activity ever waits on the pool. Two APIs and two workers (the
+# topology `make test-slow` runs) hold at most 2 x 12 + 2 x 36 = 96 connections, under PostgreSQL's default
+# max_connections of 100; more processes need a larger max_connections or PgBouncer.
+POOL_SIZE = 12
+POOL_OVERFLOW = 24
 _lock = threading.Lock()
 
 
@@ -38,7 +48,7 @@ def get_engine(url: str) -> Engine:
                 engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
                 event.listen(engine, "connect", _sqlite_pragmas)
             else:
-                engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True)
+                engine = create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, hide_parameters=True)
             migrate.upgrade(engine)
             _engines[url] = engine
         return engine
