@@ -5,6 +5,9 @@ checked as users see them (the API's answers and the mail provider's inbox).
     python -m tests.chaos                             full form: 200 deals, 120 s window, SQLite
     python -m tests.chaos --fast                      the form `make test` runs (24 deals, 40 s window)
     python -m tests.chaos --database postgresql       on a throwaway PostgreSQL cluster instead
+    python -m tests.chaos --workers 2 --apis 2        several processes (Topology): 2 workers on the task
+                                                      queue, 2 APIs taking the requests in turn
+    python -m tests.chaos --races                     the race stress run (RACES, RACE_PLANS) instead
 
 Processes: `temporal server start-dev` (file-backed, so it survives its restart), `python -m cli
 worker` and `python -m cli api`, configured by the environment only. Mail goes to the real
@@ -19,7 +22,15 @@ posted again), `short` (a pickup that fails: escalation mail; a serial another d
 (receipts just before and just after the deadline). Every request is retried on 503 (Retry-After
 honoured, capped) and on connection errors with the same Idempotency-Key and body; every final
 answer is recorded and, once every deal has closed, held against the deals, certificates, the
-impact report, the e-mail states, the provider's inbox and the Temporal server: `verify`.
+impact report, the e-mail states, the provider's inbox and the Temporal server: `verify`. Then
+the store is held against the answers (`store_checks`: every booked deal there once, its row as
+GET shows it, its returned items, one settlement and one terminal ledger row of the amount shown)
+and every history against the engine and today's code (`engine_checks`: no workflow task failed,
+every history replays).
+
+With several workers (tests/test_topology.py) the kills take them in turn, so a killed worker's
+deals move to the other; with several APIs each request goes to the next one, a retry to the one
+after, and the race plans send their conflicting calls to different ones on purpose (`via`).
 """
 
 import argparse
@@ -85,6 +96,7 @@ class Form:
     close_wait: float = 90.0  # seconds after the last deadline for every deal to close
     mail_wait: float = 75.0  # seconds after that for every e-mail to reach a final state (a killed attempt's 60 s timeout)
     close_slack: float = 45.0  # seconds after its deadline a deal must have decided by (certificate issued_at)
+    plans: tuple[str, ...] = PLANS  # the deals take these plans in turn
 
     @property
     def restart_server_at(self) -> int:
@@ -97,6 +109,23 @@ class Form:
 
 FAST = Form(deals=24, window=40, kills=6, kill_every=7.0, concurrency=4, booking_spread=12.0, seed=1)
 FULL = Form(deals=200, window=120, kills=12, kill_every=10.0, concurrency=6, booking_spread=60.0, seed=7, close_wait=150.0)
+
+# The race stress run: no kills, every deal's conflicting calls sent at once, spread over the API
+# processes (`via`), many at the deadline. Each plan books its deal twice at once (one
+# Idempotency-Key, both APIs): one deal. `race_fill`: overlapping receipts, one posted twice, and
+# the same pickup asked of both APIs, filling the deal (it closes early). `race_cancel`: the receipt
+# that meets the condition and two cancels (one key) at once. `race_release_at_deadline`: the
+# receipt that meets the condition, posted to both APIs within a second of the deadline, beside an
+# extend. `race_cancel_at_deadline`: a cancel, that receipt and an extend, within a second of the
+# deadline. `race_extends`: two extends and the first's retry at once, beside a receipt, then a
+# receipt after the booked deadline. `race_serial`: two deals receive the same four serials at the
+# same moment through different APIs: each serial counts for one of them.
+RACE_PLANS = ("race_fill", "race_cancel", "race_release_at_deadline", "race_cancel_at_deadline", "race_extends", "race_serial")
+RACES = Form(deals=48, window=30, kills=0, kill_every=0.0, concurrency=12, booking_spread=8.0, seed=11, pause=(0.2, 1.0),
+             close_wait=60.0, plans=RACE_PLANS)
+# The chaos run on several processes (tests/test_topology.py): a little more traffic than FAST, the
+# kills taking the workers in turn.
+TOPOLOGY_CHAOS = Form(deals=36, window=40, kills=8, kill_every=6.0, concurrency=6, booking_spread=15.0, seed=3)
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -120,32 +149,69 @@ def wait_port(port: int, process: subprocess.Popen, what: str, timeout: float = 
     raise RuntimeError(f"{what} did not open port {port} within {timeout:.0f}s")
 
 
+@dataclass(frozen=True)
+class Topology:
+    """How many worker and API processes run beside the one Temporal server (all on one machine,
+    every worker on the same task queue, every API on the same store)."""
+
+    workers: int = 1
+    apis: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.apis} API{'s' if self.apis > 1 else ''}, {self.workers} worker{'s' if self.workers > 1 else ''}"
+
+
 @dataclass
 class Stack:
-    """The Temporal dev server, a worker and the API, each a process; logs in data_dir/logs."""
+    """The Temporal dev server, the workers and the APIs, each a process; logs in data_dir/logs."""
 
     data_dir: Path
     env: dict
     temporal_port: int
-    api_port: int
+    api_port: int  # the first API's; the others get ports of their own
+    topology: Topology = Topology()
     server: subprocess.Popen | None = None
-    worker: subprocess.Popen | None = None
-    api: subprocess.Popen | None = None
+    workers: list = field(default_factory=list)  # one Popen (or None) per worker slot
+    apis: list = field(default_factory=list)
+    api_ports: list = field(default_factory=list)
     kills: int = 0
     server_restarts: int = 0
+    cpu: Counter = field(default_factory=Counter)  # process name -> CPU seconds of its ended processes (killed ones too)
+
+    def __post_init__(self):
+        self.workers = [None] * self.topology.workers
+        self.apis = [None] * self.topology.apis
+        self.api_ports = [self.api_port] + [free_port() for _ in range(self.topology.apis - 1)]
+
+    @property
+    def worker(self) -> subprocess.Popen | None:
+        return self.workers[0]
+
+    @property
+    def api(self) -> subprocess.Popen | None:
+        return self.apis[0]
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
+    @property
+    def api_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}" for port in self.api_ports]
+
     def _log(self, name: str):
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         return open(self.data_dir / "logs" / name, "ab")
 
+    def _name(self, what: str, index: int) -> str:
+        return what if len(self.workers if what == "worker" else self.apis) == 1 else f"{what}{index + 1}"
+
     def start(self) -> "Stack":
         self.start_server()
-        self.start_worker()
-        self.start_api()
+        for index in range(len(self.workers)):
+            self.start_worker(index)
+        for index in range(len(self.apis)):
+            self.start_api(index)
         return self
 
     def start_server(self) -> None:
@@ -167,20 +233,28 @@ class Stack:
             self.env["TEMPORAL_ADDRESS"] = f"127.0.0.1:{self.temporal_port}"
         raise RuntimeError("temporal dev server could not take a port")
 
-    def start_worker(self) -> None:
-        with self._log("worker.log") as log:
-            self.worker = subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    def start_worker(self, index: int = 0) -> None:
+        with self._log(f"{self._name('worker', index)}.log") as log:
+            self.workers[index] = subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
-    def start_api(self) -> None:
-        with self._log("api.log") as log:
-            self.api = subprocess.Popen(
-                [sys.executable, "-m", "cli", "api", "--port", str(self.api_port)], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+    def start_api(self, index: int = 0) -> None:
+        with self._log(f"{self._name('api', index)}.log") as log:
+            self.apis[index] = subprocess.Popen(
+                [sys.executable, "-m", "cli", "api", "--port", str(self.api_ports[index])], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
             )
-        wait_port(self.api_port, self.api, "api")
+        wait_port(self.api_ports[index], self.apis[index], f"api {index + 1}")
 
-    def kill_worker(self) -> None:
-        self.worker.send_signal(signal.SIGKILL)
-        self.worker.wait()
+    def _count_cpu(self, name: str, process: subprocess.Popen) -> None:
+        try:
+            fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            self.cpu[name] += sum(int(v) for v in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+
+    def kill_worker(self, index: int = 0) -> None:
+        self._count_cpu(self._name("worker", index), self.workers[index])
+        self.workers[index].send_signal(signal.SIGKILL)
+        self.workers[index].wait()
         self.kills += 1
 
     def restart_server(self) -> None:
@@ -190,8 +264,10 @@ class Stack:
         self.server_restarts += 1
 
     def stop(self) -> None:
-        for process in (self.api, self.worker, self.server):
+        named = [*((self._name("api", i), p) for i, p in enumerate(self.apis)), *((self._name("worker", i), p) for i, p in enumerate(self.workers))]
+        for name, process in [*named, ("temporal", self.server)]:
             if process is not None and process.poll() is None:
+                self._count_cpu(name, process)
                 process.terminate()
                 try:
                     process.wait(timeout=15)
@@ -220,6 +296,7 @@ class Answer:
     idempotency_key: str | None = None
     request: object = None
     label: str = ""  # which step of its deal's plan
+    api: int = 0  # which API process gave the final answer
 
     @property
     def problem(self) -> str:
@@ -246,20 +323,32 @@ def signature(raw: bytes, secret: str, at: float | None = None) -> str:
 
 
 class Api:
-    """Every request retried on 503 and on connection errors with the same body and headers."""
+    """Every request retried on 503, on 409 idempotency-in-progress and on connection errors with the
+    same body and headers. With several API processes, requests take them in turn (as a load
+    balancer would), a retry goes to the next one, and `via` sends a request to a given one."""
 
-    def __init__(self, url: str, stats: Stats, webhook_secret: str):
+    def __init__(self, urls: str | list[str], stats: Stats, webhook_secret: str):
         self.webhook_secret = webhook_secret
-        self.http = httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(45.0, connect=5.0), limits=httpx.Limits(max_connections=64))
+        urls = [urls] if isinstance(urls, str) else list(urls)
+        self.clients = [httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(45.0, connect=5.0), limits=httpx.Limits(max_connections=64)) for url in urls]
+        self.turn = 0
         self.stats = stats
         self.in_flight = 0  # requests sent and not yet answered
 
+    @property
+    def http(self) -> httpx.AsyncClient:
+        return self.clients[0]
+
     async def close(self) -> None:
-        await self.http.aclose()
+        for client in self.clients:
+            await client.aclose()
 
     async def call(self, kind: str, method: str, path: str, *, key: str | None = None, body=None, idempotency_key: str | None = None,
-                   signed: bool = False, slot: asyncio.Semaphore | None = None, budget: float = REQUEST_BUDGET) -> Answer:
+                   signed: bool = False, slot: asyncio.Semaphore | None = None, budget: float = REQUEST_BUDGET, via: int | None = None) -> Answer:
         raw = json.dumps(body).encode() if body is not None else None
+        if via is None:
+            via, self.turn = self.turn, self.turn + 1
+        target = via % len(self.clients)
         started, give_up = time.time(), time.monotonic() + budget
         attempts = retried_503 = server_errors = 0
         reached = None
@@ -280,26 +369,31 @@ class Api:
                 async with slot or contextlib.nullcontext():
                     self.in_flight += 1
                     try:
-                        response = await self.http.request(method, path, headers=headers, content=raw)
+                        response = await self.clients[target].request(method, path, headers=headers, content=raw)
                     finally:
                         self.in_flight -= 1
             except httpx.TransportError as error:
                 self.stats.transport_errors[type(error).__name__] += 1
+                target = (target + 1) % len(self.clients)
                 if time.monotonic() < give_up:
                     await asyncio.sleep(0.5)
                     continue
-                return self._answer(kind, method, path, 0, repr(error), attempts, retried_503, started, reached, idempotency_key, body)
+                return self._answer(kind, method, path, 0, repr(error), attempts, retried_503, started, reached, idempotency_key, body, target)
             reached = reached or sent
             try:
                 parsed = response.json()
             except ValueError:
                 parsed = response.text
             status = response.status_code
-            if status == 503:
-                problem = str(parsed.get("type", "")).rsplit("/", 1)[-1] if isinstance(parsed, dict) else "?"
-                self.stats.status_503[problem or "?"] += 1
+            problem = str(parsed.get("type", "")).rsplit("/", 1)[-1] if isinstance(parsed, dict) else "?"
+            if status == 409 and problem == "idempotency-in-progress":  # the same key still running (on this API or another): retry
+                self.stats.counts["409 idempotency-in-progress retried"] += 1
+            if status == 503 or (status == 409 and problem == "idempotency-in-progress"):
+                if status == 503:
+                    self.stats.status_503[problem or "?"] += 1
                 if time.monotonic() < give_up:
                     retried_503 += 1
+                    target = (target + 1) % len(self.clients)
                     try:
                         retry_after = float(response.headers.get("Retry-After", "1"))
                     except ValueError:
@@ -313,10 +407,10 @@ class Api:
                     server_errors += 1
                     await asyncio.sleep(1.0)
                     continue
-            return self._answer(kind, method, path, status, parsed, attempts, retried_503, started, reached, idempotency_key, body)
+            return self._answer(kind, method, path, status, parsed, attempts, retried_503, started, reached, idempotency_key, body, target)
 
-    def _answer(self, kind, method, path, status, body, attempts, retried_503, started, reached, key, request) -> Answer:
-        answer = Answer(kind, method, path, status, body, attempts, retried_503, started, reached, time.time(), key, request)
+    def _answer(self, kind, method, path, status, body, attempts, retried_503, started, reached, key, request, api=0) -> Answer:
+        answer = Answer(kind, method, path, status, body, attempts, retried_503, started, reached, time.time(), key, request, api=api)
         self.stats.answers.append(answer)
         return answer
 
@@ -332,6 +426,7 @@ class Deal:
     rate: str
     start_after: float
     id: str | None = None
+    booked_ids: set = field(default_factory=set)  # the deal ids of every 201 its booking got (one, however often it was sent)
     answers: list = field(default_factory=list)  # every request about this deal
     pickups: dict = field(default_factory=dict)  # pickup id -> its 201 answer's body
     events: list = field(default_factory=list)  # (pickup id, event, answer)
@@ -370,6 +465,7 @@ class Run:
         self.partner_views: dict[str, dict] = {}
         self.impact: dict[str, dict] = {}
         self.deals: list[Deal] = []
+        self.started = time.time()  # when the deals start to be driven
 
     # keys are made in the store, as `takeback apikey create` does
     def make_key(self, role: str, partner_id: str | None = None) -> str:
@@ -383,6 +479,7 @@ class Run:
         return await self.api.call(kind, method, path, slot=self.slots[partner], **options)
 
     async def deal_call(self, deal: Deal, kind: str, method: str, path: str, **options) -> Answer:
+        """`via` (in options) sends it to that API process; otherwise they take turns."""
         answer = await self.api.call(kind, method, path, slot=self.slots[deal.partner], **options)
         deal.answers.append(answer)
         return answer
@@ -404,7 +501,8 @@ class Run:
 
     # --- one deal ---------------------------------------------------------------------------
 
-    async def book(self, deal: Deal) -> bool:
+    async def book(self, deal: Deal, twice: bool = False) -> bool:
+        """Book the deal; `twice`: the same request (key and body) sent to two API processes at once."""
         body = {
             "partner_id": deal.partner,
             "customer": {"name": f"Customer {deal.tag}", "country": "DE"},
@@ -414,22 +512,27 @@ class Run:
             "equipment": [{"product_id": PRODUCT, "quantity": UNITS}],
         }
         give_up = time.monotonic() + 30
-        while True:
-            answer = await self.deal_call(deal, "book", "POST", "/v1/deals", key=self.keys[deal.partner], body=body, idempotency_key=f"{deal.tag}-book")
-            # The certification is read from a projection written as it completes: a booking racing it may be early.
-            if answer.status == 409 and answer.problem == "partner-not-certified" and time.monotonic() < give_up:
-                answer.kind = "book-before-certified"
-                self.stats.counts["bookings retried: partner not yet certified"] += 1
-                await asyncio.sleep(0.5)
-                continue
-            break
-        if answer.status == 201:
-            deal.id = answer.body["id"]
+
+        async def send(via: int | None) -> None:
+            while True:
+                answer = await self.deal_call(deal, "book", "POST", "/v1/deals", key=self.keys[deal.partner], body=body, idempotency_key=f"{deal.tag}-book", via=via)
+                # The certification is read from a projection written as it completes: a booking racing it may be early.
+                if answer.status == 409 and answer.problem == "partner-not-certified" and time.monotonic() < give_up:
+                    answer.kind = "book-before-certified"
+                    self.stats.counts["bookings retried: partner not yet certified"] += 1
+                    await asyncio.sleep(0.5)
+                    continue
+                break
+            if answer.status == 201:
+                deal.booked_ids.add(answer.body["id"])
+                deal.id = deal.id or answer.body["id"]
+
+        await asyncio.gather(*((send(0), send(1)) if twice else (send(None),)))
         return deal.id is not None
 
-    async def pickup(self, deal: Deal, number: int) -> dict | None:
+    async def pickup(self, deal: Deal, number: int, via: int | None = None) -> dict | None:
         body = {"address": f"{number} Chaos Way, Berlin", "contact_name": "Kim", "contact_phone": "+49 30 1234", "ready_on": datetime.now(timezone.utc).date().isoformat(), "expected_units": UNITS}
-        answer = await self.deal_call(deal, "pickup", "POST", f"/v1/deals/{deal.id}/pickups", key=self.keys[deal.partner], body=body, idempotency_key=f"{deal.tag}-pickup-{number}")
+        answer = await self.deal_call(deal, "pickup", "POST", f"/v1/deals/{deal.id}/pickups", key=self.keys[deal.partner], body=body, idempotency_key=f"{deal.tag}-pickup-{number}", via=via)
         if answer.status != 201:
             return None
         deal.pickups.setdefault(answer.body["id"], answer.body)
@@ -444,25 +547,25 @@ class Run:
                 answer = await self.deal_call(deal, "event", "POST", "/v1/carrier-events", body=event, signed=True)
                 deal.events.append((pickup["id"], event, answer))
 
-    async def receipt(self, deal: Deal, items: list[dict], name: str) -> Answer:
+    async def receipt(self, deal: Deal, items: list[dict], name: str, via: int | None = None) -> Answer:
         # Odd deals name their receipts with an Idempotency-Key; even ones rely on "the same items are the same batch".
         key = f"{deal.tag}-{name}" if deal.index % 2 else None
-        answer = await self.deal_call(deal, "receipt", "POST", f"/v1/deals/{deal.id}/receipts", key=self.keys["ops"], body={"items": items}, idempotency_key=key)
+        answer = await self.deal_call(deal, "receipt", "POST", f"/v1/deals/{deal.id}/receipts", key=self.keys["ops"], body={"items": items}, idempotency_key=key, via=via)
         answer.label = name
         return answer
 
-    async def extend(self, deal: Deal, seconds: int, name: str) -> Answer:
+    async def extend(self, deal: Deal, seconds: int, name: str, via: int | None = None) -> Answer:
         body = {"extend_by": f"{seconds}s", "reason": f"chaos: the customer asked ({name})"}
-        return await self.deal_call(deal, "extend", "POST", f"/v1/deals/{deal.id}/extend", key=self.keys["ops"], body=body, idempotency_key=f"{deal.tag}-{name}")
+        return await self.deal_call(deal, "extend", "POST", f"/v1/deals/{deal.id}/extend", key=self.keys["ops"], body=body, idempotency_key=f"{deal.tag}-{name}", via=via)
 
-    async def cancel(self, deal: Deal, name: str = "cancel") -> Answer:
+    async def cancel(self, deal: Deal, name: str = "cancel", via: int | None = None) -> Answer:
         body = {"reason": "chaos: the customer withdrew"}
-        return await self.deal_call(deal, "cancel", "POST", f"/v1/deals/{deal.id}/cancel", key=self.keys["ops"], body=body, idempotency_key=f"{deal.tag}-{name}")
+        return await self.deal_call(deal, "cancel", "POST", f"/v1/deals/{deal.id}/cancel", key=self.keys["ops"], body=body, idempotency_key=f"{deal.tag}-{name}", via=via)
 
     async def drive(self, deal: Deal) -> None:
         rng = random.Random(self.form.seed * 100_000 + deal.index)
         await asyncio.sleep(deal.start_after)
-        if not await self.book(deal):
+        if not await self.book(deal, twice=deal.plan.startswith("race_")):
             return
 
         async def pause():
@@ -525,6 +628,53 @@ class Run:
             await self.receipt(deal, deal.items(6, 8), "r2")  # just before the deadline: 8, the condition
             await asyncio.sleep(max(0.0, deadline + 2.0 - time.time()))
             await self.receipt(deal, deal.items(8, 10), "r3")  # just after it
+        elif plan.startswith("race_"):
+            await self.race(deal, rng, deadline, pause)
+
+    async def race(self, deal: Deal, rng: random.Random, deadline: float, pause) -> None:
+        """The race plans (RACE_PLANS): conflicting calls at once, `via` API 0 (A) and API 1 (B)."""
+        A, B = 0, 1
+        plan = deal.plan
+        near_deadline = lambda: asyncio.sleep(max(0.0, deadline + rng.uniform(-0.8, 0.8) - time.time()))  # noqa: E731
+        if plan == "race_fill":
+            await pause()
+            await asyncio.gather(
+                self.pickup(deal, 1, via=A), self.pickup(deal, 1, via=B),  # one request, both APIs: one pickup
+                self.receipt(deal, deal.items(0, 5), "r1", via=A),
+                self.receipt(deal, deal.items(3, 8), "r2", via=B),  # overlaps r1 by two serials
+                self.receipt(deal, deal.items(0, 5), "r1", via=B),  # r1 again: the same batch
+                self.receipt(deal, deal.items(8, 10), "r3", via=A),
+            )
+            await pause()
+            await self.receipt(deal, deal.items(0, 2), "r4")  # every unit is back: the deal has closed
+        elif plan == "race_cancel":
+            await self.receipt(deal, deal.items(0, 2), "r1")
+            await pause()
+            await asyncio.gather(self.receipt(deal, deal.items(2, 9), "r2", via=A), self.cancel(deal, via=B), self.cancel(deal, via=A))
+        elif plan == "race_release_at_deadline":
+            await self.receipt(deal, deal.items(0, 6), "r1")
+            await near_deadline()
+            await asyncio.gather(self.receipt(deal, deal.items(6, 8), "r2", via=A), self.receipt(deal, deal.items(6, 8), "r2", via=B),
+                                 self.extend(deal, self.form.extensions[0], "extend-a", via=B))
+        elif plan == "race_cancel_at_deadline":
+            await self.receipt(deal, deal.items(0, 5), "r1")
+            await near_deadline()
+            await asyncio.gather(self.cancel(deal, via=A), self.receipt(deal, deal.items(5, 9), "r2", via=B),
+                                 self.extend(deal, self.form.extensions[0], "extend-a", via=A))
+        elif plan == "race_extends":
+            await self.receipt(deal, deal.items(0, 4), "r1")
+            await pause()
+            first, second = self.form.extensions
+            await asyncio.gather(self.extend(deal, first, "extend-a", via=A), self.extend(deal, second, "extend-b", via=B),
+                                 self.extend(deal, first, "extend-a", via=B), self.receipt(deal, deal.items(4, 6), "r2", via=A))
+            await asyncio.sleep(max(0.0, deadline + self.form.window * 0.05 - time.time()))
+            await self.receipt(deal, deal.items(6, 8), "r3")  # after the booked deadline, within the extended one
+        elif plan == "race_serial":
+            # the two deals of a pair post the pool's serials at the same moment, through different APIs
+            occurrence = deal.index // len(self.form.plans)
+            pool = f"POOL{occurrence // 2:03d}"
+            await asyncio.sleep(max(0.0, self.started + self.form.booking_spread + 3.0 - time.time()))
+            await self.receipt(deal, deal.items(0, 6) + deal.items(0, 4, tag=pool), "r1", via=occurrence % 2)
 
     @staticmethod
     async def after(seconds: float, step):
@@ -551,7 +701,8 @@ class Run:
         rng = random.Random(self.form.seed)
         while self.stack.kills < self.form.kills:
             await asyncio.sleep(self.form.kill_every * rng.uniform(0.7, 1.3))
-            await asyncio.to_thread(self.stack.kill_worker)
+            victim = self.stack.kills % len(self.stack.workers)  # the workers in turn; the others carry on
+            await asyncio.to_thread(self.stack.kill_worker, victim)
             if self.stack.kills == self.form.restart_server_at and self.stack.server_restarts == 0:
                 # The server goes down under load: with no worker, the requests arriving now wait in the
                 # engine for their deals, and the SIGKILL cuts them off mid-call.
@@ -561,10 +712,10 @@ class Run:
                     in_flight = max(in_flight, self.api.in_flight)
                 self.stats.counts["requests in flight at the server restart"] = self.api.in_flight
                 await asyncio.to_thread(self.stack.restart_server)
-                log(f"kill {self.stack.kills}: worker SIGKILLed, temporal server SIGKILLed with {self.stats.counts['requests in flight at the server restart']} requests in flight, restarted")
+                log(f"kill {self.stack.kills}: worker {victim + 1} SIGKILLed, temporal server SIGKILLed with {self.stats.counts['requests in flight at the server restart']} requests in flight, restarted")
             else:
-                log(f"kill {self.stack.kills}: worker SIGKILLed")
-            await asyncio.to_thread(self.stack.start_worker)
+                log(f"kill {self.stack.kills}: worker {victim + 1} SIGKILLed")
+            await asyncio.to_thread(self.stack.start_worker, victim)
 
     # --- after the traffic ------------------------------------------------------------------
 
@@ -651,10 +802,144 @@ async def failed_workflows(address: str) -> list[str]:
     return [execution.id async for execution in client.list_workflows("ExecutionStatus='Failed'")]
 
 
+async def engine_checks(address: str) -> tuple[list[str], dict]:
+    """Every workflow's history from the server: workflow tasks that failed (by cause) and whether
+    each history replays against today's workflow code. Tasks that timed out (a SIGKILLed worker's)
+    are counted, not failures; so are those the server refused because new events (a signal, an
+    update) arrived while the worker completed the task (UNHANDLED_COMMAND: the worker runs the task
+    again with them, by design) or because it reset the worker's sticky queue."""
+    from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
+    from temporalio.contrib.pydantic import pydantic_data_converter
+    from temporalio.worker import Replayer
+
+    from settings import Settings
+    from temporal_client import connect
+    from workflows.deal import TakebackDealWorkflow
+    from workflows.pickup import PickupWorkflow
+    from workflows.specialization import PartnerSpecializationWorkflow
+
+    BY_DESIGN = {WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND, WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_RESET_STICKY_TASK_QUEUE}
+    client = await connect(Settings(temporal_address=address))
+    executions = [execution async for execution in client.list_workflows()]
+    reads = asyncio.Semaphore(8)
+
+    async def history(execution):
+        async with reads:
+            return await client.get_workflow_handle(execution.id, run_id=execution.run_id).fetch_history()
+
+    histories = await asyncio.gather(*(history(e) for e in executions))
+    violations: list[str] = []
+    counts: Counter = Counter({"workflow histories": len(histories), "history events": sum(len(h.events) for h in histories)})
+    for execution, one in zip(executions, histories):
+        counts[f"workflows {execution.workflow_type} {execution.status.name if execution.status else '?'}"] += 1
+        for event in one.events:
+            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
+                counts["workflow tasks timed out"] += 1
+            elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+                attributes = event.workflow_task_failed_event_attributes
+                cause = WorkflowTaskFailedCause.Name(attributes.cause)
+                if attributes.cause in BY_DESIGN:
+                    counts[f"workflow tasks refused by the server {cause}"] += 1
+                    continue
+                counts[f"workflow tasks failed {cause}"] += 1
+                violations.append(f"workflow {execution.id} ({execution.workflow_type}): workflow task failed at event {event.event_id}, "
+                                  f"{cause}: {attributes.failure.message[:300]}")
+    replayer = Replayer(workflows=[TakebackDealWorkflow, PickupWorkflow, PartnerSpecializationWorkflow], data_converter=pydantic_data_converter)
+    async def each():
+        for one in histories:
+            yield one
+
+    results = await replayer.replay_workflows(each(), raise_on_replay_failure=False)
+    counts["histories replayed"] = len(histories) - len(results.replay_failures)
+    for run_id, error in results.replay_failures.items():
+        workflow_id = next((e.id for e in executions if e.run_id == run_id), run_id)
+        violations.append(f"workflow {workflow_id} (run {run_id}) does not replay: {error!r}"[:500])
+    return violations, counts
+
+
+def store_checks(run: "Run") -> tuple[list[str], dict]:
+    """What the store holds against what the API answered: every booked deal is there once (a
+    booking sent twice made one deal), its row shows what GET shows, its accepted serials are its
+    returned items, and its money moved once: one settlement row and one terminal ledger row,
+    of the outcome and amount its view shows (rows and amounts counted, not left to a unique key)."""
+    from sqlalchemy import func, select
+
+    from store.db import session_scope
+    from store.tables import Certificate, Deal as DealRow, DealExtension, IncentiveLedger, ReturnedItem, Settlement
+
+    terminal = {"released", "forfeited", "cancelled", "clawed_back"}
+    violations: list[str] = []
+    counts: Counter = Counter()
+    booked = [d for d in run.deals if d.id]
+    with session_scope(run.database_url) as session:
+        rows = {row.id: row for row in session.execute(select(DealRow).where(DealRow.partner_id.in_([GOOD, BOUNCE]))).scalars()}
+        ledger = defaultdict(list)
+        for row in session.execute(select(IncentiveLedger)).scalars():
+            ledger[row.deal_id].append(row)
+        settlements = defaultdict(list)
+        for row in session.execute(select(Settlement)).scalars():
+            settlements[row.deal_id].append(row)
+        items = defaultdict(set)
+        item_rows = Counter()
+        for deal_id, serial in session.execute(select(ReturnedItem.deal_id, ReturnedItem.serial)):
+            items[deal_id].add(serial)
+            item_rows[deal_id] += 1
+        extensions = Counter(dict(session.execute(select(DealExtension.deal_id, func.count()).group_by(DealExtension.deal_id)).all()))
+        certificates = set(session.execute(select(Certificate.deal_id)).scalars())
+    counts["store deals"] = len(rows)
+    counts["store ledger rows"] = sum(len(v) for v in ledger.values())
+    counts["store settlements"] = sum(len(v) for v in settlements.values())
+    ids = {d.id for d in booked}
+    if len(rows) != len(ids) or set(rows) != ids:
+        violations.append(f"store: {len(rows)} deals of the run's partners, {len(ids)} booked over HTTP "
+                          f"(in the store only: {sorted(set(rows) - ids)[:5]}, booked only: {sorted(ids - set(rows))[:5]})")
+    for deal_id in set(ledger) - ids:
+        violations.append(f"store: ledger rows for {deal_id}, a deal nobody booked: {[(r.kind, str(r.amount)) for r in ledger[deal_id]]}")
+    money = Counter()
+    for deal in booked:
+        name = f"deal {deal.id} ({deal.plan}, {deal.partner})"
+        row = rows.get(deal.id)
+        if row is None:
+            violations.append(f"{name}: answered 201 but not in the store")
+            continue
+        final = deal.final
+        if final is None:
+            continue  # verify() says it never closed
+        shown = (final["status"], final["incentive"]["status"], Decimal(final["incentive"]["amount"]), final["received_units"], at(final["return_deadline"]))
+        deadline = row.return_deadline if row.return_deadline.tzinfo else row.return_deadline.replace(tzinfo=timezone.utc)
+        stored = (row.status, row.incentive_status, row.incentive_amount, row.received_units, deadline)
+        if shown != stored:
+            violations.append(f"{name}: GET shows (status, incentive, amount, received, deadline) {shown}, its store row {stored}")
+        if item_rows[deal.id] != final["received_units"]:
+            violations.append(f"{name}: received_units {final['received_units']}, {item_rows[deal.id]} returned-item rows in the store")
+        certified = {i["serial_number"] for i in (deal.certificate or {}).get("certificate", {}).get("items", [])}
+        if deal.certificate and certified != items[deal.id]:
+            violations.append(f"{name}: the certificate lists {len(certified)} serials, the store holds {len(items[deal.id])} returned items for the deal")
+        if deal.id not in certificates:
+            violations.append(f"{name}: closed without a certificate row in the store")
+        if extensions[deal.id] != len(final.get("extensions", [])):
+            violations.append(f"{name}: {len(final.get('extensions', []))} extensions shown, {extensions[deal.id]} in the store")
+        moves = [r for r in ledger[deal.id] if r.kind in terminal]
+        outcome = final["incentive"]["status"]
+        if len(settlements[deal.id]) != 1 or len(moves) != 1:
+            violations.append(f"{name}: settled {len(settlements[deal.id])} times, {len(moves)} terminal ledger rows: "
+                              f"{[(r.kind, str(r.amount)) for r in ledger[deal.id]]} (want one, {outcome})")
+            continue
+        settlement, move = settlements[deal.id][0], moves[0]
+        want_amount = Decimal(final["incentive"]["amount"]) if outcome in ("released", "forfeited") else Decimal("0.00")
+        if (settlement.outcome, move.kind) != (outcome, outcome) or move.amount != settlement.amount or (outcome != "cancelled" and move.amount != want_amount):
+            violations.append(f"{name}: incentive {outcome} {final['incentive']['amount']} shown; settlement {settlement.outcome} {settlement.amount}, "
+                              f"ledger {move.kind} {move.amount}")
+        money[move.kind] += move.amount
+    for kind, amount in sorted(money.items()):
+        counts[f"store ledger {kind}"] = str(amount)
+    return violations, counts
+
+
 # --- the checks -------------------------------------------------------------------------------
 
 EXPECTED_STATUS = {
-    "partner": {201}, "training": {201}, "exam": {201}, "pledge": {201}, "book": {201}, "pickup": {201}, "event": {202},
+    "partner": {201}, "training": {201}, "exam": {201}, "pledge": {201}, "book": {201}, "pickup": {201, 409}, "event": {202},
     "receipt": {200, 409}, "extend": {200, 409}, "cancel": {200, 409},
     "poll": {200}, "watch": {200, 503}, "get": {200}, "certificate": {200}, "emails": {200}, "partner-get": {200}, "impact": {200},
 }
@@ -676,7 +961,7 @@ def verify(run: Run, failed: list[str]) -> tuple[list[str], dict]:
             violations.append(f"never answered after {REQUEST_BUDGET:.0f} s of retries: {answer.brief()}")
         elif answer.kind in EXPECTED_STATUS and answer.status not in EXPECTED_STATUS[answer.kind]:
             violations.append(f"unexpected answer to a {answer.kind}: {answer.brief()}")
-        elif answer.status == 409 and answer.kind in ("receipt", "extend", "cancel") and answer.problem != "deal-not-open":
+        elif answer.status == 409 and answer.kind in ("receipt", "extend", "cancel", "pickup") and answer.problem != "deal-not-open":
             violations.append(f"409 of another kind than deal-not-open: {answer.brief()}")
 
     # -- partners: what was recorded shows
@@ -706,6 +991,8 @@ def verify(run: Run, failed: list[str]) -> tuple[list[str], dict]:
             violations.append(f"deal {deal.tag} ({deal.plan}) was never booked: {[a.brief() for a in deal.of('book')]}")
             continue
         name = f"deal {deal.id} ({deal.plan}, {deal.partner})"
+        if len(deal.booked_ids) > 1:
+            violations.append(f"{name}: one booking (one Idempotency-Key) sent to two APIs at once made {len(deal.booked_ids)} deals: {sorted(deal.booked_ids)}")
         final = deal.final
         if final is None or final.get("status") not in FINAL:
             violations.append(f"{name} did not close within {form.close_wait:.0f} s of the last deadline: last seen {json.dumps(final)[:300]}")
@@ -786,8 +1073,14 @@ def verify(run: Run, failed: list[str]) -> tuple[list[str], dict]:
             violations.append(f"{name}: return_deadline {final['return_deadline']} with {len(final.get('extensions', []))} extensions; booked "
                               f"{final['booked_at']} + {form.window} s + extends answered 200 {sorted(extended.values())} make {want_deadline.isoformat()}")
 
-        # pickups: every one answered 201 is the deal's, once; a carrier's status never moves back
+        # pickups: every one answered 201 is the deal's, once; refused only once the deal was closing;
+        # a carrier's status never moves back
         shown = {p["id"]: p for p in final.get("pickups", [])}
+        closed_early = status == "cancelled" or final.get("closed_reason") == "every committed unit returned"
+        for answer in deal.of("pickup"):
+            if answer.status == 409 and not closed_early and answer.reached and answer.reached < deadline.timestamp() - STAGED_MARGIN:
+                violations.append(f"{name}: a pickup requested {deadline.timestamp() - answer.reached:.1f} s before the deadline of a deal that "
+                                  f"closed at it was refused: {answer.brief()}")
         for answer in deal.of("pickup"):
             if answer.status == 201:
                 counts["pickups 201"] += 1
@@ -916,9 +1209,9 @@ def plan_deals(form: Form) -> list[Deal]:
     rng = random.Random(form.seed)
     deals = []
     for index in range(form.deals):
-        partner = GOOD if (index // len(PLANS)) % 2 == 0 else BOUNCE  # each plan for both partners
+        partner = GOOD if (index // len(form.plans)) % 2 == 0 else BOUNCE  # each plan for both partners
         rate = f"0.0{1 + index % 7}"
-        deals.append(Deal(index=index, plan=PLANS[index % len(PLANS)], partner=partner, rate=rate, start_after=rng.uniform(0, form.booking_spread)))
+        deals.append(Deal(index=index, plan=form.plans[index % len(form.plans)], partner=partner, rate=rate, start_after=rng.uniform(0, form.booking_spread)))
     return deals
 
 
@@ -936,8 +1229,9 @@ def new_postgres_database(base_url: str) -> str:
     return base_url.rsplit("/", 1)[0] + f"/{name}"
 
 
-async def run(form: Form, database_url: str | None = None, keep: bool = False) -> dict:
-    """One chaos run; `database_url` a PostgreSQL URL, or None for SQLite in the run's folder.
+async def run(form: Form, database_url: str | None = None, keep: bool = False, topology: Topology = Topology()) -> dict:
+    """One chaos run; `database_url` a PostgreSQL URL, or None for SQLite in the run's folder;
+    `topology` how many workers and APIs serve it (requests take the APIs in turn).
 
     Returns the counts, the violations (sentences; empty when every check held), the seconds it
     took and, when something failed or `keep`, the folder with the processes' logs."""
@@ -971,19 +1265,23 @@ async def run(form: Form, database_url: str | None = None, keep: bool = False) -
         env.pop(name, None)
     if database_url:
         env["TAKEBACK_DATABASE_URL"] = database_url
-    stack = Stack(data_dir=data_dir, env=env, temporal_port=temporal_port, api_port=api_port)
+    stack = Stack(data_dir=data_dir, env=env, temporal_port=temporal_port, api_port=api_port, topology=topology)
     stats = Stats()
-    api = Api(stack.api_url, stats, webhook_secret)
+    api = Api(stack.api_urls, stats, webhook_secret)
     chaos_task = None
     result: dict = {}
     try:
         await asyncio.to_thread(stack.start)
         chaos_run = Run(form, stack, api, stats, standin, store_url)
         chaos_run.keys["ops"] = await asyncio.to_thread(chaos_run.make_key, "ops")
-        log(f"stack up in {time.monotonic() - started:.1f} s ({'PostgreSQL' if database_url else 'SQLite'}); certifying two partners")
+        log(f"stack up in {time.monotonic() - started:.1f} s ({'PostgreSQL' if database_url else 'SQLite'}, {topology}); certifying two partners")
         await asyncio.gather(chaos_run.certify(GOOD), chaos_run.certify(BOUNCE))
         chaos_run.deals = plan_deals(form)
-        log(f"driving {form.deals} deals; {form.kills} worker SIGKILLs every ~{form.kill_every:g} s, a server restart at kill {form.restart_server_at}")
+        if form.kills:
+            log(f"driving {form.deals} deals; {form.kills} worker SIGKILLs every ~{form.kill_every:g} s, a server restart at kill {form.restart_server_at}")
+        else:
+            log(f"driving {form.deals} deals ({', '.join(form.plans)}); no kills")
+        chaos_run.started = time.time()
         chaos_task = asyncio.create_task(chaos_run.chaos())
         driven = asyncio.Event()
         watchers = [asyncio.create_task(chaos_run.watch(partner, driven)) for partner in (GOOD, BOUNCE)]
@@ -1000,6 +1298,13 @@ async def run(form: Form, database_url: str | None = None, keep: bool = False) -
         await chaos_run.collect()
         failed = await failed_workflows(f"127.0.0.1:{stack.temporal_port}")
         violations, counts = verify(chaos_run, failed)
+        log("checking the store, and every history: failed workflow tasks, replay")
+        for check in (asyncio.to_thread(store_checks, chaos_run), engine_checks(f"127.0.0.1:{stack.temporal_port}")):
+            more, more_counts = await check
+            violations += more
+            counts.update(more_counts)
+        counts["topology"] = str(topology)
+        counts.update({f"answers from API {n + 1}": c for n, c in sorted(Counter(a.api for a in stats.answers).items())})
         result = {"counts": counts, "violations": violations, "server_errors": stats.server_errors}
     finally:
         if chaos_task is not None and not chaos_task.done():
@@ -1008,6 +1313,8 @@ async def run(form: Form, database_url: str | None = None, keep: bool = False) -
                 await chaos_task
         await api.close()
         await asyncio.to_thread(stack.stop)
+        if result:
+            result["counts"].update({f"cpu {name} s": round(seconds, 1) for name, seconds in sorted(stack.cpu.items())})
         standin.close()
         from store import db
 
@@ -1041,18 +1348,22 @@ def main() -> None:
     parser.add_argument("--kill-every", type=float)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs, databases)")
+    parser.add_argument("--races", action="store_true", help="the race stress run (RACES) instead of the chaos plans")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes")
+    parser.add_argument("--apis", type=int, default=1, help="API processes")
     args = parser.parse_args()
-    form = FAST if args.fast else FULL
+    form = RACES if args.races else FAST if args.fast else FULL
     overrides = {name: value for name, value in (("deals", args.deals), ("window", args.window), ("kills", args.kills), ("kill_every", args.kill_every), ("seed", args.seed)) if value is not None}
     form = Form(**{**form.__dict__, **overrides})
+    topology = Topology(workers=args.workers, apis=args.apis)
 
     async def go() -> dict:
         if args.database == "postgresql":
             from tests.postgres import throwaway_postgres
 
             with throwaway_postgres() as url:
-                return await run(form, url, keep=args.keep)
-        return await run(form, keep=args.keep)
+                return await run(form, url, keep=args.keep, topology=topology)
+        return await run(form, keep=args.keep, topology=topology)
 
     result = asyncio.run(go())
     print(report(result))
