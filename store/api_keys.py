@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, or_, select, update
+from sqlalchemy import Connection, bindparam, or_, select, update
 from sqlmodel import Session
 
 from store.tables import ApiKey, Partner, utcnow
@@ -92,22 +92,31 @@ def identify(session: Session | Connection, key_hash: str, now: datetime | None 
 
     A row that breaks the role rule (a partner key without a partner; the CHECK constraint forbids
     it, but a database restored from before it may hold one) is refused, never trusted."""
-    return _identity(session, ApiKey.key_hash == key_hash, now)
+    return _identity(session, (_BY_HASH, key_hash), now)
 
 
 def identify_by_id(session: Session | Connection, key_id: int, now: datetime | None = None) -> KeyIdentity | None:
     """The key with this id if it works now, by the same rules as `identify`: a console session holds
     the key's id, never the key, and is checked again on every request."""
-    return _identity(session, ApiKey.id == key_id, now)
+    return _identity(session, (_BY_ID, key_id), now)
+
+
+def _working_key(which):
+    """The select of a key that works at `now` (a bind parameter), built once: every request asks it."""
+    keys = ApiKey.__table__.c
+    return select(keys.id, keys.role, keys.partner_id, keys.account, keys.last_used_at).where(
+        which, keys.revoked_at.is_(None), or_(keys.expires_at.is_(None), keys.expires_at > bindparam("now", type_=keys.expires_at.type))
+    )
+
+
+_BY_HASH = _working_key(ApiKey.__table__.c.key_hash == bindparam("which"))
+_BY_ID = _working_key(ApiKey.__table__.c.id == bindparam("which"))
 
 
 def _identity(session: Session | Connection, which, now: datetime | None) -> KeyIdentity | None:
-    now = now or utcnow()
-    row = session.execute(
-        select(ApiKey.id, ApiKey.role, ApiKey.partner_id, ApiKey.account, ApiKey.last_used_at).where(
-            which, ApiKey.revoked_at.is_(None), or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now)
-        )
-    ).first()
+    statement, value = which
+    connection = session.connection() if isinstance(session, Session) else session
+    row = connection.execute(statement, {"which": value, "now": now or utcnow()}).first()
     if row is None or not _valid_owner(row.role, row.partner_id):
         return None
     return KeyIdentity(key_id=row.id, role=row.role, partner_id=row.partner_id, account=row.account or default_account(row.role, row.partner_id, row.id), last_used_at=row.last_used_at)
