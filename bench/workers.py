@@ -34,6 +34,7 @@ each cost no throughput.
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
 import shutil
@@ -98,6 +99,51 @@ def postgres_pids(port: int) -> list[int]:
             except (OSError, IndexError, ValueError):
                 continue
     return pids
+
+
+MAX_CONNECTIONS = 300
+
+
+def raise_max_connections(database_url: str) -> None:
+    """Six product processes share the cluster: each opens up to store.db's POOL_SIZE + POOL_OVERFLOW
+    (36) connections, which outgrows PostgreSQL's default max_connections of 100 (sized there for 2
+    APIs and 2 workers). Sized as a server for six such processes would be; restarted to apply."""
+    from sqlalchemy import create_engine, text
+
+    from tests.postgres import _as_postgres_user, postgres_bin
+
+    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        data_dir = connection.execute(text("SHOW data_directory")).scalar_one()
+        connection.execute(text(f"ALTER SYSTEM SET max_connections = {MAX_CONNECTIONS}"))
+    engine.dispose()
+    log_file = str(Path(data_dir).parent / "log")
+    subprocess.run(_as_postgres_user([str(postgres_bin() / "pg_ctl"), "-D", data_dir, "-l", log_file, "-w", "-m", "fast", "restart"]),
+                   check=True, capture_output=True)
+
+
+class Connections:
+    """The most client connections PostgreSQL held during a phase (sampled every 0.25 s)."""
+
+    def __init__(self, database_url: str):
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        self.engine = create_engine(database_url, poolclass=NullPool)
+        self.most = 0
+
+    def sample(self) -> int:
+        from sqlalchemy import text
+
+        with self.engine.connect() as connection:
+            return connection.execute(text("SELECT count(*) - 1 FROM pg_stat_activity WHERE backend_type = 'client backend'")).scalar_one()
+
+    async def watch(self, done: asyncio.Event) -> None:
+        self.most = 0
+        while not done.is_set():
+            self.most = max(self.most, await asyncio.to_thread(self.sample))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(done.wait(), 0.25)
 
 
 def cpu_of(pid: int) -> float:
@@ -286,6 +332,8 @@ async def main_async(args) -> None:
     concurrency = {"bookings": args.concurrency, "lifecycles": args.concurrency * 2}  # a lifecycle waits seconds: more in flight to load the stack
     log(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}; {os.cpu_count()} cores")
     with throwaway_postgres() as database_url:
+        await asyncio.to_thread(raise_max_connections, database_url)
+        connections = Connections(database_url)
         deployment = Deployment(database_url)
         log("starting the dev server, 3 API processes and 3 workers on a PostgreSQL store")
         await asyncio.to_thread(deployment.start)
@@ -310,7 +358,11 @@ async def main_async(args) -> None:
                     callers = Callers([clients[a] for a in config["apis"]])
                     for phase, one, seconds in (("bookings", book, book_s), ("lifecycles", lifecycle(temporal), life_s)):
                         before = deployment.cpu()
+                        phase_done = asyncio.Event()
+                        watching = asyncio.create_task(connections.watch(phase_done))
                         latencies, elapsed, errors = await callers.run(one, seconds, concurrency[phase])
+                        phase_done.set()
+                        await watching
                         done = len(latencies)
                         await settle(deployment)
                         deployment.alive()
@@ -321,7 +373,9 @@ async def main_async(args) -> None:
                         results[name]["errors"] += errors
                         p50 = statistics.median(latencies) * 1000 if latencies else float("nan")
                         results[name][f"p50 {phase}"].append(p50)
-                        log(f"round {round_no} {name:18} {phase:10} {done:4d} in {elapsed:4.1f} s = {rate:5.1f}/s, p50 {p50:5.0f} ms; CPU ms each: "
+                        results[name][f"connections {phase}"] = max(results[name].get(f"connections {phase}", 0), connections.most)
+                        log(f"round {round_no} {name:18} {phase:10} {done:4d} in {elapsed:4.1f} s = {rate:5.1f}/s, p50 {p50:5.0f} ms, "
+                            f"max {max(latencies, default=0) * 1000:5.0f} ms, PostgreSQL connections up to {connections.most}; CPU ms each: "
                             + ", ".join(f"{k} {v * 1000 / max(done, 1):.1f}" for k, v in cpu.items() if k != "idle others")
                             + (f"; {len(errors)} errors, first: {errors[0]}" if errors else ""))
                 order = order[1:] + order[:1]
@@ -341,6 +395,9 @@ def report(results: dict, rounds: int) -> str:
     for name, r in results.items():
         lines.append(f"| {name:18} | {spread(r['bookings']):18} | {spread(r['p50 bookings'], 0):18} | {spread(r['lifecycles']):18} | "
                      f"{spread(r['p50 lifecycles'], 0):18} | {len(r['errors']):6d} |")
+    lines.append("PostgreSQL client connections, most at once: " + "; ".join(
+        f"{name} {r.get('connections bookings', 0)} booking, {r.get('connections lifecycles', 0)} lifecycles" for name, r in results.items())
+        + f" (all six product processes hold theirs throughout; max_connections {MAX_CONNECTIONS})")
     for phase in ("bookings", "lifecycles"):
         lines += ["", f"CPU ms per {phase[:-1]} by process kind (median of rounds), and cores busy during the phase"]
         lines.append(f"| {'configuration':18} | " + " | ".join(f"{k:>14}" for k in KINDS) + " |")
