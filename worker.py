@@ -122,6 +122,8 @@ def build_worker(
         nonsticky_to_sticky_poll_ratio=0.5,
         workflow_runner=SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner(),
         identity=worker_identity(settings.task_queue),
+        # Deals kept in memory (TAKEBACK_WORKER_CACHE): a storm's deals stay cached instead of replaying on each task.
+        max_cached_workflows=settings.worker_cache,
         # The cached deals of a worker that died unannounced (SIGKILL, OOM) are stuck on its sticky
         # queue until this passes; then any worker replays them from the normal queue. A worker that
         # stops cleanly tells the server, and its tasks move at once.
