@@ -391,7 +391,7 @@ class TakebackDealWorkflow:
         """
         p = self.progress
         changed, self.dirty = self.dirty, False
-        now = workflow.now()
+        now = self._now()
         if not p.closing and (p.cancel_reason is not None or p.received_units >= self.terms.committed_units or now >= p.deadline):
             p.closing = True  # from here receipts, extensions, pickups and cancels are refused
         if p.closing:
@@ -426,9 +426,9 @@ class TakebackDealWorkflow:
         await workflow.wait_condition(lambda: self.receipts_in_flight == 0 and self.pickups_in_flight == 0)
         # The patch is asked only where the commands differ (a deal closing at its deadline): no marker
         # in the history of a deal that closes otherwise.
-        if p.cancel_reason is None and workflow.now() >= p.deadline and workflow.patched(DECIDE_AT_ONCE):
+        if p.cancel_reason is None and self._now() >= p.deadline and workflow.patched(DECIDE_AT_ONCE):
             await self._sweep_and_settle()
-        elif p.cancel_reason is None and workflow.now() >= p.deadline:
+        elif p.cancel_reason is None and self._now() >= p.deadline:
             sweep = ReceiptSweep(deal_id=self.terms.deal_id, staged_until=p.deadline)
             swept = await _activity(
                 TakebackActivities.sweep_receipts, sweep, timeout=LONG, summary="take in the receipts staged by the deadline", priority=self.decision_priority
@@ -533,7 +533,7 @@ class TakebackDealWorkflow:
         if p.received_units >= self.terms.committed_units:
             await self._close_v1(DealStatus.closed, "every committed unit returned")
             return True
-        now = workflow.now()
+        now = self._now()
         if now >= p.deadline:
             if self._condition_met():
                 await self._close_v1(DealStatus.closed, "return window ended with the condition met")
@@ -560,6 +560,21 @@ class TakebackDealWorkflow:
             await self._project()
         return False
 
+    def _now(self) -> datetime:
+        """The deal's time: workflow.now(), never before the moment of a timer that has fired.
+
+        The history's TimerFired says the moment came, whatever the clock of the task says: a worker
+        that cached the deal through queries (a fresh worker after another was killed, GETs arriving)
+        was seen handling the deadline's TimerFired with the previous task's time (temporalio 1.35):
+        the deal started its deadline timer again instead of deciding, and that history no longer
+        replayed, so the deal stuck undecided (tests/test_topology.py). On every history where the
+        clock is right this is workflow.now() itself (a timer fires after its moment), so no recorded
+        history takes another path.
+        """
+        now = workflow.now()
+        fired = self.timer is not None and self.timer.done() and not self.timer.cancelled() and self.timer_target is not None
+        return max(now, self.timer_target) if fired else now
+
     async def _sleep_until_something_happens(self) -> None:
         """Wait for a message or the next reminder or deadline.
 
@@ -575,7 +590,7 @@ class TakebackDealWorkflow:
         if self.timer is None or self.timer_target != target or self.timer.done():
             if self.timer is not None and not self.timer.done():
                 self.timer.cancel()
-            seconds = max((target - workflow.now()).total_seconds(), 0.001)
+            seconds = max((target - self._now()).total_seconds(), 0.001)
             self.timer = asyncio.ensure_future(workflow.sleep(timedelta(seconds=seconds), summary=story.wake_summary(wake_at[target])))
             self.timer_target = target
         await workflow.wait_condition(lambda: self.dirty or self.timer.done())

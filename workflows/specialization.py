@@ -1,6 +1,6 @@
 """One partner's specialization: certification, then one specialization year after another."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from pydantic import BaseModel
 from temporalio import workflow
@@ -55,6 +55,7 @@ class PartnerSpecializationWorkflow:
         self.reminders_sent = list(input.reminders_sent_this_year)
         self.reminders_due = list(input.reminders_due_this_year)
         self.dirty = False
+        self.woke_for: datetime | None = None  # the moment of the last wake-up whose timer fired
 
     @workflow.query
     def view(self) -> SpecializationView:
@@ -174,13 +175,21 @@ class PartnerSpecializationWorkflow:
         s.deals_this_year = await _activity(PartnerActivities.deals_in_year, self.input.partner_id, s.year_start, s.year_end)
         return s.deals_this_year
 
+    def _now(self) -> datetime:
+        """workflow.now(), never before the moment of a wake-up whose timer fired: a task handling a
+        TimerFired was seen with the previous task's time on a worker that cached the workflow through
+        queries (temporalio 1.35; the deal's twin is TakebackDealWorkflow._now). Where the clock is
+        right (every recorded history) it is workflow.now() itself."""
+        now = workflow.now()
+        return max(now, self.woke_for) if self.woke_for is not None else now
+
     async def _step(self) -> bool:
         """Act on the state; True when the year rolled over and the workflow should continue as new."""
         s = self.state
         partner = self.input.partner_id
         await self._certify_if_complete()
         if s.status == SpecializationStatus.certified:
-            now = workflow.now()
+            now = self._now()
             if now >= s.year_end:
                 if deals := await self._deals_this_year():
                     await _activity(PartnerActivities.record_specialization_event, partner, f"year-{s.year_number}-completed", "year_completed", f"{deals} deals")
@@ -231,10 +240,10 @@ class PartnerSpecializationWorkflow:
                     )
                 )
             wake = self._next_wake()
-            timeout = None if wake is None else timedelta(seconds=max((wake - workflow.now()).total_seconds(), 0.001))
+            timeout = None if wake is None else timedelta(seconds=max((wake - self._now()).total_seconds(), 0.001))
             # The Web UI's account of the partner (workflows/story.py): details and a timer summary, no command.
             workflow.set_current_details(story.partner_current_details(self.view()))
             try:
                 await workflow.wait_condition(lambda: self.dirty, timeout=timeout, timeout_summary=story.year_wake_summary(self.state.year_end, wake))
             except TimeoutError:
-                pass
+                self.woke_for = wake  # its timer fired: the moment came (see _now)
