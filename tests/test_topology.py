@@ -15,7 +15,7 @@ store once and its row shows what GET shows, each deal settled once (its settlem
 terminal ledger rows counted, with their amounts), every receipt answered 200 is its returned items,
 no workflow task failed and every history replays against today's code.
 
-Slow (about 4 minutes on 2 cores): `make test-slow`. Without PostgreSQL they skip, but fail in CI
+The two runs are slow (about 4 minutes on 2 cores): `make test-slow`. Without PostgreSQL they skip, but fail in CI
 (conftest.postgres_url).
 """
 
@@ -77,7 +77,7 @@ async def test_races_on_two_apis_and_two_workers_postgresql(postgres_url):
 # --- found by the chaos run on this topology ------------------------------------------------------
 
 
-@pytest.mark.slow
+# In `make test` (about 25 s): the bug it guards against leaves money undecided.
 async def test_a_deadline_passing_while_a_fresh_worker_answers_queries_decides_the_deal(tmp_path):
     """Seen in the chaos runs (1 worker on SQLite and 2 workers on PostgreSQL): a deal's GET is a
     query; a worker started after another was killed caches the deal through such queries; when
