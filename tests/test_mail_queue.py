@@ -24,6 +24,7 @@ from store.db import session_scope
 from store.tables import Settlement
 from tests.conftest import add_partner, booking, make_settings
 from tests.sendgrid_standin import SendGridStandIn
+from tests.deal_helpers import skip_time
 from worker import build_worker
 from workflows.deal import TakebackDealWorkflow
 from workflows.notices import mail_task_queue
@@ -77,7 +78,7 @@ async def test_a_decision_is_recorded_at_its_deadline_while_the_provider_is_down
     standin.down = True  # every mail attempt: 503, retried for as long as it takes
     async with build_worker(env.client, settings, activities=TakebackActivities(settings)):
         view = await deals.book_deal(env.client, settings, booking(10))
-        await env.sleep(timedelta(days=30, seconds=5))  # past the reminder and the deadline
+        await skip_time(env, timedelta(days=30, seconds=5))  # past the reminder and the deadline
         with session_scope(settings.effective_database_url) as session:
             decided = session.execute(select(Settlement.outcome, Settlement.decided_at).where(Settlement.deal_id == view.id)).one()
         assert decided.outcome == "forfeited"  # decided and recorded although no mail got out
@@ -98,7 +99,7 @@ async def test_a_decision_is_recorded_at_its_deadline_while_the_provider_is_down
             assert scheduled[later].task_queue.name == settings.task_queue and scheduled[later].priority.priority_key == 0  # unset: 3
 
         standin.down = False  # the provider is back: both messages go out (retries wait at most 10 minutes), once, and the deal finishes
-        await env.sleep(timedelta(minutes=11))
+        await skip_time(env, timedelta(minutes=11))
         final = await deals.deal_handle(env.client, view.id).result()
     assert final.status == DealStatus.expired
     assert standin.delivered_to("partner@example.com", "more units due") == 1
