@@ -184,12 +184,21 @@ async def book_deal(
     terms = deal_terms(deal_id, request, settings, booked_at=await booking_clock())
     view = deal_view(terms, initial_progress(terms, terms.booked_at))
 
-    def stage() -> bool:
+    def stage() -> datetime | None:
+        """None once staged now; else the booking time of the attempt that staged this deal first."""
         with session_scope(settings.effective_database_url) as session:
             ensure_may_book(settings, request.partner_id, session)
-            return store.stage_booking(session, deal_id, request, terms, view, actor=actor, audit=audit)
+            if store.stage_booking(session, deal_id, request, terms, view, actor=actor, audit=audit):
+                return None
+            return store.staged_booking_time(session, deal_id)
 
-    staged = await asyncio.to_thread(stage)
+    earlier = await asyncio.to_thread(stage)
+    staged = earlier is None
+    if not staged:
+        # A retry (or a concurrent twin) of a staged booking starts the workflow, if no attempt did yet, with the
+        # terms that were staged: its own clock would give the workflow another booking time and deadline than
+        # the store's (two bookings of one Idempotency-Key at once did; tests/test_deal_lifecycle.py).
+        terms = deal_terms(deal_id, request, settings, booked_at=earlier)
     try:
         await client.start_workflow(
             TakebackDealWorkflow.run,

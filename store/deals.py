@@ -145,6 +145,12 @@ def stage_booking(
     return True
 
 
+def staged_booking_time(session: Session, deal_id: str) -> datetime | None:
+    """When the deal was booked, as its first staging recorded it (UTC); None for an unknown deal."""
+    booked_at = session.execute(select(Deal.__table__.c.booked_at).where(Deal.__table__.c.id == deal_id)).scalar_one_or_none()
+    return None if booked_at is None else booked_at if booked_at.tzinfo is not None else booked_at.replace(tzinfo=timezone.utc)
+
+
 def discard_staged_booking(session: Session, deal_id: str) -> None:
     """Undo a staged booking whose workflow never started (so its serials are free again).
 

@@ -373,6 +373,24 @@ async def test_a_cancel_racing_the_deadline_is_refused_and_the_deal_still_finish
     assert ledger(settings, view.id) == {"forfeited": 1}
 
 
+async def test_a_retry_of_a_booking_staged_but_never_started_starts_it_with_the_staged_terms(time_skipping_env, tmp_path):
+    """The first attempt staged the deal and died before starting its workflow: the retry, booked a while
+    later by its own clock, starts the workflow with the booking time (and so the deadline) the store holds."""
+    env = time_skipping_env
+    settings = make_settings(tmp_path)
+    add_partner(settings)
+    request = booking(10)
+    first_clock = (await env.get_current_time()) - timedelta(hours=1)
+    terms = deals.deal_terms("D-STAGED", request, settings, booked_at=first_clock)
+    with session_scope(settings.effective_database_url) as session:
+        assert store.stage_booking(session, "D-STAGED", request, terms, deals.deal_view(terms, deals.initial_progress(terms, first_clock)))
+    async with running_worker(env.client, settings):
+        retried = await deals.book_deal(env.client, settings, request, deal_id="D-STAGED")
+        live = await deals.get_deal(env.client, settings, "D-STAGED")  # the workflow's own view (a query: the deal is open)
+    assert retried.booked_at == live.booked_at == first_clock
+    assert retried.return_deadline == live.return_deadline == first_clock + timedelta(days=365)
+
+
 async def test_a_retried_booking_joins_its_deal_and_after_close_answers_the_closed_deal(time_skipping_env, tmp_path):
     """Update-with-start: the same deal id starts one workflow; a late retry books nothing new."""
     env = time_skipping_env
