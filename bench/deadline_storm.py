@@ -91,6 +91,19 @@ class Store:
             closed = session.execute(select(func.count()).select_from(Certificate)).scalar_one()
         return decided, closed
 
+    def reminded(self, deadline: float) -> int:
+        """Storm deals (deadline in [deadline, +1 s)) whose reminder step has run (read model revision >= 1)."""
+        from sqlalchemy import func, select
+        from sqlmodel import Session
+
+        from store.tables import Deal
+
+        low, high = datetime.fromtimestamp(deadline, timezone.utc), datetime.fromtimestamp(deadline + 1, timezone.utc)
+        with Session(self.engine) as session:
+            return session.execute(
+                select(func.count()).select_from(Deal).where(Deal.return_deadline >= low, Deal.return_deadline < high, Deal.revision >= 1)
+            ).scalar_one()
+
     def latencies(self) -> tuple[list[float], list[float], float]:
         """Seconds from deadline to settlement and to certificate per deal; the last settlement's time."""
         from sqlalchemy import select
@@ -222,6 +235,8 @@ async def measure(args, stack: Stack, standin: SendGridStandIn, url: str) -> dic
     # open, parked): the storm's deadline is placed after its bookings from it.
     warmup = max(20, min(200, args.deals // 25))
     warmup_seconds = await book(client, booking_settings(365 * 86400, ""), warmup, args.concurrency, lambda i: time.time())
+    await asyncio.sleep(2)  # the warm-up's tasks done: the worker's resident memory with `warmup` deals cached
+    rss_warm = rss_mb(stack.processes["worker"].pid, peak=False)
     rate = warmup / warmup_seconds
     start = math.floor(time.time())
     # Every storm deal is accepted at `start` (+ its index mod 997 in ms): its deadline is in [start + window, + 1 s).
@@ -233,6 +248,10 @@ async def measure(args, stack: Stack, standin: SendGridStandIn, url: str) -> dic
     log(f"{warmup} warm-up bookings at {rate:.0f}/s; booking {args.deals} deals: deadlines in [{window}, {window + 1}) s from now, reminders due {args.reminder_lead} s before")
     booking_seconds = await book(client, settings, args.deals, args.concurrency, lambda i: start + (i % 997) / 1000)
     log(f"booked {args.deals} in {booking_seconds:.1f}s ({args.deals / booking_seconds:.0f}/s); reminders due in {reminders_due - time.time():.0f}s, deadlines in {deadline - time.time():.0f}s")
+    await asyncio.sleep(min(2.0, max(0.0, reminders_due - time.time() - 1)))
+    # Memory per cached deal: the worker's resident memory grown by the storm's bookings over the deals
+    # it caches now (all of them when TAKEBACK_WORKER_CACHE >= deals + warm-up; then this is the cost of one).
+    rss_booked = rss_mb(stack.processes["worker"].pid, peak=False)
     if time.time() > reminders_due:
         log("  warning: the bookings outlasted the reminders' due time (raise --margin or lower --booking-pace): reminders overlapped the bookings")
     if time.time() > deadline:
@@ -251,7 +270,9 @@ async def measure(args, stack: Stack, standin: SendGridStandIn, url: str) -> dic
             last_line = time.time()
             log(f"  T{time.time() - deadline:+.0f}s: mail accepted {len(storm_mail(standin))}, 429s {standin.refusals[429]}")
     cpu_deadline = stack.cpu()
-    log("deadlines struck")
+    # What a user sees at the deadline: were the deals reminded (the reminder step run, its mail queued)?
+    reminded = await asyncio.to_thread(store.reminded, deadline) if args.reminder_lead else 0
+    log(f"deadlines struck; {reminded}/{args.deals} deals had run their reminder step by then")
     decided = closed = 0
     give_up = deadline + args.max_wait
     last_line = 0.0
@@ -281,6 +302,9 @@ async def measure(args, stack: Stack, standin: SendGridStandIn, url: str) -> dic
     drained_in_watch = sum(1 for t in mail if t > all_closed_at)
     return {
         "args": args,
+        "reminded_by_deadline": reminded,
+        "rss_warm": rss_warm,
+        "rss_booked": rss_booked,
         "booking_seconds": booking_seconds,
         "decisions": decisions,
         "closes": closes,
@@ -319,11 +343,13 @@ def report(r: dict) -> None:
     print(f"  mail (reminders + notices): {r['mail_total']}/{r['owed']} accepted; per minute from the reminders' due time {r['per_minute']}; "
           f"backlog when the last decision landed {r['backlog_at_last_decision']}; drain rate after it {r['drain_rate']:.0f}/min, {r['left']} left "
           f"(~{r['left'] / (a.mail_rate or 1):.0f} more minutes at the provider's pace)")
+    print(f"  reminders ({a.reminder_lead} s before the deadline): {r['reminded_by_deadline']}/{a.deals} deals had run their reminder step by the deadline")
     print(f"  provider: {r['requests']} requests, refused {r['refusals'] or 'none'}")
     for label, cpu in (("reminders due -> deadline", r["cpu_reminders"]), (f"deadline -> all closed ({r['storm_seconds']:.0f} s)", r["cpu_storm"])):
         print(f"  CPU s, {label}: " + ", ".join(f"{n} {v:.1f}" for n, v in cpu.items()))
     print(f"  history of 20 decided deals: {r['sample_events']:.1f} events, {r['sample_timeouts']:.2f} workflow tasks timed out (sticky, replayed elsewhere) per deal")
-    print(f"  peak RSS: worker {r['worker_rss']:.0f} MB, dev server {r['server_rss']:.0f} MB")
+    print(f"  peak RSS: worker {r['worker_rss']:.0f} MB, dev server {r['server_rss']:.0f} MB; worker RSS {r['rss_warm']:.0f} MB after the warm-up, "
+          f"{r['rss_booked']:.0f} MB with the storm booked: {(r['rss_booked'] - r['rss_warm']) * 1024 / a.deals:.1f} KB a deal booked (and cached, when the cache holds them)")
 
 
 def main() -> None:
@@ -332,8 +358,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="300 deals, shorter leads and watches (under a minute)")
     parser.add_argument("--database-url", default="", help="a SQLAlchemy URL, or `postgres` for a throwaway cluster; default: SQLite in the stack's data dir")
     parser.add_argument("--mail-rate", type=int, default=600, help="messages a minute the provider accepts (then 429 with X-RateLimit-Reset)")
-    parser.add_argument("--reminder-lead", type=int, default=30, help="seconds before the deadline each deal's reminder falls due")
-    parser.add_argument("--booking-pace", type=float, default=0.8, help="the storm's bookings are expected at this share of the warm-up's rate (the deadline is placed after them)")
+    parser.add_argument(
+        "--reminder-lead", type=int, default=90,
+        help="seconds before the deadline each deal's reminder falls due: long enough for the reminder steps to run before it (a real reminder is days ahead), "
+        "short enough that their mail (deals / 600 a minute) is still draining when the deadlines strike",
+    )
+    parser.add_argument("--booking-pace", type=float, default=0.5, help="the storm's bookings are expected at this share of the warm-up's rate (the deadline is placed after them)")
     parser.add_argument("--margin", type=float, default=10, help="seconds between the guessed end of the bookings and the reminders")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--max-wait", type=float, default=150, help="seconds after the deadline to wait for every deal to close")
