@@ -126,9 +126,10 @@ class Settings(BaseSettings):
     # How many deals a worker keeps in memory (temporalio's max_cached_workflows; the SDK's default is
     # 1,000). A deal evicted from the cache replays its whole history on its next task: in a deadline
     # storm (thousands of deals due in one second) deals beyond the cache replayed on every step.
-    # Measured (bench/STORM-NOTES.md): about 33 KB a cached deal at rest, a worker's peak ~870 MB with
-    # 5,200 deals cached through a 5,000-deal storm (~140 KB a deal, in-flight work included): 10,000
-    # holds a quarter-end's storm in 0.35-1.4 GB. Lower it on small hosts; 0 caches none.
+    # Measured (bench/STORM-NOTES.md): about 40 KB a cached deal at rest (33-41 KB in three runs), a
+    # worker's peak ~800-870 MB with 5,200 deals cached through a 5,000-deal storm (~140 KB a deal,
+    # in-flight work included): 10,000 holds a quarter-end's storm in 0.4-1.4 GB. Lower it on small
+    # hosts; 0 caches none.
     worker_cache: int = Field(10000, alias="TAKEBACK_WORKER_CACHE", ge=0)
     # On SIGTERM the worker stops polling and gives running activities this long to finish before
     # they are cancelled (to be retried elsewhere). Keep it below the supervisor's kill timeout.
