@@ -5,9 +5,9 @@ never measures another's leftovers. `--quick` is a smoke run of every one at sma
 bench, which is PostgreSQL's; a deal's cost from the recorded histories only): it shows that each still runs and
 roughly where it stands, not numbers to record. The last lines say how long each took.
 
-The measures of earlier issues that are not re-run here (deadline to decision with mail down, receipts while the
-worker is SIGKILLed, the console's page at 10,000 deals, the cost of metrics and traces, a deal of 100,000 serials'
-custody) run with `make bench-more`.
+The measures of earlier issues that are not re-run here (one deal of 50,000 serials and parked deals, deadline to
+decision with mail down, receipts while the worker is SIGKILLed, the console's page at 10,000 deals, the cost of metrics
+and traces, a deal of 100,000 serials' custody) run with `make bench-more`.
 """
 
 import argparse
@@ -24,15 +24,16 @@ BENCHMARKS = [
      ["bench/booking_grid.py"], ["bench/booking_grid.py", "--quick", "--stores", "sqlite", "--rounds", "1"]),
     ("deadline storm: 5,000 deals due in one second, mail rate-limited",
      ["bench/deadline_storm.py"], ["bench/deadline_storm.py", "--quick", "--deals", "200"]),
-    ("lifecycle, round trips, one big deal, reads, parked deals, SQLite and PostgreSQL",
-     ["bench/run.py"], ["bench/run.py", "--quick", "--backends", "file/sqlite", "--phases", "trips,reads"]),
+    ("lifecycle, round trips and reads, SQLite and PostgreSQL",
+     ["bench/run.py", "--phases", "lifecycle,trips,reads"], ["bench/run.py", "--quick", "--backends", "file/sqlite", "--phases", "trips,reads"]),
     ("1 vs 2 workers and API processes, PostgreSQL",
-     ["bench/workers.py"], ["bench/workers.py", "--quick", "--rounds", "1", "--seconds", "2"]),
+     ["bench/workers.py", "--rounds", "2"], ["bench/workers.py", "--quick", "--rounds", "1", "--seconds", "2"]),
     ("what a deal costs: Actions, history, store rows and bytes, e-mails",
      ["bench/deal_cost.py"], ["bench/deal_cost.py", "--histories-only"]),
 ]
 
 MORE = [
+    ("one deal of 50,000 serials and 1,500 parked deals (SQLite store)", ["bench/run.py", "--backends", "file/sqlite", "--phases", "scale,parked"]),
     ("deadline to decision, mail healthy vs down", ["bench/decision_latency.py", "--window", "10s"]),
     ("receipts while the worker is SIGKILLed", ["bench/worker_kill_latency.py", "--seconds", "30"]),
     ("the console's deals page with 10,000 deals", ["bench/console_page.py"]),

@@ -27,7 +27,7 @@ from bench.stack import Stack  # noqa: E402
 
 CONCURRENCIES = (1, 8, 32)
 SERIALS = (0, 3)
-FULL = {"rounds": 3, "calls": {1: 80, 8: 160, 32: 256}}
+FULL = {"rounds": 3, "calls": {1: 60, 8: 120, 32: 192}}
 QUICK = {"rounds": 2, "calls": {1: 20, 8: 40, 32: 64}}
 
 
