@@ -23,7 +23,7 @@ BENCHMARKS = [
     ("booking: API vs raw SDK starts, concurrency 1/8/32, serials or none, SQLite and PostgreSQL",
      ["bench/booking_grid.py"], ["bench/booking_grid.py", "--quick", "--stores", "sqlite", "--rounds", "1"]),
     ("deadline storm: 5,000 deals due in one second, mail rate-limited",
-     ["bench/deadline_storm.py"], ["bench/deadline_storm.py", "--quick", "--deals", "200"]),
+     ["bench/deadline_storm.py", "--max-wait", "100", "--drain-watch", "10"], ["bench/deadline_storm.py", "--quick", "--deals", "200"]),
     ("lifecycle, round trips and reads, SQLite and PostgreSQL",
      ["bench/run.py", "--phases", "lifecycle,trips,reads"], ["bench/run.py", "--quick", "--backends", "file/sqlite", "--phases", "trips,reads"]),
     ("1 vs 2 workers and API processes, PostgreSQL",
