@@ -11,7 +11,7 @@ Actions are counted by Temporal's published definition, https://docs.temporal.io
 history event to the Actions it stands for. What a history cannot show (queries, activity heartbeats,
 rejected updates) is read from the dev server's own `action` counter (its /metrics endpoint, the metric
 https://docs.temporal.io/cloud/migrate/estimate-actions names for estimating Cloud Actions from a
-self-hosted server), which also cross-checks the history count. See bench/COST-NOTES.md.
+self-hosted server), which also cross-checks the history count. See bench/RESULTS.md (what a deal costs, and the capacity model).
 """
 
 from __future__ import annotations
