@@ -29,7 +29,7 @@ from settings import Settings
 from store import carrier_pickups as journal
 from store import deals as store
 from store.db import session_scope
-from store.tables import CarrierPickup
+from store.tables import CarrierPickup, as_utc
 
 log = logging.getLogger("takeback.carrier.easypost")
 
@@ -178,10 +178,6 @@ def reference(pickup_id: str) -> str:
 # --- tracking -----------------------------------------------------------------------------------
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
-
-
 def _moment(text: str | None) -> datetime | None:
     if not text:
         return None
@@ -285,7 +281,7 @@ class EasyPostCarrier:
                 journal.record_error(session, pickup_id, message)
                 transient = isinstance(error, TRANSIENT) or (isinstance(error, ep_errors.ApiError) and (error.http_status or 0) >= 500)
                 log.warning("pickup %s: booking attempt %s failed: %s", pickup_id, row.attempts, message)
-                if not transient and datetime.now(timezone.utc) - _aware(row.created_at) > REFUSED_GIVE_UP:
+                if not transient and datetime.now(timezone.utc) - as_utc(row.created_at) > REFUSED_GIVE_UP:
                     journal.mark_failed(session, pickup_id)
                     raise ApplicationError(f"booking pickup {pickup_id} refused for {REFUSED_GIVE_UP}: {message}", type="CarrierRefused", non_retryable=True) from None
                 # An outage: the deal's retry policy (1 s doubling to a minute, for as long as it lasts).

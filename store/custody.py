@@ -8,7 +8,7 @@ import json
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from typing import NamedTuple
 
@@ -48,15 +48,13 @@ from store.tables import (
     ReceiptContext,
     ReturnedItem,
     Sanitization,
+    as_utc,
     utcnow,
 )
 
 CHUNK = 2_000
 RULES_ACTOR = "takeback rules"  # the receipt's grading: age and condition (domain/rules.py)
 
-
-def _aware(at: datetime) -> datetime:
-    return at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)
 
 
 def event_row(serial: str, kind: CustodyKind, source_id: str, at: datetime, actor: str, *, deal_id: str | None = None,
@@ -100,7 +98,7 @@ def receipt_rows(session: Session, deal_id: str, batch_id: str, accepted: list[d
     """Received and graded events of a batch's accepted items, rejected events of the others."""
     context = session.get(ReceiptContext, batch_id)
     actor = context.actor if context is not None else "returns facility"
-    at = _aware(context.received_at) if context is not None else _aware(staged_at)
+    at = as_utc(context.received_at) if context is not None else as_utc(staged_at)
     where = {"facility": context.facility, "operator": context.operator, "tracking_number": context.tracking_number} if context is not None else {}
     where = {k: v for k, v in where.items() if v}
     pickup_id = context.pickup_id if context is not None else None
@@ -324,7 +322,7 @@ def shipment_view(session: Session, shipment: DownstreamShipment) -> dict:
     materials = session.execute(select(DownstreamMaterial.material, DownstreamMaterial.kg).where(DownstreamMaterial.shipment_id == shipment.id).order_by(DownstreamMaterial.material)).all()
     return {
         "id": shipment.id, "kind": shipment.kind, "recycler": {"name": shipment.recycler_name, "certification_id": shipment.certification_id},
-        "shipped_at": _aware(shipment.shipped_at).isoformat(), "lot": shipment.lot, "serials": shipment.serial_count,
+        "shipped_at": as_utc(shipment.shipped_at).isoformat(), "lot": shipment.lot, "serials": shipment.serial_count,
         "materials": [{"material": m, "kg": float(kg)} for m, kg in materials], "recorded_by": shipment.recorded_by,
     }
 
@@ -357,12 +355,12 @@ def timeline(session: Session, serial: str, partner_id: str | None = None) -> Se
         events = [e for e in events if e.deal_id in mine]
         if not events:
             return None
-    events.sort(key=lambda e: (_aware(e.at), e.id))
+    events.sort(key=lambda e: (as_utc(e.at), e.id))
     return SerialTimeline.model_construct(
         serial_number=serial,
         events=[
             CustodyEventView.model_construct(
-                kind=CustodyKind(e.kind), at=_aware(e.at), actor=e.actor, deal_id=e.deal_id, recorded_at=_aware(e.recorded_at),
+                kind=CustodyKind(e.kind), at=as_utc(e.at), actor=e.actor, deal_id=e.deal_id, recorded_at=as_utc(e.recorded_at),
                 detail={**({"value": e.value} if e.value is not None else {}), **({"pickup_id": e.pickup_id} if e.pickup_id else {}), **(json.loads(e.detail_json) if e.detail_json else {})},
             )
             for e in events
@@ -374,7 +372,7 @@ def timeline(session: Session, serial: str, partner_id: str | None = None) -> Se
 
 
 def _iso(at: datetime | None) -> str | None:
-    return _aware(at).isoformat() if at is not None else None
+    return as_utc(at).isoformat() if at is not None else None
 
 
 class _Tally:

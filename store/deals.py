@@ -46,6 +46,7 @@ from store.tables import (
     SanitizationRecord,
     Settlement,
     ShipmentEvent,
+    as_utc,
     utcnow,
 )
 
@@ -148,7 +149,7 @@ def stage_booking(
 def staged_booking_time(session: Session, deal_id: str) -> datetime | None:
     """When the deal was booked, as its first staging recorded it (UTC); None for an unknown deal."""
     booked_at = session.execute(select(Deal.__table__.c.booked_at).where(Deal.__table__.c.id == deal_id)).scalar_one_or_none()
-    return None if booked_at is None else booked_at if booked_at.tzinfo is not None else booked_at.replace(tzinfo=timezone.utc)
+    return None if booked_at is None else as_utc(booked_at)
 
 
 def discard_staged_booking(session: Session, deal_id: str) -> None:

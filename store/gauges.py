@@ -15,7 +15,7 @@ from sqlmodel import Session
 from domain.models import FINAL_CARRIER_STATUSES, CarrierStatus, DealStatus, IncentiveStatus
 from domain.specialization import SpecializationStatus
 from store.specialization import SpecializationProjection
-from store.tables import Deal, EmailMessage, Partner, Pickup, ShipmentEvent
+from store.tables import Deal, EmailMessage, Partner, Pickup, ShipmentEvent, as_utc
 
 OPEN = (DealStatus.awaiting_returns.value, DealStatus.condition_met.value)
 # A pickup is under way until the carrier reports it delivered, returned or cancelled.
@@ -65,7 +65,7 @@ def business_gauges(session: Session, at_risk_within: timedelta, pickup_silent_a
     unsent, oldest = session.execute(select(func.count(), func.min(EmailMessage.created_at)).where(EmailMessage.state.in_(UNSENT))).one()
     gauges.emails_unsent = unsent
     if oldest is not None:
-        oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=timezone.utc)
+        oldest = as_utc(oldest)
         gauges.oldest_unsent_email_age_seconds = max(0.0, (now - oldest).total_seconds())
     # A partner without a projection (NULL here) has not been certified yet.
     gauges.partners_by_status = {status.value: 0 for status in SpecializationStatus}

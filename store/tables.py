@@ -11,6 +11,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def as_utc(at: datetime) -> datetime:
+    """A stored moment as an aware UTC datetime: SQLite gives back naive ones (they were written in UTC)."""
+    return at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)
+
+
 class Partner(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=200)
     name: str
