@@ -207,6 +207,29 @@ async def test_a_receipt_in_the_same_task_as_the_deadline_counts_in_the_decision
     assert '"units_received":8' in certificate.content_json
 
 
+async def test_an_extension_in_the_same_task_as_the_deadline_holds_the_deal_open(time_skipping_env, tmp_path):
+    """The SDK applies an update before the timer of the same task: an extension accepted there moves the
+    deadline, and the fired timer of the old one (a deal's time is never before a fired timer's moment)
+    does not decide the deal."""
+    env = time_skipping_env
+    settings = make_settings(tmp_path, reminder_offsets="")
+    add_partner(settings)
+    async with uncached_worker(env, settings):
+        view = await deals.book_deal(env.client, settings, booking(10))
+        await env.sleep(YEAR - timedelta(seconds=2))
+    await env.sleep(timedelta(seconds=3))  # the deadline fires while no worker runs ...
+    extended = asyncio.create_task(deals.extend_deal(env.client, view.id, "30d", "customer asked"))  # ... and an extension waits beside it
+    await asyncio.sleep(1)
+    async with build_worker(env.client, settings):
+        answer = await asyncio.wait_for(extended, 30)
+        live = await deals.get_deal(env.client, settings, view.id)
+    history = await history_of(env, view.id)
+    assert in_one_task(history, is_event(EventType.EVENT_TYPE_TIMER_FIRED), accepted_update("extend"))  # the race happened
+    assert answer.return_deadline == view.return_deadline + timedelta(days=30)
+    assert live.status == DealStatus.awaiting_returns and live.incentive.status == IncentiveStatus.held
+    assert ledger(settings, view.id) == {}
+
+
 async def test_a_receipt_staged_by_the_deadline_whose_update_never_came_counts(time_skipping_env, tmp_path):
     """The API staged the batch and its update timed out (a worker died): the deal sweeps it in."""
     env = time_skipping_env
