@@ -81,6 +81,7 @@ def _webhook_secret_source(data_dir: Path) -> str:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    from temporal_client import dev_server_file_args
     from workflows import search_attributes
 
     signal.signal(signal.SIGTERM, _interrupt)
@@ -106,7 +107,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     processes: list[tuple[str, subprocess.Popen]] = []
     try:
         server = subprocess.Popen(
-            [_temporal_binary(), "server", "start-dev", "--db-filename", str(data_dir / "temporal.db"), "--ip", "127.0.0.1",
+            [_temporal_binary(), "server", "start-dev", *dev_server_file_args(data_dir / "temporal.db"), "--ip", "127.0.0.1",
              "--port", str(args.temporal_port), "--ui-port", str(ui_port), "--log-level", "error", *search_attributes.dev_server_args()],
             env=env,
         )

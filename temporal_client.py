@@ -2,6 +2,7 @@
 codec when keys are set), TLS (a private CA, the server's name, client certificates) and API key."""
 
 import dataclasses
+from pathlib import Path
 
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -10,6 +11,20 @@ from temporalio.converter import DataConverter, DefaultFailureConverterWithEncod
 from codec import codec_from_settings
 from observability.tracing import temporal_interceptors
 from settings import Settings
+
+
+def dev_server_file_args(db_file: Path) -> list[str]:
+    """`temporal server start-dev` arguments keeping its state in `db_file`, in SQLite's WAL mode.
+
+    The dev server opens its file in SQLite's default rollback-journal mode with a full sync: every
+    commit rewrites a journal and syncs it more than once. In WAL mode (synchronous=normal) a commit
+    appends to one log; measured in a 2,000-deal deadline storm (bench/deadline_storm.py): deals
+    decided 26/s instead of 17/s, reminders run before the deadline 1,948 instead of 1,116. What a
+    process crash leaves is the same (committed is committed); a power cut can lose the last
+    commits, which the engine then redoes: our activities are idempotent and the store holds one
+    settlement a deal. Production runs a Temporal cluster, not this server.
+    """
+    return ["--db-filename", str(db_file), "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"]
 
 
 def data_converter(settings: Settings) -> DataConverter:

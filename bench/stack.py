@@ -13,6 +13,9 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(ROOT))
+
+from temporal_client import dev_server_file_args  # noqa: E402
 
 
 def free_port() -> int:
@@ -88,7 +91,7 @@ class Stack:
         temporal = str(BIN / "temporal") if (BIN / "temporal").exists() else shutil.which("temporal")
         command = [temporal, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(self.temporal_port), "--log-level", "error"]
         if self.file_backed:
-            command += ["--db-filename", str(self.data_dir / "temporal.db")]
+            command += dev_server_file_args(self.data_dir / "temporal.db")
         self.processes["server"] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.temporal_port, self.processes["server"])
         self.processes["worker"] = subprocess.Popen([sys.executable, "-m", "bench.baseline"], env=self.env, cwd=ROOT)

@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.http_load import LoadClient  # noqa: E402
 from bench.stack import cpu_seconds, free_port, wait_port  # noqa: E402
+from temporal_client import dev_server_file_args  # noqa: E402
 
 BIN = Path(sys.executable).parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -179,7 +180,7 @@ class Deployment:
         try:
             temporal = str(BIN / "temporal") if (BIN / "temporal").exists() else shutil.which("temporal")
             server = self._spawn("server", [temporal, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(self.temporal_port),
-                                            "--db-filename", str(self.data_dir / "temporal.db"), "--log-level", "error"])
+                                            *dev_server_file_args(self.data_dir / "temporal.db"), "--log-level", "error"])
             wait_port(self.temporal_port, server)
             # The first API migrates the store; the others start once it has.
             queues = {name: config["queue"] for config in CONFIGS.values() for name in (*config["apis"], *config["workers"])}

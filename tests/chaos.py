@@ -59,6 +59,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))
+
+from temporal_client import dev_server_file_args  # noqa: E402
 
 PRODUCT = "C9300-48P"
 UNITS = 10  # committed per deal; 8 required (80%)
@@ -220,7 +223,7 @@ class Stack:
             with self._log("temporal.log") as log:
                 self.server = subprocess.Popen(
                     [temporal, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(self.temporal_port),
-                     "--db-filename", str(self.data_dir / "temporal.db"), "--log-level", "error"],
+                     *dev_server_file_args(self.data_dir / "temporal.db"), "--log-level", "error"],
                     stdout=log, stderr=subprocess.STDOUT,
                 )
             wait_port(self.temporal_port, self.server, "temporal dev server")

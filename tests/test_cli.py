@@ -1,5 +1,6 @@
 """`takeback dev` runs the stack and stops all of it; `takeback apikey create` prints a usable key."""
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -59,6 +60,11 @@ def test_dev_serves_the_api_and_stops_everything_on_ctrl_c(tmp_path):
         if dev.poll() is None:
             dev.kill()
         assert (tmp_path / "temporal.db").exists() and (tmp_path / "takeback.db").exists()
+    # The engine's file is in WAL mode (temporal_client.dev_server_file_args): the mode a deadline storm was measured in.
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "temporal.db")) as engine_file:
+        assert engine_file.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_apikey_create_refuses_a_partner_key_without_a_partner(tmp_path):
