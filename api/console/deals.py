@@ -28,7 +28,6 @@ from domain.models import OPEN_DEAL_STATUSES, CancelRequest, DealId, DealView, E
 from store import console as queries
 from store.db import session_scope
 from store import deals as deal_store
-from store.deals import deal_view_from_store
 from store.tables import Deal
 from workflows.ids import deal_workflow_id
 
@@ -202,12 +201,7 @@ async def _deal_view(settings, client, caller: Caller, deal_id: str) -> tuple[De
     except Problem as problem:
         if problem.status != 503:
             raise
-
-    def stored():
-        with session_scope(settings.effective_database_url) as session:
-            return deal_view_from_store(session, deal_id)
-
-    view = await asyncio.to_thread(stored)
+    view = await _stored_view(settings, deal_id)  # what the poll shows: the carrier's latest pickup statuses too
     if view is None:
         raise Problem(503, "the workflow engine did not answer and the store has no copy of this deal yet; retry shortly", "temporal-unavailable")
     return view, True

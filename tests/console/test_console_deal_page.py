@@ -185,3 +185,29 @@ async def test_an_open_deals_poll_reads_the_store_and_asks_the_workflow_nothing(
         assert 'hx-get="/console/deals/DOPEN/live"' in poll.text  # still open: it keeps polling
         page = await http.get("/console/deals/DOPEN")
         assert page.status_code == 200 and asked == ["deal-DOPEN"]
+
+
+async def test_with_the_engine_down_the_deal_page_shows_the_stores_copy_with_the_carriers_latest_pickup_status(tmp_path, monkeypatch):
+    """The page says the engine did not answer and shows what its poll would: the deal's projection with
+    the pickup statuses the carrier reported since (recorded in the store, not in the workflow)."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from service import deals as service
+
+    settings = make_settings(tmp_path)
+    deal(settings, "DDOWN", received=3, pickups=[PickupView(id="DDOWN-p1", status="booked", carrier="SIM", tracking_number="SIM8")])
+    with session_scope(settings.effective_database_url) as session:
+        session.add(Pickup(id="DDOWN-p1", deal_id="DDOWN", carrier="SIM", tracking_number="SIM8", status="in_transit", address="1 Main St", contact_name="Sam",
+                           contact_phone="+1 555 0100", ready_on=NOW.date(), expected_units=3, created_at=NOW))
+        session.commit()
+
+    async def engine_down(handle, query):
+        raise RPCError("connection refused", RPCStatusCode.UNAVAILABLE, b"")
+
+    monkeypatch.setattr(service, "ask", engine_down)
+    async with api_client(settings) as http:
+        await sign_in(http, api_key(settings))
+        page = await http.get("/console/deals/DDOWN")
+        assert page.status_code == 200, page.text[:300]
+        assert "The workflow engine did not answer" in page.text and "3 received of 8 required" in page.text
+        assert 'DDOWN-p1: <span class="badge badge-in_transit">' in page.text  # the header's pickup line, not the timeline
