@@ -93,7 +93,7 @@ async def grid_for_store(store: str, database_url: str, args) -> dict:
         client = await connect(settings)
         async with LoadClient(stack.api_url, headers={"Authorization": f"Bearer {ops_key(stack)}"}) as http:
             await certify(http)
-            for concurrency in CONCURRENCIES:
+            for concurrency in args.concurrencies:
                 for serials in SERIALS:
                     results[(concurrency, serials)] = await cell(client, settings.task_queue, http, stack, concurrency, serials, args.calls[concurrency], args.rounds)
     finally:
@@ -127,7 +127,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--stores", default="sqlite,postgresql")
     parser.add_argument("--rounds", type=int)
+    parser.add_argument("--concurrencies", default=",".join(map(str, CONCURRENCIES)), help="e.g. 32: only those cells")
     args = parser.parse_args()
+    args.concurrencies = [int(c) for c in args.concurrencies.split(",")]
     sizes = QUICK if args.quick else FULL
     args.rounds = args.rounds or sizes["rounds"]
     args.calls = sizes["calls"]
