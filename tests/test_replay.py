@@ -119,6 +119,7 @@ DECIDED = {
 # The settlement each v2+ history recorded in the store: the result of record_settlement, a local
 # activity's marker in v2, an activity's completion from v3.
 SETTLED = {"released": "5000.00", "forfeited": "5000.00", "clawed_back": "5000.00", "cancelled": "0.00"}
+DECIDING_AT_THE_DEADLINE = {"sweep_and_settle"}
 MONEY_FILES = [path for path in FILES if path.stem in DECIDED]
 
 
@@ -135,6 +136,10 @@ def settlements_recorded(history: WorkflowHistory) -> list[dict]:
             completed = event.activity_task_completed_event_attributes
             if scheduled.get(completed.scheduled_event_id) == "record_settlement":
                 found.append(json.loads(completed.result.payloads[0].data))
+            elif scheduled.get(completed.scheduled_event_id) in DECIDING_AT_THE_DEADLINE:  # v4 on: the deadline's decision, where it recorded one
+                decided = json.loads(completed.result.payloads[0].data)
+                if decided["recorded"]:
+                    found.append({"outcome": decided["outcome"], "amount": decided["amount"]})
     return found
 
 
