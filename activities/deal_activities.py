@@ -13,9 +13,9 @@ from temporalio.exceptions import ApplicationError
 from activities.carrier import carrier_from_settings
 from activities.mailer import Mail, Mailer, mailer_from_settings
 from domain.catalog import Catalog, default_catalog
-from domain.deal_progress import PickupEscalation
+from domain.deal_progress import DealProgress, PickupEscalation, adopt_settlement, close_on_settlement, count_receipt, deal_view, incentive_amount, required_units
 from domain.durations import format_duration
-from domain.models import CarrierEvent, DealView, IncentiveMode, PickupRequest, PickupView, ReceiptCounts
+from domain.models import CarrierEvent, DealTerms, DealView, IncentiveMode, PickupRequest, PickupView, ReceiptCounts
 from domain.rules import RuleViolation
 from observability import worker_metrics
 from settings import Settings
@@ -75,6 +75,20 @@ class DeadlineDecision(BaseModel):
     required_units: int
     mode: str  # IncentiveMode: rebate | upfront
     amount: Decimal
+
+
+class DeadlineClose(BaseModel):
+    """A deal at its deadline, as it holds itself when it starts closing (patch decide-and-close)."""
+
+    terms: DealTerms
+    progress: DealProgress
+
+    def decision(self) -> DeadlineDecision:
+        p = self.progress
+        return DeadlineDecision(
+            deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, staged_until=p.deadline, counted_batches=list(p.processed_batches),
+            received_units=p.received_units, required_units=required_units(self.terms), mode=self.terms.mode.value, amount=incentive_amount(self.terms),
+        )
 
 
 class DeadlineSettlement(BaseModel):
@@ -140,6 +154,7 @@ class TakebackActivities:
             self.record_settlement,
             self.sweep_receipts,
             self.sweep_and_settle,
+            self.decide_and_close,
             self.record_extension,
             self.send_reminder,
             self.notify_settlement,
@@ -310,6 +325,22 @@ class TakebackActivities:
         if recorded:
             worker_metrics.decided(held.outcome)
         return DeadlineSettlement(swept=swept, outcome=held.outcome, amount=held.amount, recorded=recorded)
+
+    @activity.defn
+    def decide_and_close(self, deal: DeadlineClose) -> DeadlineSettlement:
+        """sweep_and_settle, then the close (read model and certificate) in the same activity: the deal's
+        closed state is computed here by the rules the deal applies to itself after this returns
+        (domain.deal_progress), so what is written is the view the deal then holds. A retry decides
+        nothing anew (the settlement is held) and closes the same."""
+        decided = self.sweep_and_settle(deal.decision())
+        closed = deal.progress.model_copy(deep=True)
+        for counts in decided.swept:
+            count_receipt(closed, counts)
+        if closed.settlement is None:
+            adopt_settlement(closed, decided.outcome)
+        close_on_settlement(deal.terms, closed)
+        self.close_deal(deal_view(deal.terms, closed))
+        return decided
 
     @activity.defn
     def record_extension(self, record: ExtensionRecord) -> None:

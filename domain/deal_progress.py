@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from domain import rules
 from domain.durations import format_duration
-from domain.models import DealStatus, DealTerms, DealView, Dispositions, Incentive, IncentiveMode, IncentiveStatus, PickupView
+from domain.models import DealStatus, DealTerms, DealView, Dispositions, Incentive, IncentiveMode, IncentiveStatus, PickupView, ReceiptCounts
 
 
 class ExtendCommand(BaseModel):
@@ -98,3 +98,56 @@ def deal_view(terms: DealTerms, progress: DealProgress) -> DealView:
         closed_reason=p.closed_reason,
         revision=p.revision,
     )
+
+
+# The incentive status each settlement outcome shows, and the deal's status once closed on it.
+SETTLED_INCENTIVE = {
+    "released": IncentiveStatus.released,
+    "forfeited": IncentiveStatus.forfeited,
+    "clawed_back": IncentiveStatus.clawed_back,
+    "cancelled": IncentiveStatus.cancelled,
+    "applied": IncentiveStatus.applied,
+}
+SETTLED_STATUS = {
+    "released": DealStatus.closed,
+    "applied": DealStatus.closed,
+    "forfeited": DealStatus.expired,
+    "clawed_back": DealStatus.expired,
+    "cancelled": DealStatus.cancelled,
+}
+
+
+def count_receipt(progress: DealProgress, counts: ReceiptCounts) -> bool:
+    """Add a processed batch to the deal's counts; False (and nothing changed) for one counted already."""
+    p = progress
+    if counts.batch_id in p.processed_batches:
+        return False
+    p.processed_batches.append(counts.batch_id)
+    p.received_units += counts.accepted
+    p.rejected_units += counts.rejected
+    p.dispositions = Dispositions(
+        refresh=p.dispositions.refresh + counts.refresh,
+        recycle=p.dispositions.recycle + counts.recycle,
+        other=p.dispositions.other + counts.other,
+    )
+    return True
+
+
+def adopt_settlement(progress: DealProgress, outcome: str) -> None:
+    progress.settlement = outcome
+    progress.incentive_status = SETTLED_INCENTIVE[outcome]
+
+
+def close_on_settlement(terms: DealTerms, progress: DealProgress) -> None:
+    """The deal's closed state from its settlement: status, the reason shown, the projection's next revision."""
+    p = progress
+    p.status = SETTLED_STATUS[p.settlement]
+    if p.status == DealStatus.cancelled:
+        p.closed_reason = f"cancelled: {p.cancel_reason}"
+    elif p.received_units >= terms.committed_units:
+        p.closed_reason = "every committed unit returned"
+    elif p.received_units >= required_units(terms):
+        p.closed_reason = "return window ended with the condition met"
+    else:
+        p.closed_reason = "return window ended short of the condition"
+    p.revision += 1

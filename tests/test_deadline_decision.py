@@ -1,7 +1,9 @@
-"""The decision at a deal's deadline in one activity (patch decide-at-once, workflows/deal.py): the
-receipts staged by the deadline are swept in and the settlement recorded by `sweep_and_settle`,
-decided by `deadline_outcome` on the deal's count plus the swept units; the deal adopts what the
-store holds. Fewer engine round trips in a deadline storm, the same decisions and race guarantees.
+"""The decision at a deal's deadline and its close in one activity (patches decide-at-once and
+decide-and-close, workflows/deal.py): the receipts staged by the deadline are swept in and the
+settlement recorded (`sweep_and_settle`), decided by `deadline_outcome` on the deal's count plus the
+swept units; the deal adopts what the store holds; the same activity writes the closed view and the
+certificate, computed by the rules the deal applies to itself. Fewer engine round trips in a
+deadline storm, the same decisions and race guarantees.
 """
 
 import asyncio
@@ -12,13 +14,13 @@ import pytest
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 
-from activities.deal_activities import DeadlineDecision, TakebackActivities, deadline_outcome
+from activities.deal_activities import DeadlineClose, DeadlineDecision, TakebackActivities, deadline_outcome
 from domain.catalog import default_catalog
-from domain.models import DealStatus, IncentiveStatus
+from domain.models import DealStatus, DealView, IncentiveStatus
 from service import deals
 from store import deals as store
 from store.db import session_scope
-from store.tables import Certificate, EmailMessage, Settlement
+from store.tables import Certificate, Deal, EmailMessage, Settlement
 from tests.conftest import add_partner, booking, make_settings
 from tests.deal_helpers import count, items, ledger, skip_time
 from tests.test_deal_races import Gate, eventually, history_of
@@ -33,11 +35,27 @@ class GatedDecision(TakebackActivities):
         self.gate = Gate()
         self.calls: list[DeadlineDecision] = []
 
-    @activity.defn(name="sweep_and_settle")
-    def sweep_and_settle(self, decision: DeadlineDecision):
-        self.calls.append(decision)
+    @activity.defn(name="decide_and_close")
+    def decide_and_close(self, deal: DeadlineClose):
+        self.calls.append(deal.decision())
         self.gate.hold()
-        return TakebackActivities.sweep_and_settle(self, decision)
+        return TakebackActivities.decide_and_close(self, deal)
+
+
+class LostAfterDeciding(TakebackActivities):
+    """The first attempt records the settlement and dies before closing (a worker killed mid-activity)."""
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.attempts = 0
+
+    @activity.defn(name="decide_and_close")
+    def decide_and_close(self, deal: DeadlineClose):
+        self.attempts += 1
+        if self.attempts == 1:
+            self.sweep_and_settle(deal.decision())
+            raise RuntimeError("worker lost after recording the settlement")
+        return TakebackActivities.decide_and_close(self, deal)
 
 
 def scheduled_activities(history) -> list[str]:
@@ -56,8 +74,9 @@ def test_the_deadline_rule_releases_or_applies_at_the_threshold_and_forfeits_or_
 
 
 async def test_a_batch_staged_by_the_deadline_counts_in_the_one_activity_decision(time_skipping_env, tmp_path):
-    """The API staged 8 units and their update never came: the deadline's one activity takes them in
-    and releases; no separate sweep or settlement activity runs."""
+    """The API staged 8 units and their update never came: the deadline's one activity takes them in,
+    releases and closes; no separate sweep, settlement or close activity runs, and the store's closed
+    view is the one the deal holds."""
     env = time_skipping_env
     settings = make_settings(tmp_path, reminder_offsets="")
     add_partner(settings)
@@ -72,12 +91,37 @@ async def test_a_batch_staged_by_the_deadline_counts_in_the_one_activity_decisio
     assert final.status == DealStatus.closed and final.received_units == 8 and final.incentive.status == IncentiveStatus.released
     assert ledger(settings, view.id) == {"released": 1}
     activities = scheduled_activities(await history_of(env, view.id))
-    assert activities.count("sweep_and_settle") == 1
-    assert "sweep_receipts" not in activities and "record_settlement" not in activities
+    assert activities.count("decide_and_close") == 1
+    assert not {"sweep_receipts", "sweep_and_settle", "record_settlement", "close_deal"} & set(activities)
     # decide, record, then notify: the release notice is scheduled after the decision
-    assert activities.index("sweep_and_settle") < activities.index("notify_settlement")
+    assert activities.index("decide_and_close") < activities.index("notify_settlement")
     with session_scope(settings.effective_database_url) as session:
         assert '"units_received":8' in session.get(Certificate, view.id).content_json
+        assert DealView.model_validate_json(session.get(Deal, view.id).view_json) == final
+
+
+async def test_a_decision_recorded_by_an_attempt_lost_before_the_close_is_closed_once_by_the_retry(time_skipping_env, tmp_path):
+    """The settlement is in the store, the close is not: the retry decides nothing anew (one ledger row,
+    one notice), takes in the units the lost attempt swept, and closes with the deal's own view."""
+    env = time_skipping_env
+    settings = make_settings(tmp_path, reminder_offsets="")
+    add_partner(settings)
+    activities = LostAfterDeciding(settings)
+    async with build_worker(env.client, settings, activities=activities):
+        view = await deals.book_deal(env.client, settings, booking(10))
+        await env.sleep(YEAR - timedelta(days=1))
+        batch_id = deals.receipt_batch_id(view.id, items("R", 3))
+        with session_scope(settings.effective_database_url) as session:
+            store.stage_receipt(session, batch_id, view.id, items("R", 3), staged_at=await env.get_current_time())
+        await skip_time(env, timedelta(days=2))
+        final = await deals.deal_handle(env.client, view.id).result()
+    assert activities.attempts == 2
+    assert final.status == DealStatus.expired and final.received_units == 3 and final.incentive.status == IncentiveStatus.forfeited
+    assert ledger(settings, view.id) == {"forfeited": 1}
+    assert await eventually(lambda: count(settings, EmailMessage, key=f"{view.id}:settlement:forfeited") == 1)
+    with session_scope(settings.effective_database_url) as session:
+        assert DealView.model_validate_json(session.get(Deal, view.id).view_json) == final
+        assert '"units_received":3' in session.get(Certificate, view.id).content_json
 
 
 async def test_a_cancel_during_the_one_activity_decision_is_refused_and_the_forfeit_stands(time_skipping_env, tmp_path):
