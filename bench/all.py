@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # (what it measures, full arguments, quick arguments)
 BENCHMARKS = [
     ("booking: API vs raw SDK starts, concurrency 1/8/32, serials or none, SQLite and PostgreSQL",
-     ["bench/booking_grid.py"], ["bench/booking_grid.py", "--quick", "--stores", "sqlite", "--rounds", "1"]),
+     ["bench/booking_grid.py"], ["bench/booking_grid.py", "--quick", "--stores", "sqlite", "--rounds", "1", "--concurrencies", "1,32"]),
     ("deadline storm: 5,000 deals due in one second, mail rate-limited",
      ["bench/deadline_storm.py", "--max-wait", "100", "--drain-watch", "10"], ["bench/deadline_storm.py", "--quick", "--deals", "200"]),
     ("lifecycle, round trips and reads, SQLite and PostgreSQL",

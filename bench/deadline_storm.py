@@ -372,7 +372,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.deals = 300 if args.deals == 5000 else args.deals
-        args.reminder_lead, args.margin, args.max_wait, args.drain_watch = 8, 3, 30, 5
+        args.reminder_lead, args.margin, args.max_wait, args.drain_watch = 6, 2, 30, 3
     report(asyncio.run(run(args)))
 
 
