@@ -58,6 +58,16 @@ class LostAfterDeciding(TakebackActivities):
         return TakebackActivities.decide_and_close(self, deal)
 
 
+async def closed_with_a_batch_staged_the_day_before_its_deadline(env, settings, batch: list) -> tuple:
+    """A deal of 10 units whose batch the API staged a day before the deadline and whose update never came: (booked view, final view)."""
+    view = await deals.book_deal(env.client, settings, booking(10))
+    await env.sleep(YEAR - timedelta(days=1))
+    with session_scope(settings.effective_database_url) as session:
+        store.stage_receipt(session, deals.receipt_batch_id(view.id, batch), view.id, batch, staged_at=await env.get_current_time())
+    await skip_time(env, timedelta(days=2))
+    return view, await deals.deal_handle(env.client, view.id).result()
+
+
 def scheduled_activities(history) -> list[str]:
     return [
         e.activity_task_scheduled_event_attributes.activity_type.name
@@ -81,13 +91,7 @@ async def test_a_batch_staged_by_the_deadline_counts_in_the_one_activity_decisio
     settings = make_settings(tmp_path, reminder_offsets="")
     add_partner(settings)
     async with build_worker(env.client, settings):
-        view = await deals.book_deal(env.client, settings, booking(10))
-        await env.sleep(YEAR - timedelta(days=1))
-        batch_id = deals.receipt_batch_id(view.id, items("S", 8))
-        with session_scope(settings.effective_database_url) as session:
-            store.stage_receipt(session, batch_id, view.id, items("S", 8), staged_at=await env.get_current_time())
-        await skip_time(env, timedelta(days=2))
-        final = await deals.deal_handle(env.client, view.id).result()
+        view, final = await closed_with_a_batch_staged_the_day_before_its_deadline(env, settings, items("S", 8))
     assert final.status == DealStatus.closed and final.received_units == 8 and final.incentive.status == IncentiveStatus.released
     assert ledger(settings, view.id) == {"released": 1}
     activities = scheduled_activities(await history_of(env, view.id))
@@ -108,13 +112,7 @@ async def test_a_decision_recorded_by_an_attempt_lost_before_the_close_is_closed
     add_partner(settings)
     activities = LostAfterDeciding(settings)
     async with build_worker(env.client, settings, activities=activities):
-        view = await deals.book_deal(env.client, settings, booking(10))
-        await env.sleep(YEAR - timedelta(days=1))
-        batch_id = deals.receipt_batch_id(view.id, items("R", 3))
-        with session_scope(settings.effective_database_url) as session:
-            store.stage_receipt(session, batch_id, view.id, items("R", 3), staged_at=await env.get_current_time())
-        await skip_time(env, timedelta(days=2))
-        final = await deals.deal_handle(env.client, view.id).result()
+        view, final = await closed_with_a_batch_staged_the_day_before_its_deadline(env, settings, items("R", 3))
     assert activities.attempts == 2
     assert final.status == DealStatus.expired and final.received_units == 3 and final.incentive.status == IncentiveStatus.forfeited
     assert ledger(settings, view.id) == {"forfeited": 1}

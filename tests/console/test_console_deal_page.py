@@ -156,6 +156,15 @@ async def test_impact_shows_the_report_and_monthly_charts(tmp_path):
         assert 'id="units-returned">2<' in own.text and "Impact of P1" in own.text
 
 
+def open_deal_whose_pickup_went_in_transit(settings, deal_id: str, tracking_number: str) -> None:
+    """3 of 8 received; its projection shows the pickup booked, the carrier has since reported it in transit (store only)."""
+    deal(settings, deal_id, received=3, pickups=[PickupView(id=f"{deal_id}-p1", status="booked", carrier="SIM", tracking_number=tracking_number)])
+    with session_scope(settings.effective_database_url) as session:
+        session.add(Pickup(id=f"{deal_id}-p1", deal_id=deal_id, carrier="SIM", tracking_number=tracking_number, status="in_transit", address="1 Main St",
+                           contact_name="Sam", contact_phone="+1 555 0100", ready_on=NOW.date(), expected_units=3, created_at=NOW))
+        session.commit()
+
+
 async def test_an_open_deals_poll_reads_the_store_and_asks_the_workflow_nothing(tmp_path, monkeypatch):
     """A query of the workflow is a billable Temporal Cloud Action: the poll of an open deal's page
     (every few seconds, as long as the page is open) reads the store's copy; the page itself asks."""
@@ -163,11 +172,7 @@ async def test_an_open_deals_poll_reads_the_store_and_asks_the_workflow_nothing(
     from store.deals import deal_view_from_store
 
     settings = make_settings(tmp_path)
-    deal(settings, "DOPEN", received=3, pickups=[PickupView(id="DOPEN-p1", status="booked", carrier="SIM", tracking_number="SIM9")])
-    with session_scope(settings.effective_database_url) as session:
-        session.add(Pickup(id="DOPEN-p1", deal_id="DOPEN", carrier="SIM", tracking_number="SIM9", status="in_transit", address="1 Main St", contact_name="Sam",
-                           contact_phone="+1 555 0100", ready_on=NOW.date(), expected_units=3, created_at=NOW))
-        session.commit()
+    open_deal_whose_pickup_went_in_transit(settings, "DOPEN", "SIM9")
     asked = []
 
     async def workflow_view(handle, query):  # the workflow's answer: here, what its projection holds
@@ -195,11 +200,7 @@ async def test_with_the_engine_down_the_deal_page_shows_the_stores_copy_with_the
     from service import deals as service
 
     settings = make_settings(tmp_path)
-    deal(settings, "DDOWN", received=3, pickups=[PickupView(id="DDOWN-p1", status="booked", carrier="SIM", tracking_number="SIM8")])
-    with session_scope(settings.effective_database_url) as session:
-        session.add(Pickup(id="DDOWN-p1", deal_id="DDOWN", carrier="SIM", tracking_number="SIM8", status="in_transit", address="1 Main St", contact_name="Sam",
-                           contact_phone="+1 555 0100", ready_on=NOW.date(), expected_units=3, created_at=NOW))
-        session.commit()
+    open_deal_whose_pickup_went_in_transit(settings, "DDOWN", "SIM8")
 
     async def engine_down(handle, query):
         raise RPCError("connection refused", RPCStatusCode.UNAVAILABLE, b"")
