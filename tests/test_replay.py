@@ -119,7 +119,7 @@ DECIDED = {
 # The settlement each v2+ history recorded in the store: the result of record_settlement, a local
 # activity's marker in v2, an activity's completion from v3.
 SETTLED = {"released": "5000.00", "forfeited": "5000.00", "clawed_back": "5000.00", "cancelled": "0.00"}
-DECIDING_AT_THE_DEADLINE = {"sweep_and_settle"}
+DECIDING_AT_THE_DEADLINE = {"sweep_and_settle", "decide_and_close"}  # v4; from v5 the close too
 MONEY_FILES = [path for path in FILES if path.stem in DECIDED]
 
 
