@@ -13,7 +13,7 @@ from temporalio.exceptions import ApplicationError
 from activities.carrier import carrier_from_settings
 from activities.mailer import Mail, Mailer, mailer_from_settings
 from domain.catalog import Catalog, default_catalog
-from domain.deal_progress import DealProgress, PickupEscalation, adopt_settlement, close_on_settlement, count_receipt, deal_view, incentive_amount, required_units
+from domain.deal_progress import DealProgress, PickupEscalation, close_on_settlement, deal_view, incentive_amount, required_units, take_in_deadline_decision
 from domain.durations import format_duration
 from domain.models import CarrierEvent, DealTerms, DealView, IncentiveMode, PickupRequest, PickupView, ReceiptCounts
 from domain.rules import RuleViolation
@@ -77,18 +77,19 @@ class DeadlineDecision(BaseModel):
     amount: Decimal
 
 
+def deadline_decision(terms: DealTerms, progress: DealProgress) -> DeadlineDecision:
+    """What a deal decides on at its deadline, from its terms and its state."""
+    return DeadlineDecision(
+        deal_id=terms.deal_id, partner_id=terms.partner_id, staged_until=progress.deadline, counted_batches=list(progress.processed_batches),
+        received_units=progress.received_units, required_units=required_units(terms), mode=terms.mode.value, amount=incentive_amount(terms),
+    )
+
+
 class DeadlineClose(BaseModel):
     """A deal at its deadline, as it holds itself when it starts closing (patch decide-and-close)."""
 
     terms: DealTerms
     progress: DealProgress
-
-    def decision(self) -> DeadlineDecision:
-        p = self.progress
-        return DeadlineDecision(
-            deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, staged_until=p.deadline, counted_batches=list(p.processed_batches),
-            received_units=p.received_units, required_units=required_units(self.terms), mode=self.terms.mode.value, amount=incentive_amount(self.terms),
-        )
 
 
 class DeadlineSettlement(BaseModel):
@@ -332,12 +333,9 @@ class TakebackActivities:
         closed state is computed here by the rules the deal applies to itself after this returns
         (domain.deal_progress), so what is written is the view the deal then holds. A retry decides
         nothing anew (the settlement is held) and closes the same."""
-        decided = self.sweep_and_settle(deal.decision())
+        decided = self.sweep_and_settle(deadline_decision(deal.terms, deal.progress))
         closed = deal.progress.model_copy(deep=True)
-        for counts in decided.swept:
-            count_receipt(closed, counts)
-        if closed.settlement is None:
-            adopt_settlement(closed, decided.outcome)
+        take_in_deadline_decision(closed, decided.swept, decided.outcome)
         close_on_settlement(deal.terms, closed)
         self.close_deal(deal_view(deal.terms, closed))
         return decided

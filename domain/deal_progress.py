@@ -138,6 +138,15 @@ def adopt_settlement(progress: DealProgress, outcome: str) -> None:
     progress.incentive_status = SETTLED_INCENTIVE[outcome]
 
 
+def take_in_deadline_decision(progress: DealProgress, swept: list[ReceiptCounts], held_outcome: str) -> None:
+    """The deadline's decision as the store returned it: the batches it swept are counted, and the
+    settlement it holds is adopted unless the deal had one already (a rebate released before its deadline)."""
+    for counts in swept:
+        count_receipt(progress, counts)
+    if progress.settlement is None:
+        adopt_settlement(progress, held_outcome)
+
+
 def close_on_settlement(terms: DealTerms, progress: DealProgress) -> None:
     """The deal's closed state from its settlement: status, the reason shown, the projection's next revision."""
     p = progress

@@ -14,7 +14,7 @@ import pytest
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 
-from activities.deal_activities import DeadlineClose, DeadlineDecision, TakebackActivities, deadline_outcome
+from activities.deal_activities import DeadlineClose, DeadlineDecision, TakebackActivities, deadline_decision, deadline_outcome
 from domain.catalog import default_catalog
 from domain.models import DealStatus, DealView, IncentiveStatus
 from service import deals
@@ -37,7 +37,7 @@ class GatedDecision(TakebackActivities):
 
     @activity.defn(name="decide_and_close")
     def decide_and_close(self, deal: DeadlineClose):
-        self.calls.append(deal.decision())
+        self.calls.append(deadline_decision(deal.terms, deal.progress))
         self.gate.hold()
         return TakebackActivities.decide_and_close(self, deal)
 
@@ -53,7 +53,7 @@ class LostAfterDeciding(TakebackActivities):
     def decide_and_close(self, deal: DeadlineClose):
         self.attempts += 1
         if self.attempts == 1:
-            self.sweep_and_settle(deal.decision())
+            self.sweep_and_settle(deadline_decision(deal.terms, deal.progress))
             raise RuntimeError("worker lost after recording the settlement")
         return TakebackActivities.decide_and_close(self, deal)
 

@@ -12,7 +12,6 @@ from temporalio.workflow import ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from activities.deal_activities import (
         DeadlineClose,
-        DeadlineDecision,
         DeadlineSettlement,
         ExtensionRecord,
         LedgerEntry,
@@ -22,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
         SettlementEntry,
         SettlementNotice,
         TakebackActivities,
+        deadline_decision,
         deadline_outcome,
     )
     # DealWorkflowInput and ExtendCommand are this workflow's messages; callers import them from here.
@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         incentive_amount,
         initial_progress,
         required_units,
+        take_in_deadline_decision,
     )
     from domain.models import (
         BOOKING_FAILED,
@@ -407,15 +408,24 @@ class TakebackDealWorkflow:
         decide once, record, project, certify; then notify."""
         p = self.progress
         await workflow.wait_condition(lambda: self.receipts_in_flight == 0 and self.pickups_in_flight == 0)
+        at_deadline = p.cancel_reason is None and self._now() >= p.deadline
         # The patches are asked only where the commands differ (a deal closing at its deadline): no marker
         # in the history of a deal that closes otherwise.
-        if p.cancel_reason is None and self._now() >= p.deadline and workflow.patched(DECIDE_AND_CLOSE):
-            await self._decide_and_close()
+        if at_deadline and workflow.patched(DECIDE_AND_CLOSE):
+            await self._decide_at_deadline(
+                TakebackActivities.decide_and_close, DeadlineClose(terms=self.terms, progress=p),
+                "take in the receipts staged by the deadline, record the decision, close and certify",
+            )
+            # The activity closed the deal's copy by the same rules (domain.deal_progress): the view it
+            # wrote to the read model and certified is the one this deal now holds.
+            close_on_settlement(self.terms, p)
             await self._stop_pickups()
             return
-        if p.cancel_reason is None and self._now() >= p.deadline and workflow.patched(DECIDE_AT_ONCE):
-            await self._sweep_and_settle()
-        elif p.cancel_reason is None and self._now() >= p.deadline:
+        if at_deadline and workflow.patched(DECIDE_AT_ONCE):
+            await self._decide_at_deadline(
+                TakebackActivities.sweep_and_settle, deadline_decision(self.terms, p), "take in the receipts staged by the deadline and record the decision"
+            )
+        elif at_deadline:
             sweep = ReceiptSweep(deal_id=self.terms.deal_id, staged_until=p.deadline)
             swept = await _activity(
                 TakebackActivities.sweep_receipts, sweep, timeout=LONG, summary="take in the receipts staged by the deadline", priority=self.decision_priority
@@ -423,62 +433,31 @@ class TakebackDealWorkflow:
             for counts in swept:
                 self._count(counts)
         if p.settlement is None:
-            if p.cancel_reason is not None:
-                outcome = "cancelled"
-            elif self._condition_met():
-                outcome = "released" if self.terms.mode == IncentiveMode.rebate else "applied"
-            else:
-                outcome = "forfeited" if self.terms.mode == IncentiveMode.rebate else "clawed_back"
-            await self._settle(outcome)
+            await self._settle("cancelled" if p.cancel_reason is not None else deadline_outcome(self.terms.mode.value, p.received_units, self.required))
         close_on_settlement(self.terms, p)
         await _activity(TakebackActivities.close_deal, self.view(), timeout=LONG, summary="close and certify")
         await self._stop_pickups()
 
-    async def _decide_and_close(self) -> None:
-        """The deadline's decision and the close in one activity (DECIDE_AND_CLOSE). The activity
-        closes the deal's copy by the rules applied here (domain.deal_progress), so the view it writes
-        to the read model and certifies is the one this deal then holds."""
+    async def _decide_at_deadline(self, fn, decision, summary: str) -> None:
+        """The deadline's decision in one activity (DECIDE_AT_ONCE; with the close, DECIDE_AND_CLOSE): the
+        receipts staged by the deadline are counted, and the settlement the store holds (this one, or the
+        first recorded) is adopted. The deal is closing, so no cancel, receipt or extension changes it meanwhile."""
         p = self.progress
         already = p.settlement is not None  # a rebate released before its deadline: the sweep only counts
-        decided: DeadlineSettlement = await _activity(
-            TakebackActivities.decide_and_close, DeadlineClose(terms=self.terms, progress=p),
-            timeout=LONG, summary="take in the receipts staged by the deadline, record the decision, close and certify", priority=self.decision_priority,
-        )
-        for counts in decided.swept:
-            self._count(counts)
+        decided: DeadlineSettlement = await _activity(fn, decision, timeout=LONG, summary=summary, priority=self.decision_priority)
+        take_in_deadline_decision(p, decided.swept, decided.outcome)
         if not already:
-            self._adopt(decided)
-        close_on_settlement(self.terms, p)
+            self._stand_by(decided.outcome, deadline_outcome(self.terms.mode.value, p.received_units, self.required))
 
-    def _adopt(self, decided: DeadlineSettlement) -> None:
-        """The deadline's settlement the store holds is the deal's; the partner is told of the one this deal decided."""
-        p = self.progress
-        outcome = deadline_outcome(self.terms.mode.value, p.received_units, self.required)
-        adopt_settlement(p, decided.outcome)
-        if decided.outcome != outcome:
-            workflow.logger.warning("deal %s: the store holds the settlement %s, not %s; it stands", self.terms.deal_id, decided.outcome, outcome)
+    def _stand_by(self, held: str, decided: str) -> None:
+        """The store's settlement stands: one other than this deal decided is adopted (and logged);
+        the partner is told of the deal's own, beside the deal."""
+        if held != decided:
+            workflow.logger.warning("deal %s: the store holds the settlement %s, not %s; it stands", self.terms.deal_id, held, decided)
+            adopt_settlement(self.progress, held)
             return
-        if outcome in ("released", "forfeited", "clawed_back"):
-            self.notices.send(TakebackActivities.notify_settlement, self._settlement_notice(outcome), story.NOTICE_SUMMARY[outcome])
-
-    async def _sweep_and_settle(self) -> None:
-        """The deadline's decision in one activity (DECIDE_AT_ONCE): the receipts staged by the
-        deadline are counted, and the settlement the store holds (this one, or the first recorded)
-        is adopted. The deal is closing, so no cancel, receipt or extension changes it meanwhile."""
-        p = self.progress
-        already = p.settlement is not None  # a rebate released before its deadline: the sweep only counts
-        decided: DeadlineSettlement = await _activity(
-            TakebackActivities.sweep_and_settle,
-            DeadlineDecision(
-                deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, staged_until=p.deadline, counted_batches=list(p.processed_batches),
-                received_units=p.received_units, required_units=self.required, mode=self.terms.mode.value, amount=self.amount,
-            ),
-            timeout=LONG, summary="take in the receipts staged by the deadline and record the decision", priority=self.decision_priority,
-        )
-        for counts in decided.swept:
-            self._count(counts)
-        if not already:
-            self._adopt(decided)
+        if decided in ("released", "forfeited", "clawed_back"):
+            self.notices.send(TakebackActivities.notify_settlement, self._settlement_notice(decided), story.NOTICE_SUMMARY[decided])
 
     async def _settle(self, outcome: str) -> None:
         """Decide the deal's money once. The state changes first, so a cancel or a second decision
@@ -492,12 +471,7 @@ class TakebackDealWorkflow:
             summary=f"record the decision: {outcome}",
             priority=self.decision_priority,
         )
-        if decided.outcome != outcome:
-            workflow.logger.warning("deal %s: the store holds the settlement %s, not %s; it stands", self.terms.deal_id, decided.outcome, outcome)
-            adopt_settlement(p, decided.outcome)
-            return
-        if outcome in ("released", "forfeited", "clawed_back"):
-            self.notices.send(TakebackActivities.notify_settlement, self._settlement_notice(outcome), story.NOTICE_SUMMARY[outcome])
+        self._stand_by(decided.outcome, outcome)
 
     def _settlement_notice(self, kind: str) -> SettlementNotice:
         p = self.progress
