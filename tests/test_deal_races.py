@@ -182,16 +182,22 @@ async def test_a_cancel_during_the_release_write_is_refused_and_the_release_stan
     assert count(settings, EmailMessage, key=f"{view.id}:settlement:released") == 1
 
 
-async def test_a_receipt_in_the_same_task_as_the_deadline_counts_in_the_decision(time_skipping_env, tmp_path):
-    env = time_skipping_env
-    settings = make_settings(tmp_path, reminder_offsets="")
+async def deadline_fired_while_no_worker_ran(env, settings):
+    """A deal of 10 units booked with a partner of `settings`, whose deadline's timer has fired while no
+    worker runs (the server skips no time while the task it made waits: the last second passes on the
+    wall clock); a message sent now waits beside that TimerFired, for the same workflow task."""
     add_partner(settings)
     async with uncached_worker(env, settings):
         view = await deals.book_deal(env.client, settings, booking(10))
         await env.sleep(YEAR - timedelta(seconds=2))
-    # The deadline fires while no worker runs (the server skips no time while the task it made waits:
-    # the last second passes on the wall clock) ...
     await env.sleep(timedelta(seconds=3))
+    return view
+
+
+async def test_a_receipt_in_the_same_task_as_the_deadline_counts_in_the_decision(time_skipping_env, tmp_path):
+    env = time_skipping_env
+    settings = make_settings(tmp_path, reminder_offsets="")
+    view = await deadline_fired_while_no_worker_ran(env, settings)
     receipt = asyncio.create_task(deliver_staged_receipt(env, settings, view.id, items("T", 8)))  # ... and a receipt waits beside it
     await asyncio.sleep(1)
     async with build_worker(env.client, settings):
@@ -213,11 +219,7 @@ async def test_an_extension_in_the_same_task_as_the_deadline_holds_the_deal_open
     does not decide the deal."""
     env = time_skipping_env
     settings = make_settings(tmp_path, reminder_offsets="")
-    add_partner(settings)
-    async with uncached_worker(env, settings):
-        view = await deals.book_deal(env.client, settings, booking(10))
-        await env.sleep(YEAR - timedelta(seconds=2))
-    await env.sleep(timedelta(seconds=3))  # the deadline fires while no worker runs ...
+    view = await deadline_fired_while_no_worker_ran(env, settings)
     extended = asyncio.create_task(deals.extend_deal(env.client, view.id, "30d", "customer asked"))  # ... and an extension waits beside it
     await asyncio.sleep(1)
     async with build_worker(env.client, settings):
