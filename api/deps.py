@@ -117,6 +117,14 @@ async def temporal(call, timeout: float | None = None, client: Client | None = N
                 "worker-unavailable",
                 headers=dict(RETRY_AFTER),
             ) from None
+        if _update_not_taken_in(error):
+            raise Problem(
+                503,
+                "the workflow did not take this request in (a worker was restarting); nothing was applied: retry shortly",
+                "workflow-busy",
+                headers=dict(RETRY_AFTER),
+                applied="no",
+            ) from None
         if _call_cut_off(error):
             raise Problem(
                 503,
@@ -141,6 +149,16 @@ def _call_cut_off(error: BaseException) -> bool:
     if error.status in (RPCStatusCode.CANCELLED, RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.ABORTED):
         return True
     return error.status == RPCStatusCode.UNKNOWN and any(word in str(error).lower() for word in ("transport", "connection", "h2 protocol", "broken pipe", "reset"))
+
+
+def _update_not_taken_in(error: BaseException) -> bool:
+    """An update the engine rejected because the workflow task it was sent in completed without it
+    (UnprocessedUpdate: seen by the chaos run while workers restarted; it was a 500). The engine says
+    nothing was applied, so a retry is safe."""
+    from temporalio.client import WorkflowUpdateFailedError
+    from temporalio.exceptions import ApplicationError
+
+    return isinstance(error, WorkflowUpdateFailedError) and isinstance(error.cause, ApplicationError) and error.cause.type == "UnprocessedUpdate"
 
 
 def _no_worker(error: BaseException) -> bool:

@@ -128,6 +128,20 @@ async def test_a_read_while_no_worker_polls_is_a_503_not_a_500():
     assert problem.status == 503 and problem.kind == "worker-unavailable" and problem.headers["Retry-After"]
 
 
+async def test_an_update_the_engine_rejected_as_unprocessed_is_a_503_that_says_nothing_was_applied():
+    """Seen by the chaos run while workers restarted: the engine rejects an update whose workflow task
+    completed without it (UnprocessedUpdate); a receipt answered 500 (and a partner's update would be a 409)."""
+    from temporalio.client import WorkflowUpdateFailedError
+    from temporalio.exceptions import ApplicationError
+
+    unprocessed = ApplicationError("Workflow Update is rejected because it wasn't processed by worker.", type="UnprocessedUpdate")
+    problem = await problem_of(raises(WorkflowUpdateFailedError(unprocessed)))
+    assert problem.status == 503 and problem.kind == "workflow-busy" and problem.headers["Retry-After"]
+    assert problem.extra == {"applied": "no"}
+    with pytest.raises(WorkflowUpdateFailedError):  # a workflow's own refusal is its route's to answer
+        await deps.temporal(raises(WorkflowUpdateFailedError(ApplicationError("deal D1 is closing", type="DealNotOpen"))))
+
+
 async def test_other_errors_and_answers_pass_through(time_skipping_env):
     async def answer():
         return 42
