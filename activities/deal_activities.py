@@ -13,17 +13,18 @@ from temporalio.exceptions import ApplicationError
 from activities.carrier import carrier_from_settings
 from activities.mailer import Mail, Mailer, mailer_from_settings
 from domain.catalog import Catalog, default_catalog
-from domain.deal_progress import DealProgress, PickupEscalation, close_on_settlement, deal_view, incentive_amount, required_units, take_in_deadline_decision
+from domain.deal_progress import DealProgress, DealTotals, PickupEscalation, adopt_totals, close_on_settlement, deal_view
 from domain.durations import format_duration
-from domain.models import CarrierEvent, DealTerms, DealView, IncentiveMode, PickupRequest, PickupView, ReceiptCounts
+from domain.models import CarrierEvent, DealTerms, DealView, PickupRequest, PickupView
 from domain.rules import RuleViolation
 from observability import worker_metrics
 from settings import Settings
 from store import deals as store
 from store import mail as mail_store
 from store.db import session_scope
-from store.deals import CarrierEventOutcome, SettlementOutcome
-from store.tables import EmailMessage, Pickup, ReceiptBatch, ReminderSent, Settlement
+from store import settlement
+from store.deals import CarrierEventOutcome
+from store.tables import EmailMessage, Pickup, ReminderSent
 
 
 class ReminderInput(BaseModel):
@@ -45,69 +46,12 @@ class SettlementNotice(BaseModel):
     required_units: int
 
 
-class LedgerEntry(BaseModel):
-    deal_id: str
-    partner_id: str
-    kind: str
-    amount: Decimal
-
-
-class SettlementEntry(BaseModel):
-    deal_id: str
-    partner_id: str
-    outcome: str  # released | forfeited | clawed_back | cancelled | applied
-    amount: Decimal
-
-
-class ReceiptSweep(BaseModel):
-    deal_id: str
-    staged_until: datetime
-
-
-class DeadlineDecision(BaseModel):
-    """What a deal decides on at its deadline: its counts so far and its terms' rule inputs."""
-
-    deal_id: str
-    partner_id: str
-    staged_until: datetime  # the deadline: batches staged by it count
-    counted_batches: list[str]  # the batches the deal has counted already
-    received_units: int  # counted so far
-    required_units: int
-    mode: str  # IncentiveMode: rebate | upfront
-    amount: Decimal
-
-
-def deadline_decision(terms: DealTerms, progress: DealProgress) -> DeadlineDecision:
-    """What a deal decides on at its deadline, from its terms and its state."""
-    return DeadlineDecision(
-        deal_id=terms.deal_id, partner_id=terms.partner_id, staged_until=progress.deadline, counted_batches=list(progress.processed_batches),
-        received_units=progress.received_units, required_units=required_units(terms), mode=terms.mode.value, amount=incentive_amount(terms),
-    )
-
-
-class DeadlineClose(BaseModel):
-    """A deal at its deadline, as it holds itself when it starts closing (patch decide-and-close)."""
+class DealDecision(BaseModel):
+    """A deal asking the store to decide it for good (store.settlement.decide), as it holds itself then."""
 
     terms: DealTerms
     progress: DealProgress
-
-
-class DeadlineSettlement(BaseModel):
-    swept: list[ReceiptCounts]  # batches taken in by the deadline that the deal had not counted
-    outcome: str  # the settlement the store holds (the first one recorded for the deal)
-    amount: Decimal
-    recorded: bool  # recorded by this call (False: one was held already, which stands)
-
-
-def deadline_outcome(mode: str, received_units: int, required_units: int) -> str:
-    """The money decision at a deal's deadline (shared/domain.md): the condition is met when at
-    least the required units came back; a rebate is then released and an upfront incentive stays
-    applied, else the rebate is forfeited or the upfront incentive clawed back. The workflow and
-    `sweep_and_settle` decide with this one rule."""
-    met = received_units >= required_units
-    if mode == IncentiveMode.rebate.value:
-        return "released" if met else "forfeited"
-    return "applied" if met else "clawed_back"
+    kind: str  # deadline | cancel | close
 
 
 class ExtensionRecord(BaseModel):
@@ -150,11 +94,6 @@ class TakebackActivities:
             self.book_pickup,
             self.record_carrier_event,
             self.escalate_pickup,
-            self.process_receipt,
-            self.record_incentive,
-            self.record_settlement,
-            self.sweep_receipts,
-            self.sweep_and_settle,
             self.decide_and_close,
             self.record_extension,
             self.send_reminder,
@@ -255,90 +194,25 @@ class TakebackActivities:
             )
         )
 
-    # --- receipts ---------------------------------------------------------------------------
+    # --- money: decided by the store (store.settlement), adopted by the deal ----------------
 
     @activity.defn
-    @non_retryable_on_bad_input
-    def process_receipt(self, deal_id: str, batch_id: str) -> ReceiptCounts:
+    def decide_and_close(self, decision: DealDecision) -> DealTotals:
+        """The deal's decision for good, in one store transaction over the receipts committed before it,
+        and, when the store's answer closes the deal, its close (read model and certificate) in the same
+        activity. The closed view is computed by the rules the deal applies to itself after this returns
+        (domain.deal_progress), so what is written is the view the deal then holds. A retry (an attempt
+        lost after the commit) decides nothing anew: the store answers what it decided, and closes the same."""
         with session_scope(self.database_url) as session:
-            # A local activity (deals booked before receipts became activities) cannot heartbeat.
-            heartbeat = (lambda: None) if activity.info().is_local else activity.heartbeat
-            fresh = _unprocessed(session, batch_id)  # a retry answers the stored counts: counted once
-            counts = store.process_receipt(session, deal_id, batch_id, self.settings.refresh_max_age_years, self.catalog, heartbeat=heartbeat)
-        if fresh:
-            worker_metrics.receipt_processed(counts.accepted, counts.rejected)
-        return counts
-
-    @activity.defn
-    @non_retryable_on_bad_input
-    def sweep_receipts(self, sweep: ReceiptSweep) -> list[ReceiptCounts]:
-        """Process the batches staged for the deal by its deadline whose update never arrived (the
-        API's call timed out, a worker died): what the API accepted is what the deal decides on."""
-        with session_scope(self.database_url) as session:
-            swept = [
-                store.process_receipt(session, sweep.deal_id, batch_id, self.settings.refresh_max_age_years, self.catalog, heartbeat=activity.heartbeat)
-                for batch_id in store.unprocessed_batches(session, sweep.deal_id, sweep.staged_until)
-            ]
-        for counts in swept:
-            worker_metrics.receipt_processed(counts.accepted, counts.rejected)
-        return swept
-
-    # --- money ------------------------------------------------------------------------------
-
-    @activity.defn
-    def record_incentive(self, entry: LedgerEntry) -> bool:
-        with session_scope(self.database_url) as session:
-            return store.record_incentive(session, entry.deal_id, entry.partner_id, entry.kind, entry.amount)
-
-    @activity.defn
-    def record_settlement(self, entry: SettlementEntry) -> SettlementOutcome:
-        """The deal's one money decision; the outcome the store holds (the first one) is returned."""
-        with session_scope(self.database_url) as session:
-            # A retry finds its own decision: counted once. (Columns, not the row: the store adds the row itself.)
-            fresh = session.execute(select(Settlement.deal_id).where(Settlement.deal_id == entry.deal_id)).first() is None
-            decided = store.record_settlement(session, entry.deal_id, entry.partner_id, entry.outcome, entry.amount)
-        if fresh and decided.outcome == entry.outcome:
-            worker_metrics.decided(decided.outcome)
-        return decided
-
-    @activity.defn
-    @non_retryable_on_bad_input
-    def sweep_and_settle(self, decision: DeadlineDecision) -> DeadlineSettlement:
-        """A deal's decision at its deadline in one activity (patch decide-at-once): the receipts
-        staged by the deadline that the deal has not counted are taken in, the outcome is decided
-        by `deadline_outcome` on the deal's count plus theirs, and the settlement recorded, in one
-        round trip instead of two activities and the workflow task between them. The store keeps
-        the first settlement of a deal; the deal adopts what it returns."""
-
-        def decide(swept: list[ReceiptCounts]) -> tuple[str, Decimal]:
-            received = decision.received_units + sum(counts.accepted for counts in swept)
-            return deadline_outcome(decision.mode, received, decision.required_units), decision.amount
-
-        with session_scope(self.database_url) as session:
-            fresh_batches = set(store.unprocessed_batches(session, decision.deal_id, decision.staged_until))
-            swept, held, recorded = store.sweep_and_settle(
-                session, decision.deal_id, decision.partner_id, decision.staged_until, decision.counted_batches,
-                self.settings.refresh_max_age_years, self.catalog, decide, heartbeat=activity.heartbeat,
-            )
-        for counts in swept:
-            if counts.batch_id in fresh_batches:
-                worker_metrics.receipt_processed(counts.accepted, counts.rejected)
-        if recorded:
-            worker_metrics.decided(held.outcome)
-        return DeadlineSettlement(swept=swept, outcome=held.outcome, amount=held.amount, recorded=recorded)
-
-    @activity.defn
-    def decide_and_close(self, deal: DeadlineClose) -> DeadlineSettlement:
-        """sweep_and_settle, then the close (read model and certificate) in the same activity: the deal's
-        closed state is computed here by the rules the deal applies to itself after this returns
-        (domain.deal_progress), so what is written is the view the deal then holds. A retry decides
-        nothing anew (the settlement is held) and closes the same."""
-        decided = self.sweep_and_settle(deadline_decision(deal.terms, deal.progress))
-        closed = deal.progress.model_copy(deep=True)
-        take_in_deadline_decision(closed, decided.swept, decided.outcome)
-        close_on_settlement(deal.terms, closed)
-        self.close_deal(deal_view(deal.terms, closed))
-        return decided
+            totals, decided_here = settlement.decide(session, decision.terms.deal_id, decision.kind)
+        if decided_here:
+            worker_metrics.decided(totals.settlement)
+        if totals.closed:
+            closed = decision.progress.model_copy(deep=True)
+            adopt_totals(closed, totals)
+            close_on_settlement(decision.terms, closed)
+            self.close_deal(deal_view(decision.terms, closed))
+        return totals
 
     @activity.defn
     def record_extension(self, record: ExtensionRecord) -> None:
@@ -413,11 +287,6 @@ class TakebackActivities:
             # tracking poll finishes any the provider refuses now; the close never waits for it).
             self.carrier.cancel_open_pickups(view.id, heartbeat=activity.heartbeat)
         return digest
-
-
-def _unprocessed(session, batch_id: str) -> bool:
-    row = session.execute(select(ReceiptBatch.processed_at, ReceiptBatch.refused_at).where(ReceiptBatch.id == batch_id)).first()
-    return row is not None and row.processed_at is None and row.refused_at is None
 
 
 def format_duration_seconds(seconds: float) -> str:

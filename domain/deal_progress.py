@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from domain import rules
 from domain.durations import format_duration
-from domain.models import DealStatus, DealTerms, DealView, Dispositions, Incentive, IncentiveMode, IncentiveStatus, PickupView, ReceiptCounts
+from domain.models import DealStatus, DealTerms, DealView, Dispositions, Incentive, IncentiveMode, IncentiveStatus, PickupRequest, PickupView
 
 
 class ExtendCommand(BaseModel):
@@ -24,6 +24,15 @@ class PickupEscalation(BaseModel):
     partner_id: str
     pickup_id: str
     status: str
+
+
+class PendingNotice(BaseModel):
+    """A mail activity on its way: its name, its argument as JSON data, its line in the Web UI."""
+
+    key: str  # unique among the deal's notices (activity name and what it is about)
+    activity: str
+    argument: dict
+    summary: str
 
 
 class DealProgress(BaseModel):
@@ -39,17 +48,44 @@ class DealProgress(BaseModel):
     pickups: list[PickupView] = []
     reminders_sent: list[float] = []
     reminders_skipped: list[float] = []
-    processed_batches: list[str] = []
-    pending_escalations: list[PickupEscalation] = []
     extensions: list[str] = []
     cancel_reason: str | None = None
     closed_reason: str | None = None
     # Set the moment the deal starts to close (cancel, deadline, every unit back): from then on it
-    # refuses receipts, extensions, pickups and cancels, so what it decides on cannot change.
+    # refuses extensions, pickups and cancels, and the store refuses receipts once it has decided.
     closing: bool = False
-    settlement: str | None = None  # the one terminal money outcome, once decided
+    settlement: str | None = None  # the money outcome the store holds, once decided
+    closed_by_store: bool = False  # the store decided the deal for good (DealTotals.closed)
+    settlement_told: str | None = None  # the settlement the partner was told of (a notice on its way or sent)
     revision: int = 0  # of the projection in the store
-    pickup_requests: dict[str, str] = {}  # update id -> pickup id: a retried request books one pickup, across continue-as-new
+    # Update ids this deal applied, carried across continue-as-new, so a retry is answered, never applied
+    # again (the engine de-duplicates update ids within one run only).
+    pickup_requests: dict[str, str] = {}  # update id -> pickup id
+    applied_extensions: dict[str, int] = {}  # update id -> the extension's sequence
+    cancel_request: str | None = None  # the update id of the cancel that closed the deal
+    # Pickups accepted and not yet booked (pickup id -> the request), re-driven by the next run if the
+    # deal continues as new meanwhile: a carrier in retries never holds a continue-as-new.
+    bookings_in_flight: dict[str, PickupRequest] = {}
+    # Mail on its way (activity name -> arguments), sent again by the next run: a mail is claimed in the
+    # store before it goes, so the two sends are one mail. A mail outage never holds a continue-as-new.
+    notices_in_flight: list[PendingNotice] = []
+
+
+class DealTotals(BaseModel):
+    """What came back and what was decided, as the store holds it (store.settlement): the one source of
+    the deal's counts and its money. The deal adopts it whenever the store tells it (receipts, decisions)."""
+
+    received_units: int = 0
+    rejected_units: int = 0
+    dispositions: Dispositions = Dispositions()
+    settlement: str | None = None  # released | forfeited | clawed_back | applied | cancelled
+    closed: bool = False  # the store decided the deal for good: it counts no later receipt
+
+    def newer_than(self, progress: "DealProgress") -> bool:
+        """Counts and decisions only grow: an older answer arriving late changes nothing."""
+        return (self.received_units + self.rejected_units, self.settlement is not None, self.closed) > (
+            progress.received_units + progress.rejected_units, progress.settlement is not None, progress.closed_by_store,
+        )
 
 
 class DealWorkflowInput(BaseModel):
@@ -117,20 +153,14 @@ SETTLED_STATUS = {
 }
 
 
-def count_receipt(progress: DealProgress, counts: ReceiptCounts) -> bool:
-    """Add a processed batch to the deal's counts; False (and nothing changed) for one counted already."""
-    p = progress
-    if counts.batch_id in p.processed_batches:
-        return False
-    p.processed_batches.append(counts.batch_id)
-    p.received_units += counts.accepted
-    p.rejected_units += counts.rejected
-    p.dispositions = Dispositions(
-        refresh=p.dispositions.refresh + counts.refresh,
-        recycle=p.dispositions.recycle + counts.recycle,
-        other=p.dispositions.other + counts.other,
-    )
-    return True
+def deadline_outcome(mode: str, received_units: int, required_units: int) -> str:
+    """The money decision at a deal's deadline (shared/domain.md): the condition is met when at least
+    the required units came back; a rebate is then released and an upfront incentive stays applied,
+    else the rebate is forfeited or the upfront incentive clawed back."""
+    met = received_units >= required_units
+    if mode == IncentiveMode.rebate.value:
+        return "released" if met else "forfeited"
+    return "applied" if met else "clawed_back"
 
 
 def adopt_settlement(progress: DealProgress, outcome: str) -> None:
@@ -138,13 +168,16 @@ def adopt_settlement(progress: DealProgress, outcome: str) -> None:
     progress.incentive_status = SETTLED_INCENTIVE[outcome]
 
 
-def take_in_deadline_decision(progress: DealProgress, swept: list[ReceiptCounts], held_outcome: str) -> None:
-    """The deadline's decision as the store returned it: the batches it swept are counted, and the
-    settlement it holds is adopted unless the deal had one already (a rebate released before its deadline)."""
-    for counts in swept:
-        count_receipt(progress, counts)
-    if progress.settlement is None:
-        adopt_settlement(progress, held_outcome)
+def adopt_totals(progress: DealProgress, totals: DealTotals) -> bool:
+    """Take in the store's counts and decision; False (nothing changed) for an answer no newer than what the deal holds."""
+    if not totals.newer_than(progress):
+        return False
+    p = progress
+    p.received_units, p.rejected_units, p.dispositions = totals.received_units, totals.rejected_units, totals.dispositions
+    if totals.settlement is not None and totals.settlement != p.settlement:
+        adopt_settlement(p, totals.settlement)
+    p.closed_by_store = p.closed_by_store or totals.closed
+    return True
 
 
 def close_on_settlement(terms: DealTerms, progress: DealProgress) -> None:

@@ -7,7 +7,7 @@ import logging
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -19,7 +19,9 @@ from domain.models import BOOKING_FAILED, OPEN_DEAL_STATUSES, BookingRequest, Ca
 from service.partners import ensure_may_book
 from service.pickup_address import check_pickup_address
 from settings import DEFAULT_MAX_OPEN_PICKUPS, Settings
+from domain.catalog import default_catalog
 from store import deals as store
+from store import settlement
 from store.db import session_scope
 from temporal_client import call_timed_out
 from workflows import story
@@ -56,14 +58,6 @@ class PickupBookingFailed(Exception):
     """The carrier refused to book a pickup for good (payment, no rate, an address it cannot serve): HTTP 502."""
 
 
-class WriteStaged(Exception):
-    """The write is in the store but its deal did not take it in time (a worker restarting):
-    it is applied when the deal next decides, or at once when the caller retries (HTTP 503)."""
-
-    def __init__(self, what: str):
-        super().__init__(f"{what} is staged; the deal did not take it in time and will apply it")
-
-
 class DealNotFound(LookupError):
     pass
 
@@ -95,7 +89,7 @@ class NeedsOpsApproval(Problem):
         )
 
 
-async def _update(handle: WorkflowHandle, update, *args, **kwargs):
+async def _update(handle: WorkflowHandle, update, *args, retried: bool = False, **kwargs):
     """Run a workflow update, turning 'the deal has closed' into DealNotOpen however it shows."""
     from temporalio.client import WorkflowUpdateFailedError
     from temporalio.exceptions import ApplicationError
@@ -111,10 +105,19 @@ async def _update(handle: WorkflowHandle, update, *args, **kwargs):
     except RPCError as error:
         if error.status != RPCStatusCode.NOT_FOUND:
             raise
-        try:  # a closed run answers NOT_FOUND for new updates; a missing deal too
-            await handle.describe()
-        except RPCError:
-            raise DealNotFound(handle.id) from error
+        # A closed run answers NOT_FOUND for new updates, and so does a missing deal, and a run that
+        # continued as new while the update was on its way. The latest run says which.
+        try:
+            described = await handle.describe()
+        except RPCError as missing:
+            if missing.status == RPCStatusCode.NOT_FOUND:
+                raise DealNotFound(handle.id) from error
+            raise
+        if described.status == WorkflowExecutionStatus.RUNNING and not retried:
+            # The next run carries every applied update id: the same id is answered, never applied twice.
+            return await _update(handle, update, *args, retried=True, **kwargs)
+        if described.status == WorkflowExecutionStatus.RUNNING:
+            raise
         raise DealNotOpen(f"{handle.id} has closed") from error
 
 
@@ -330,53 +333,51 @@ async def request_pickup(
 
 
 def receipt_batch_id(deal_id: str, items: list[ReceiptItem]) -> str:
-    """The same items posted again are the same batch: a retry re-drives it (and gets its answer)
+    """The same items posted again are the same batch: a retry is answered as the first time
     instead of finding its own serials 'already returned'."""
     digest = hashlib.sha256(json.dumps([item.model_dump(mode="json") for item in items], sort_keys=True).encode()).hexdigest()[:24]
     return f"{deal_id}-r{digest}"
 
 
-async def record_receipt(client: Client, settings: Settings, deal_id: str, items: list[ReceiptItem], batch_id: str | None = None, *, custody: dict | None = None) -> dict:
-    """Stage the items, let the workflow process the batch by id, answer item by item from the store.
+class ReceiptNotCounted(DealNotOpen):
+    """The deal had been decided when the receipt came: nothing of it counts, no serial is burnt (HTTP 409)."""
 
-    Staged is delivered: a batch whose update times out is applied by the deal when it decides
-    (WriteStaged), or at once on a retry. One the deal refuses (it has decided) is marked refused
-    and burns no serial, unless the deal's deadline sweep counted it already: then that is the answer.
-    `custody` (actor, facility, operator, tracking_number, pickup_id) is kept with the batch for its
-    serials' custody events.
+
+class ReceiptCountedDealNotTold(Exception):
+    """The receipt is counted in the store, but its deal could not be told yet (the engine unreachable):
+    the deal's decision counts it anyway; a retry of the same receipt answers it and tells the deal (HTTP 503)."""
+
+
+async def record_receipt(client: Client, settings: Settings, deal_id: str, items: list[ReceiptItem], batch_id: str | None = None, *, custody: dict | None = None) -> dict:
+    """Count the items in the store (store.settlement: one transaction with the deal locked), then tell
+    the deal what the store now holds; answer item by item from the store.
+
+    Counted in the store is counted: the deal's decision counts every batch committed before it. A
+    batch that comes after the decision is refused (ReceiptNotCounted), and so is its retry. A retry of
+    a counted batch answers as the first time and tells the deal again. `custody` (actor, facility,
+    operator, tracking_number, pickup_id) is kept with the batch for its serials' custody events.
     """
     batch_id = batch_id or receipt_batch_id(deal_id, items)
-    staged_at = await booking_clock()
+    received_at = await booking_clock()
 
-    def stage() -> None:
+    def count() -> tuple[settlement.ReceiptOutcome, dict]:
         with session_scope(settings.effective_database_url) as session:
-            store.stage_receipt(session, batch_id, deal_id, items, staged_at=staged_at, context=custody)
+            outcome = settlement.count_receipt(
+                session, deal_id, batch_id, items, settings.refresh_max_age_years, default_catalog(), received_at=received_at, context=custody,
+            )
+            return outcome, settlement.receipt_result(session, batch_id)
 
-    def result() -> dict:
-        with session_scope(settings.effective_database_url) as session:
-            return store.receipt_result(session, batch_id)
-
-    def refuse() -> bool:
-        with session_scope(settings.effective_database_url) as session:
-            return store.refuse_receipt(session, batch_id)
-
-    await asyncio.to_thread(stage)
+    outcome, result = await asyncio.to_thread(count)
+    if not outcome.counted:
+        raise ReceiptNotCounted(f"deal {deal_id} was decided before receipt {batch_id} came: it was not counted")
     try:
-        await _deliver(deal_handle(client, deal_id), TakebackDealWorkflow.record_receipt, batch_id, id=f"receipt-{batch_id}")
-    except DealNotOpen:
-        if await asyncio.to_thread(refuse):
-            raise
-    except _NOT_TAKEN_IN_TIME:
-        raise WriteStaged(f"receipt {batch_id}") from None
-    return await asyncio.to_thread(result)
-
-
-# What an update that the deal did not take in time looks like: the SDK's RPC deadline, or ours.
-_NOT_TAKEN_IN_TIME = (WorkflowUpdateRPCTimeoutOrCancelledError, TimeoutError)
-
-
-async def _deliver(handle: WorkflowHandle, update, *args, **kwargs):
-    return await asyncio.wait_for(_update(handle, update, *args, **kwargs), UPDATE_WAIT_SECONDS)
+        await deal_handle(client, deal_id).signal(TakebackDealWorkflow.receipts_counted, outcome.totals)
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:  # the deal's run has ended: it was decided, and this receipt counted before
+            return result
+        log.warning("receipt %s of deal %s is counted; the deal was not told: %s", batch_id, deal_id, error)
+        raise ReceiptCountedDealNotTold(f"receipt {batch_id} is counted; its deal was not told yet") from error
+    return result
 
 
 def parse_extension(extend_by: str) -> str:

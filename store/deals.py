@@ -16,17 +16,14 @@ from store import custody, fast_insert
 
 from domain import rules
 from domain.catalog import Catalog, default_catalog
-from domain.custody import REJECTION_TEXT, RejectionReason
 from domain.models import (
     ESCALATED_CARRIER_STATUSES,
     BookingRequest,
     CarrierEvent,
     DealTerms,
     DealView,
-    Disposition,
+    IncentiveMode,
     PickupRequest,
-    ReceiptCounts,
-    ReceiptItem,
 )
 from store.tables import (
     AuditEvent,
@@ -40,11 +37,6 @@ from store.tables import (
     OpenSerialClaim,
     Partner,
     Pickup,
-    ReceiptBatch,
-    ReceiptRejection,
-    ReturnedItem,
-    SanitizationRecord,
-    Settlement,
     ShipmentEvent,
     as_utc,
     utcnow,
@@ -66,10 +58,6 @@ class SerialConflict(Exception):
         self.serials = serials
         self.count = len(serials)
         super().__init__(f"{self.count} of the listed serials {'is' if self.count == 1 else 'are'} committed on another open deal")
-
-
-class UnknownBatch(LookupError):
-    pass
 
 
 def _chunks(rows: list[dict], size: int = INSERT_CHUNK):
@@ -129,6 +117,8 @@ def stage_booking(
             fast_insert.insert_rows(session, OpenSerialClaim.__table__, [{"serial": r["serial"], "deal_id": deal_id} for r in chunk])
         for chunk in _chunks(custody.committed_rows(deal_id, serial_rows, view.booked_at, actor or f"partner:{request.partner_id}")):
             fast_insert.insert_rows(session, CustodyEvent.__table__, chunk)
+        if terms.mode == IncentiveMode.upfront:  # the discount is granted with the booking, in its transaction
+            fast_insert.insert_rows(session, IncentiveLedger.__table__, [{"deal_id": deal_id, "partner_id": request.partner_id, "kind": "applied", "amount": view.incentive.amount, "recorded_at": now}])
         if audit is not None:
             audit["id"] = fast_insert.insert_row(session, AuditEvent.__table__, {"at": now, **{k: v for k, v in audit.items() if k != "id"}, "deal_id": deal_id})
         session.commit()
@@ -283,232 +273,7 @@ def with_pickup_statuses(view: DealView, statuses: dict[str, dict[str, str]]) ->
     return view.model_copy(update={"pickups": [p.model_copy(update={"status": statuses.get(p.id, p.status)}) for p in view.pickups]})
 
 
-# --- receipts --------------------------------------------------------------------------------
-
-
-def stage_receipt(session: Session, batch_id: str, deal_id: str, items: list[ReceiptItem], staged_at: datetime | None = None, *, context: dict | None = None) -> bool:
-    """Stage a batch for its deal; False if this batch id was staged before (a retry re-drives it).
-    `context` (actor, facility, operator, tracking_number, pickup_id): who scanned it, where, from
-    which pickup, for its serials' custody."""
-    if session.get(ReceiptBatch, batch_id) is not None:
-        return False
-    payload = json.dumps([item.model_dump(mode="json") for item in items])
-    session.add(ReceiptBatch(id=batch_id, deal_id=deal_id, items_json=payload, item_count=len(items), created_at=staged_at or utcnow()))
-    if context is not None:
-        custody.stage_receipt_context(session, batch_id, received_at=staged_at or utcnow(), **context)
-    try:
-        session.commit()
-    except IntegrityError:  # the same batch, staged at once by a concurrent retry
-        session.rollback()
-        return False
-    return True
-
-
-def refuse_receipt(session: Session, batch_id: str) -> bool:
-    """The deal refused this batch (it had decided): mark it so it is never processed. False if it
-    was processed already (by the deal's sweep at its deadline): then it counted, and the caller
-    answers with its result."""
-    refused = session.execute(
-        update(ReceiptBatch).where(ReceiptBatch.id == batch_id, ReceiptBatch.processed_at.is_(None)).values(refused_at=func.coalesce(ReceiptBatch.refused_at, utcnow()))
-    ).rowcount == 1
-    session.commit()
-    return refused
-
-
-def unprocessed_batches(session: Session, deal_id: str, staged_until: datetime) -> list[str]:
-    """Batches staged for the deal by `staged_until` that no update delivered (the API's call timed out, a worker died)."""
-    return list(
-        session.execute(
-            select(ReceiptBatch.id)
-            .where(ReceiptBatch.deal_id == deal_id, ReceiptBatch.processed_at.is_(None), ReceiptBatch.refused_at.is_(None), ReceiptBatch.created_at <= staged_until)
-            .order_by(ReceiptBatch.created_at, ReceiptBatch.id)
-        ).scalars()
-    )
-
-
-def _batch_counts(session: Session, batch_id: str) -> ReceiptCounts:
-    by_disposition = dict(
-        session.execute(
-            select(ReturnedItem.disposition, func.count()).where(ReturnedItem.batch_id == batch_id).group_by(ReturnedItem.disposition)
-        ).all()
-    )
-    rejected = session.execute(select(func.count()).select_from(ReceiptRejection).where(ReceiptRejection.batch_id == batch_id)).scalar_one()
-    return ReceiptCounts(
-        batch_id=batch_id,
-        accepted=sum(by_disposition.values()),
-        rejected=rejected,
-        refresh=by_disposition.get(Disposition.refresh.value, 0),
-        recycle=by_disposition.get(Disposition.recycle.value, 0),
-        other=by_disposition.get(Disposition.other.value, 0),
-    )
-
-
-def _existing(session: Session, column, values: list[str], *where) -> set[str]:
-    found: set[str] = set()
-    for start in range(0, len(values), INSERT_CHUNK):
-        found.update(session.execute(select(column).where(column.in_(values[start : start + INSERT_CHUNK]), *where)).scalars().all())
-    return found
-
-
-def process_receipt(session: Session, deal_id: str, batch_id: str, refresh_max_age_years: float, catalog: Catalog, heartbeat=lambda: None) -> ReceiptCounts:
-    """Accept or reject each staged item, disposition and sanitize the accepted ones, once.
-
-    The whole batch is one transaction marked processed; a retry returns the stored counts.
-    A concurrent receipt of the same serial on another deal loses on the unique serial and
-    the batch is re-evaluated.
-    """
-    for _attempt in range(5):
-        batch = session.get(ReceiptBatch, batch_id)
-        if batch is None or batch.deal_id != deal_id:
-            raise UnknownBatch(batch_id)
-        if batch.processed_at is not None:
-            return _batch_counts(session, batch_id)
-        if batch.refused_at is not None:  # the deal had decided when it came: nothing counts, nothing is burnt
-            return ReceiptCounts(batch_id=batch_id, accepted=0, rejected=0, refresh=0, recycle=0, other=0)
-        items = [ReceiptItem.model_validate(raw) for raw in json.loads(batch.items_json)]
-        serials = [item.serial_number for item in items]
-        already_returned = _existing(session, ReturnedItem.serial, serials)
-        deal = session.get(Deal, deal_id)
-        listed = _existing(session, CommittedSerial.serial, serials, CommittedSerial.deal_id == deal_id) if deal.serials_listed else None
-        seen: set[str] = set()
-        accepted, rejections, sanitizations = [], [], []
-        for position, item in enumerate(items):
-            serial = item.serial_number
-            code = None
-            if serial in seen:
-                code = RejectionReason.duplicate_in_receipt
-            elif serial in already_returned:
-                code = RejectionReason.already_returned
-            elif listed is not None and serial not in listed:
-                code = RejectionReason.not_listed
-            seen.add(serial)
-            if code:
-                rejections.append({"batch_id": batch_id, "deal_id": deal_id, "position": position, "serial": serial, "reason": REJECTION_TEXT[code], "reason_code": code.value})
-                continue
-            disposition = rules.disposition_for(item.condition, item.age_years, refresh_max_age_years)
-            accepted.append(
-                {
-                    "serial": serial,
-                    "deal_id": deal_id,
-                    "batch_id": batch_id,
-                    "product_id": item.product_id,
-                    "condition": item.condition.value,
-                    "age_years": item.age_years,
-                    "disposition": disposition.value,
-                    "received_at": utcnow(),
-                }
-            )
-            if catalog.is_data_bearing(item.product_id):
-                sanitizations.append(
-                    {"serial": serial, "deal_id": deal_id, "method": rules.sanitization_for(disposition).value, "recorded_at": utcnow()}
-                )
-        try:
-            for chunk in _chunks(accepted):
-                heartbeat()
-                session.execute(insert(ReturnedItem), chunk)
-            for chunk in _chunks(rejections):
-                session.execute(insert(ReceiptRejection), chunk)
-            for chunk in _chunks(sanitizations):
-                session.execute(insert(SanitizationRecord), chunk)
-            # Custody: received and graded (accepted), rejected with its reason (every refused line, committed or not).
-            custody.insert_events(session, custody.receipt_rows(session, deal_id, batch_id, accepted, rejections, batch.created_at), heartbeat)
-            # Only a batch nobody refused or processed meanwhile (PostgreSQL re-checks the row under its lock).
-            marked = session.execute(
-                update(ReceiptBatch).where(ReceiptBatch.id == batch_id, ReceiptBatch.processed_at.is_(None), ReceiptBatch.refused_at.is_(None)).values(processed_at=utcnow())
-            ).rowcount == 1
-            if not marked:
-                session.rollback()
-                continue
-            session.commit()
-        except IntegrityError:
-            session.rollback()  # lost a race on a serial; look again
-            continue
-        return _batch_counts(session, batch_id)
-    raise RuntimeError(f"receipt {batch_id} kept conflicting with concurrent receipts")
-
-
-def receipt_result(session: Session, batch_id: str) -> dict:
-    """The item-level answer of a processed receipt, as the API returns it."""
-    rejected = session.execute(
-        select(ReceiptRejection.serial, ReceiptRejection.reason).where(ReceiptRejection.batch_id == batch_id).order_by(ReceiptRejection.position)
-    ).all()
-    items = session.execute(select(ReturnedItem.serial, ReturnedItem.disposition).where(ReturnedItem.batch_id == batch_id).order_by(ReturnedItem.id)).all()
-    return {
-        "accepted": len(items),
-        "rejected": [{"serial_number": s, "reason": r} for s, r in rejected],  # the API adds each reason's code
-        "items": [{"serial_number": s, "disposition": d} for s, d in items],
-    }
-
-
-# --- money -----------------------------------------------------------------------------------
-
-
-def record_incentive(session: Session, deal_id: str, partner_id: str, kind: str, amount: Decimal) -> bool:
-    """Write the (deal, kind) ledger row; False if it was written before."""
-    return insert_once(session, IncentiveLedger(deal_id=deal_id, partner_id=partner_id, kind=kind, amount=amount))
-
-
-TERMINAL_LEDGER_KINDS = {"released", "forfeited", "clawed_back", "cancelled"}
-
-
-class SettlementOutcome(BaseModel):
-    outcome: str
-    amount: Decimal
-
-
-def record_settlement(session: Session, deal_id: str, partner_id: str, outcome: str, amount: Decimal) -> SettlementOutcome:
-    """Decide the deal's money once: the settlement row and its ledger row in one transaction.
-
-    The settlement's primary key is the deal: a second outcome, the same or a contradictory one,
-    is refused, and the outcome recorded first is returned for the workflow to adopt.
-    """
-    try:
-        session.add(Settlement(deal_id=deal_id, partner_id=partner_id, outcome=outcome, amount=amount))
-        session.flush()
-        if outcome in TERMINAL_LEDGER_KINDS:
-            exists = session.execute(select(IncentiveLedger.id).where(IncentiveLedger.deal_id == deal_id, IncentiveLedger.kind == outcome)).first()
-            if exists is None:
-                session.add(IncentiveLedger(deal_id=deal_id, partner_id=partner_id, kind=outcome, amount=amount))
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-    decided = session.get(Settlement, deal_id)
-    return SettlementOutcome(outcome=decided.outcome, amount=decided.amount)
-
-
-def sweep_and_settle(
-    session: Session,
-    deal_id: str,
-    partner_id: str,
-    staged_until: datetime,
-    counted_batches: list[str],
-    refresh_max_age_years: float,
-    catalog: Catalog,
-    decide,
-    heartbeat=lambda: None,
-) -> tuple[list[ReceiptCounts], SettlementOutcome, bool]:
-    """A deal's decision at its deadline in one call: take in the batches staged for it by
-    `staged_until` that the deal has not counted (`counted_batches`), decide with `decide(swept)`
-    -> (outcome, amount), and record the settlement (one row per deal: a second, contradictory one
-    is refused and the first returned). Returns (swept counts, the settlement held, recorded here).
-
-    Batches already processed but not counted by the deal (an earlier attempt of this call that
-    committed and was then lost) are returned with their stored counts, so a retry answers as the
-    first attempt did and the decision is the same.
-    """
-    counted = set(counted_batches)
-    staged = session.execute(
-        select(ReceiptBatch.id)
-        .where(ReceiptBatch.deal_id == deal_id, ReceiptBatch.refused_at.is_(None), ReceiptBatch.created_at <= staged_until)
-        .order_by(ReceiptBatch.created_at, ReceiptBatch.id)
-    ).scalars().all()
-    swept = [process_receipt(session, deal_id, batch_id, refresh_max_age_years, catalog, heartbeat=heartbeat) for batch_id in staged if batch_id not in counted]
-    held = session.get(Settlement, deal_id)
-    if held is not None:
-        return swept, SettlementOutcome(outcome=held.outcome, amount=held.amount), False
-    outcome, amount = decide(swept)
-    decided = record_settlement(session, deal_id, partner_id, outcome, amount)
-    return swept, decided, decided.outcome == outcome
+# --- receipts and money: store.settlement, the one arbiter ----------------------------------------
 
 
 def record_extension(session: Session, deal_id: str, sequence: int, extend_by_seconds: float, reason: str, new_deadline: datetime) -> None:
@@ -519,7 +284,8 @@ def record_extension(session: Session, deal_id: str, sequence: int, extend_by_se
 
 
 def project_deal(session: Session, view: DealView) -> None:
-    """Keep the deals read model in step with the workflow (lists and closed deals read it)."""
+    """Keep the deals read model in step with the workflow (lists and closed deals read it). The counts
+    and the incentive status are the store's own (store.settlement) and never written from a view."""
     session.execute(
         update(Deal)
         .where(Deal.id == view.id, Deal.revision <= view.revision)  # a late, older projection changes nothing
@@ -528,13 +294,6 @@ def project_deal(session: Session, view: DealView) -> None:
             status=view.status.value,
             booked_at=view.booked_at,
             return_deadline=view.return_deadline,
-            received_units=view.received_units,
-            rejected_units=view.rejected_units,
-            refresh_units=view.dispositions.refresh,
-            recycle_units=view.dispositions.recycle,
-            other_units=view.dispositions.other,
-            incentive_status=view.incentive.status.value,
-            incentive_amount=view.incentive.amount,
             updated_at=utcnow(),
             view_json=view.model_dump_json(),
         )

@@ -60,6 +60,9 @@ class Deal(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
     view_json: str | None = Field(default=None, sa_column=Column(Text))
     revision: int = 0  # of the projected view: an older projection never overwrites a newer one
+    # When the store decided the deal for good (its deadline, a cancel, every unit back): no receipt
+    # counts after it (store.settlement). Counts and incentive status above are the store's own.
+    decided_at: datetime | None = None
 
 
 class CommittedLine(SQLModel, table=True):

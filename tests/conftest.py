@@ -99,10 +99,14 @@ def database_url(request, tmp_path) -> str:
     """Run a store test on SQLite and on PostgreSQL, each in a database of its own."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
-    base = request.getfixturevalue("postgres_url")
-    name = f"t_{uuid.uuid4().hex[:10]}"
+    return new_postgres_database(request.getfixturevalue("postgres_url"))
+
+
+def new_postgres_database(base: str) -> str:
+    """A database of its own on the session's PostgreSQL cluster."""
     from sqlalchemy import create_engine, text
 
+    name = f"t_{uuid.uuid4().hex[:10]}"
     admin = create_engine(base, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f"CREATE DATABASE {name}"))

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
 
-from activities.deal_activities import DeadlineDecision, ReminderInput, SettlementEntry, TakebackActivities
+from activities.deal_activities import DealDecision, ReminderInput, TakebackActivities
 from domain.models import DealStatus, IncentiveStatus
 from service import deals
 from store import deals as store
@@ -339,19 +339,11 @@ class GatedForfeit(TakebackActivities):
         super().__init__(settings)
         self.started, self.gate = threading.Event(), threading.Event()
 
-    @activity.defn(name="record_settlement")
-    def record_settlement(self, entry: SettlementEntry):
-        if entry.outcome == "forfeited":
-            self.started.set()
-            self.gate.wait(40)
-        return TakebackActivities.record_settlement(self, entry)
-
-    @activity.defn(name="sweep_and_settle")
-    def sweep_and_settle(self, decision: DeadlineDecision):
-        """Deals since decide-at-once sweep and settle at the deadline in one activity: held the same way."""
+    @activity.defn(name="decide_and_close")
+    def decide_and_close(self, decision: DealDecision):
         self.started.set()
         self.gate.wait(40)
-        return TakebackActivities.sweep_and_settle(self, decision)
+        return TakebackActivities.decide_and_close(self, decision)
 
 
 async def test_a_cancel_racing_the_deadline_is_refused_and_the_deal_still_finishes(time_skipping_env, tmp_path):

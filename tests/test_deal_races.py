@@ -18,7 +18,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 
-from activities.deal_activities import SettlementEntry, SettlementNotice, TakebackActivities
+from activities.deal_activities import PickupBookingInput, SettlementNotice, TakebackActivities
 from domain import rules
 from domain.models import DealStatus, IncentiveStatus
 from service import deals
@@ -46,18 +46,6 @@ class Gate:
         return await asyncio.to_thread(self.started.wait, 15)
 
 
-class GatedSettlement(TakebackActivities):
-    def __init__(self, settings, outcome: str):
-        super().__init__(settings)
-        self.outcome, self.gate = outcome, Gate()
-
-    @activity.defn(name="record_settlement")
-    def record_settlement(self, entry: SettlementEntry):
-        if entry.outcome == self.outcome:
-            self.gate.hold()
-        return TakebackActivities.record_settlement(self, entry)
-
-
 class GatedNotice(TakebackActivities):
     def __init__(self, settings):
         super().__init__(settings)
@@ -69,16 +57,28 @@ class GatedNotice(TakebackActivities):
         return TakebackActivities.notify_settlement(self, notice)
 
 
-class GatedReceipt(TakebackActivities):
+class GatedCarrier(TakebackActivities):
+    """The first carrier booking is held at the gate (a carrier in retries); later attempts go through."""
+
     def __init__(self, settings):
         super().__init__(settings)
         self.gate = Gate()
+        self.calls = 0
 
-    @activity.defn(name="process_receipt")
-    def process_receipt(self, deal_id: str, batch_id: str):
-        if batch_id.endswith("-gated"):
+    @activity.defn(name="book_pickup")
+    def book_pickup(self, booking: PickupBookingInput):
+        self.calls += 1
+        if self.calls == 1:
             self.gate.hold()
-        return TakebackActivities.process_receipt(self, deal_id, batch_id)
+        return TakebackActivities.book_pickup(self, booking)
+
+
+def count_without_telling(settings, deal_id: str, received) -> bool:
+    """The API's receipt up to its store commit, and no further (it died before telling the deal)."""
+    from store import settlement
+
+    with session_scope(settings.effective_database_url) as session:
+        return settlement.count_receipt(session, deal_id, deals.receipt_batch_id(deal_id, received), received, settings.refresh_max_age_years, default_catalog()).counted
 
 
 def impact_money(settings) -> tuple[Decimal, Decimal]:
@@ -105,19 +105,6 @@ def in_one_task(history, first, *later) -> bool:
     done = next(i for i in range(start, len(events)) if events[i].event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)
     following = next((i for i in range(done, len(events)) if events[i].event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED), len(events))
     return all(any(match(events[i]) for i in range(done, following)) for match in later)
-
-
-async def deliver_staged_receipt(env, settings, deal_id: str, received) -> dict:
-    """What service.record_receipt does, with an update that waits for a worker as long as it takes."""
-    from store import deals as store
-    from workflows.deal import TakebackDealWorkflow
-
-    batch_id = deals.receipt_batch_id(deal_id, received)
-    with session_scope(settings.effective_database_url) as session:
-        store.stage_receipt(session, batch_id, deal_id, received, staged_at=await env.get_current_time())
-    await deals.deal_handle(env.client, deal_id).execute_update(TakebackDealWorkflow.record_receipt, batch_id, id=f"receipt-{batch_id}", rpc_timeout=timedelta(seconds=60))
-    with session_scope(settings.effective_database_url) as session:
-        return store.receipt_result(session, batch_id)
 
 
 async def deliver_extend(env, deal_id: str, extend_by: timedelta, reason: str):
@@ -152,6 +139,13 @@ def uncached_worker(env, settings, activities=None):
     return worker
 
 
+def seen_in_one_task(history, *kinds) -> bool:
+    """True when one event of each kind reached the workflow in the same task: no task started between them."""
+    events = list(history.events)
+    at = sorted(next(i for i, e in enumerate(events) if e.event_type == kind) for kind in kinds)
+    return not any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED for e in events[at[0] : at[-1]])
+
+
 def is_event(kind):
     return lambda e: e.event_type == kind
 
@@ -160,22 +154,25 @@ def accepted_update(name: str):
     return lambda e: e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED and e.workflow_execution_update_accepted_event_attributes.accepted_request.input.name == name
 
 
-async def test_a_cancel_during_the_release_write_is_refused_and_the_release_stands(time_skipping_env, tmp_path):
+async def test_a_cancel_racing_a_release_the_deal_was_not_told_of_is_refused_by_the_store(time_skipping_env, tmp_path):
+    """The receipt that meets the condition is committed (the store releases the rebate in the same
+    transaction) and its caller dies before the deal is told; a cancel then reaches the deal, which does
+    not know it is paid: the store refuses it, the deal stays open and the release stands."""
     env = time_skipping_env
     settings = make_settings(tmp_path)
     add_partner(settings)
-    activities = GatedSettlement(settings, "released")
-    async with build_worker(env.client, settings, activities=activities):
+    async with build_worker(env.client, settings):
         view = await deals.book_deal(env.client, settings, booking(10))
-        receipt = asyncio.create_task(deals.record_receipt(env.client, settings, view.id, items("R", 8)))
-        assert await activities.gate.reached()  # the release is being written ...
-        with pytest.raises(deals.DealNotOpen):  # ... and a cancel comes in: refused while it is
+        assert count_without_telling(settings, view.id, items("R", 8))
+        assert (await deals.get_deal(env.client, settings, view.id)).incentive.status == IncentiveStatus.held  # the race: the deal does not know
+        with pytest.raises(deals.DealNotOpen, match="paid deal cannot be cancelled"):
             await asyncio.wait_for(deals.cancel_deal(env.client, view.id, "customer withdrew"), 25)
-        assert not activities.gate.opened.is_set()  # the race happened
-        activities.gate.opened.set()
-        assert (await receipt)["accepted"] == 8
+        after = await deals.get_deal(env.client, settings, view.id)
+        assert after.status == DealStatus.condition_met and after.incentive.status == IncentiveStatus.released and after.received_units == 8
+        retried = await deals.record_receipt(env.client, settings, view.id, items("R", 8))  # the receipt's caller retries: answered as counted
         await skip_time(env, YEAR)
         final = await deals.deal_handle(env.client, view.id).result()
+    assert retried["accepted"] == 8
     assert final.status == DealStatus.closed and final.incentive.status == IncentiveStatus.released
     assert ledger_amounts(settings, view.id) == {"released": Decimal("5000.00")}  # no cancelled row beside it
     assert impact_money(settings) == views_money(final) == (Decimal("5000.00"), Decimal(0))
@@ -198,13 +195,11 @@ async def test_a_receipt_in_the_same_task_as_the_deadline_counts_in_the_decision
     env = time_skipping_env
     settings = make_settings(tmp_path, reminder_offsets="")
     view = await deadline_fired_while_no_worker_ran(env, settings)
-    receipt = asyncio.create_task(deliver_staged_receipt(env, settings, view.id, items("T", 8)))  # ... and a receipt waits beside it
-    await asyncio.sleep(1)
+    answer = await deals.record_receipt(env.client, settings, view.id, items("T", 8))  # counted by the store before the decision
     async with build_worker(env.client, settings):
-        answer = await asyncio.wait_for(receipt, 30)
         final = await deals.deal_handle(env.client, view.id).result()
     history = await history_of(env, view.id)
-    assert in_one_task(history, is_event(EventType.EVENT_TYPE_TIMER_FIRED), accepted_update("record_receipt"))  # the race happened
+    assert seen_in_one_task(history, EventType.EVENT_TYPE_TIMER_FIRED, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)  # the race happened
     assert answer["accepted"] == 8
     assert final.status == DealStatus.closed and final.received_units == 8 and final.incentive.status == IncentiveStatus.released
     assert ledger(settings, view.id) == {"released": 1}
@@ -232,19 +227,16 @@ async def test_an_extension_in_the_same_task_as_the_deadline_holds_the_deal_open
     assert ledger(settings, view.id) == {}
 
 
-async def test_a_receipt_staged_by_the_deadline_whose_update_never_came_counts(time_skipping_env, tmp_path):
-    """The API staged the batch and its update timed out (a worker died): the deal sweeps it in."""
+async def test_a_receipt_counted_whose_deal_was_never_told_counts_at_the_deadline(time_skipping_env, tmp_path):
+    """The API committed the batch and died before telling the deal, and nobody retried: the store's
+    decision counts it all the same, and a late retry is answered as counted."""
     env = time_skipping_env
     settings = make_settings(tmp_path, reminder_offsets="")
     add_partner(settings)
     async with build_worker(env.client, settings):
         view = await deals.book_deal(env.client, settings, booking(10))
         await env.sleep(YEAR - timedelta(days=1))
-        batch_id = deals.receipt_batch_id(view.id, items("W", 8))
-        with session_scope(settings.effective_database_url) as session:
-            from store import deals as store
-
-            store.stage_receipt(session, batch_id, view.id, items("W", 8), staged_at=await env.get_current_time())
+        assert count_without_telling(settings, view.id, items("W", 8))
         await env.sleep(timedelta(days=2))
         final = await deals.deal_handle(env.client, view.id).result()
         retried = await deals.record_receipt(env.client, settings, view.id, items("W", 8))  # the caller's retry learns the result
@@ -330,31 +322,61 @@ class ForcedContinueAsNew:
         monkeypatch.setattr(temporalio.workflow.Info, "is_continue_as_new_suggested", suggested)
 
 
-async def test_continue_as_new_with_a_receipt_in_flight_and_a_pending_cancel_still_closes(time_skipping_env, tmp_path, monkeypatch):
+async def test_continue_as_new_never_waits_on_a_carrier_booking_in_retries(time_skipping_env, tmp_path, monkeypatch):
+    """A carrier booking is held (in retries) when continue-as-new is suggested: the deal continues as new
+    after a short grace, the next run books the pickup once, the caller's request is answered by it, and a
+    cancel after it closes the deal."""
     env = time_skipping_env
     settings = make_settings(tmp_path)
     add_partner(settings)
     forced = ForcedContinueAsNew(monkeypatch)
-    activities = GatedReceipt(settings)
+    activities = GatedCarrier(settings)
     async with build_worker(env.client, settings, activities=activities):
         view = await deals.book_deal(env.client, settings, booking(10))
         handle = deals.deal_handle(env.client, view.id)
-        receipt = asyncio.create_task(deals.record_receipt(env.client, settings, view.id, items("F", 3), batch_id=f"{view.id}-gated"))
+        first_run = (await handle.describe()).run_id
+        pickup = asyncio.create_task(deals.request_pickup(env.client, view.id, PICKUP, request_id="held-pickup"))
         assert await activities.gate.reached()
         forced.pending[handle.id] = 1
-        await deals.request_pickup(env.client, view.id, PICKUP)  # wakes the deal: continue-as-new is suggested, a receipt is in flight
-        cancel = asyncio.create_task(deals.cancel_deal(env.client, view.id, "customer withdrew"))
-        await asyncio.sleep(1)
+        await deals.record_receipt(env.client, settings, view.id, items("F", 3))  # wakes the deal: continue-as-new is suggested, a booking is held
+        for _ in range(300):
+            if (await handle.describe()).run_id != first_run:
+                break
+            await asyncio.sleep(0.1)
+        assert (await handle.describe()).run_id != first_run  # continued as new while the booking was held
+        booked = await asyncio.wait_for(pickup, 30)  # answered by the next run, which booked it
         activities.gate.opened.set()
-        cancelled = await asyncio.wait_for(cancel, 30)
-        answer = await asyncio.wait_for(receipt, 30)
+        cancelled = await asyncio.wait_for(deals.cancel_deal(env.client, view.id, "customer withdrew"), 30)
         final = await asyncio.wait_for(handle.result(), 30)
-        description = await handle.describe()
-    assert forced.pending[handle.id] == 0  # the suggestion was seen
-    assert description.status == WorkflowExecutionStatus.COMPLETED
-    assert cancelled.status == DealStatus.cancelled and answer["accepted"] == 3
-    assert final.status == DealStatus.cancelled and final.received_units == 3
+    assert forced.pending[handle.id] == 0
+    assert booked.tracking_number and count(settings, Pickup, deal_id=view.id) == 1
+    assert cancelled.status == DealStatus.cancelled and final.received_units == 3 and len(final.pickups) == 1
     assert ledger_amounts(settings, view.id) == {"cancelled": Decimal("0.00")}
+
+
+async def test_an_extension_retried_after_a_continue_as_new_is_applied_once(time_skipping_env, tmp_path, monkeypatch):
+    """The engine de-duplicates update ids within a run only: the deal carries the ids it applied."""
+    env = time_skipping_env
+    settings = make_settings(tmp_path)
+    add_partner(settings)
+    forced = ForcedContinueAsNew(monkeypatch)
+    async with build_worker(env.client, settings):
+        view = await deals.book_deal(env.client, settings, booking(10))
+        handle = deals.deal_handle(env.client, view.id)
+        first_run = (await handle.describe()).run_id
+        first = await deals.extend_deal(env.client, view.id, "30d", "site closed", request_id="extend-once")
+        await quiet(handle)
+        forced.pending[handle.id] = 1
+        await deals.record_receipt(env.client, settings, view.id, items("E", 1))  # wakes the deal, which continues as new
+        for _ in range(100):
+            if (await handle.describe()).run_id != first_run:
+                break
+            await asyncio.sleep(0.1)
+        assert (await handle.describe()).run_id != first_run
+        again = await deals.extend_deal(env.client, view.id, "30d", "site closed", request_id="extend-once")
+        current = await deals.get_deal(env.client, settings, view.id)
+    assert first.return_deadline == again.return_deadline == current.return_deadline == view.return_deadline + timedelta(days=30)
+    assert current.extensions == ["+30d: site closed"] and count(settings, DealExtension, deal_id=view.id) == 1
 
 
 async def test_continue_as_new_keeps_the_deal_and_a_retried_pickup_books_once(time_skipping_env, tmp_path, monkeypatch):

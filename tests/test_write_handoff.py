@@ -1,9 +1,9 @@
 """What the API accepted is what the deal decides on, even when no worker takes the write in time.
 
-Each kind of write is sent while the worker is away (stopped between staging and the update's
-acceptance); the caller is told to come back (a staged receipt, or an update not accepted in
-time), and after the worker returns the write is applied, once: by the caller's retry with the
-same identity, or, for a staged receipt nobody retried, by the deal's sweep at its deadline.
+Each kind of write is sent while the worker is away. A receipt needs no worker: the store counts
+it at once (store.settlement) and the deal is told when a worker is back. An update is not taken
+in time, the caller is told to come back, and after the worker returns the write is applied once,
+by the caller's retry with the same identity.
 """
 
 import asyncio
@@ -22,9 +22,9 @@ from tests.deal_helpers import PICKUP, count, items
 from tests.test_deal_races import uncached_worker
 
 YEAR = timedelta(days=365)
-# What the API turns into a 503: an update not taken in time, a staged receipt, or (a pickup is
+# What the API turns into a 503: an update not taken in time, or (a pickup is
 # checked against the deal first) a query no worker answered.
-NOT_TAKEN = (WorkflowUpdateRPCTimeoutOrCancelledError, TimeoutError, deals.WriteStaged, RPCError)
+NOT_TAKEN = (WorkflowUpdateRPCTimeoutOrCancelledError, TimeoutError, RPCError)
 
 
 async def not_taken(call, seconds: float = 3):
@@ -44,14 +44,13 @@ async def test_deal_writes_sent_while_no_worker_runs_are_applied_once_after_it_r
     add_partner(settings)
     async with uncached_worker(env, settings):
         view = await deals.book_deal(env.client, settings, booking(10))
-    # The worker is gone: each write is staged or sent, and the caller hears "not yet".
-    with pytest.raises(deals.WriteStaged):
-        await deals.record_receipt(env.client, settings, view.id, items("H", 4))
-    assert count(settings, ReceiptBatch, deal_id=view.id) == 1 and count(settings, ReturnedItem, deal_id=view.id) == 0
+    # The worker is gone: the receipt is counted all the same; each update is sent, and the caller hears "not yet".
+    first = await deals.record_receipt(env.client, settings, view.id, items("H", 4))
+    assert first["accepted"] == 4 and count(settings, ReturnedItem, deal_id=view.id) == 4
     await not_taken(deals.request_pickup(env.client, view.id, PICKUP, request_id="pickup-key-1"))
     await not_taken(deals.extend_deal(env.client, view.id, "30d", "customer asked", request_id="extend-key-1"))
     async with uncached_worker(env, settings):
-        # The callers retry with the same identity: each write lands once.
+        # The callers retry with the same identity: each write lands once; the deal has heard of the receipt.
         receipt = await deals.record_receipt(env.client, settings, view.id, items("H", 4))
         pickup = await deals.request_pickup(env.client, view.id, PICKUP, request_id="pickup-key-1")
         again = await deals.request_pickup(env.client, view.id, PICKUP, request_id="pickup-key-1")
@@ -64,14 +63,13 @@ async def test_deal_writes_sent_while_no_worker_runs_are_applied_once_after_it_r
     assert count(settings, DealExtension, deal_id=view.id) == 1
 
 
-async def test_a_staged_receipt_nobody_retried_counts_at_the_deadline(time_skipping_env, tmp_path, quick_handoff):
+async def test_a_receipt_counted_while_no_worker_runs_counts_at_the_deadline(time_skipping_env, tmp_path, quick_handoff):
     env = time_skipping_env
     settings = make_settings(tmp_path, reminder_offsets="")
     add_partner(settings)
     async with uncached_worker(env, settings):
         view = await deals.book_deal(env.client, settings, booking(10))
-    with pytest.raises(deals.WriteStaged):
-        await deals.record_receipt(env.client, settings, view.id, items("Z", 8))  # and the caller never comes back
+    assert (await deals.record_receipt(env.client, settings, view.id, items("Z", 8)))["accepted"] == 8  # and the caller never comes back
     async with uncached_worker(env, settings):
         await env.sleep(YEAR)
         final = await deals.deal_handle(env.client, view.id).result()

@@ -1,5 +1,5 @@
 """Mail a workflow sends beside its process: retried for as long as the provider needs, and never
-failing or holding up a decision. Delivery state lives in the store, for ops."""
+failing or holding up a decision or a continue-as-new. Delivery state lives in the store, for ops."""
 
 import asyncio
 from datetime import timedelta
@@ -7,6 +7,9 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from domain.deal_progress import PendingNotice
 
 # One attempt: well above the provider's own deadline (10 s a socket operation), well below the claim
 # an attempt holds on its message (store.mail.CLAIM_LEASE), so a retry never doubles a mail.
@@ -23,25 +26,40 @@ def mail_task_queue(task_queue: str) -> str:
 
 
 class Notices:
-    """Mail on its way; a run ends (or continues as new) only once `pending` is 0."""
+    """Mail on its way, kept in `in_flight` (a list the workflow carries across continue-as-new): a run
+    may continue as new with mail still undelivered, and the next run sends it again (`resume`). A mail
+    is claimed under its key in the store before the provider is called (activities), so the two sends
+    are one mail."""
 
-    def __init__(self, owner: str, task_queue: str | None = None) -> None:
+    def __init__(self, owner: str, in_flight: list[PendingNotice], task_queue: str | None = None) -> None:
         self.owner = owner
-        self.task_queue = task_queue  # None: the workflow's own (deals started before the mail queue)
-        self.pending = 0
+        self.task_queue = task_queue  # None: the workflow's own queue
+        self.in_flight = in_flight
+
+    @property
+    def pending(self) -> int:
+        return len(self.in_flight)
 
     def send(self, activity, argument, what: str = "a notice") -> None:
-        self.pending += 1
+        """`what`: its line in the Web UI ("release notice", "reminder 30d"): workflows/story.py."""
+        note = PendingNotice(key=what, activity=activity.__name__, argument=argument.model_dump(mode="json"), summary=what)
+        self.in_flight.append(note)
+        self._deliver(note)
 
+    def resume(self) -> None:
+        """Send again what an earlier run had on its way when it continued as new."""
+        for note in list(self.in_flight):
+            self._deliver(note)
+
+    def _deliver(self, note: PendingNotice) -> None:
         async def deliver() -> None:
             try:
-                # `what` is also its line in the Web UI ("release notice", "reminder 30d"): workflows/story.py.
-                await workflow.execute_activity_method(
-                    activity, argument, task_queue=self.task_queue, start_to_close_timeout=MAIL_ATTEMPT, retry_policy=MAIL_RETRY, summary=what
+                await workflow.execute_activity(
+                    note.activity, note.argument, task_queue=self.task_queue, start_to_close_timeout=MAIL_ATTEMPT, retry_policy=MAIL_RETRY, summary=note.summary
                 )
             except ActivityError as error:
-                workflow.logger.warning("%s: %s could not be sent: %s", self.owner, what, error.cause or error)
+                workflow.logger.warning("%s: %s could not be sent: %s", self.owner, note.summary, error.cause or error)
             finally:
-                self.pending -= 1
+                self.in_flight.remove(note)
 
         asyncio.ensure_future(deliver())

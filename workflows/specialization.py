@@ -6,12 +6,14 @@ from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
+from temporalio.workflow import ContinueAsNewVersioningBehavior
 
 with workflow.unsafe.imports_passed_through():
     from activities.partner_activities import PartnerActivities, PartnerMail, TrainingInput, TrainingTotals
     from domain.durations import format_duration
     from workflows import story
     from workflows.notices import Notices
+    from domain.deal_progress import PendingNotice
     from domain.specialization import (
         ExamResult,
         SpecializationStatus,
@@ -22,12 +24,6 @@ with workflow.unsafe.imports_passed_through():
 
 ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 TIMEOUT = timedelta(seconds=30)
-# The partner's status reaches the booking gate first, then mail goes beside the year, never in its
-# way. Years started before this change replay as they ran.
-STATUS_THEN_NOTIFY = "status-then-notify"
-# The projection is an activity, not a local activity: an update arriving while one was outstanding
-# made histories that do not replay (as the deal's, workflows.deal.STORE_WRITES_AS_ACTIVITIES).
-PROJECTION_AS_ACTIVITY = "projection-as-activity"
 
 
 class SpecializationInput(BaseModel):
@@ -37,6 +33,10 @@ class SpecializationInput(BaseModel):
     state: SpecializationView | None = None  # carried across continue-as-new
     reminders_sent_this_year: list[float] = []
     reminders_due_this_year: list[float] = []  # offsets whose moment came: sent, or not needed
+    # Carried so that a continue-as-new never waits on mail (workflows.notices), and a reinstate retried
+    # after one is answered, not applied again (the engine de-duplicates update ids within a run only).
+    notices_in_flight: list[PendingNotice] = []
+    reinstate_requests: list[str] = []
 
 
 def _activity(fn, *args):
@@ -47,9 +47,8 @@ def _activity(fn, *args):
 class PartnerSpecializationWorkflow:
     @workflow.init
     def __init__(self, input: SpecializationInput) -> None:
-        self.v2 = workflow.patched(STATUS_THEN_NOTIFY)
-        self.v3 = workflow.patched(PROJECTION_AS_ACTIVITY)
-        self.notices = Notices(f"partner {input.partner_id}")
+        self.notices = Notices(f"partner {input.partner_id}", list(input.notices_in_flight))
+        self.reinstate_requests = list(input.reinstate_requests)
         self.input = input
         self.state = input.state or SpecializationView()
         self.reminders_sent = list(input.reminders_sent_this_year)
@@ -101,8 +100,11 @@ class PartnerSpecializationWorkflow:
 
     @workflow.update
     async def reinstate(self, reason: str) -> SpecializationView:
-        if self.state.status != SpecializationStatus.lapsed:
-            raise ApplicationError(f"partner {self.input.partner_id} is {self.state.status.value}, not lapsed", type="NotLapsed")
+        request_id = workflow.current_update_info().id
+        if request_id in self.reinstate_requests:  # a retry, maybe after a continue-as-new: applied once
+            return self.view()
+        self._validate_reinstate(reason)
+        self.reinstate_requests.append(request_id)
         # Reinstated before the await: a second reinstate at the same moment finds it certified (NotLapsed).
         lapsed_year = self.state.year_number
         self.state.status = SpecializationStatus.certified
@@ -115,6 +117,8 @@ class PartnerSpecializationWorkflow:
 
     @reinstate.validator
     def _validate_reinstate(self, reason: str) -> None:
+        if workflow.current_update_info().id in self.reinstate_requests:
+            return
         if self.state.status != SpecializationStatus.lapsed:
             raise ApplicationError(f"partner {self.input.partner_id} is {self.state.status.value}, not lapsed", type="NotLapsed")
 
@@ -144,21 +148,10 @@ class PartnerSpecializationWorkflow:
 
     async def _project(self) -> None:
         view = self.view()
-        if self.v3:
-            await _activity(PartnerActivities.project_specialization, self.input.partner_id, view.status.value, view.model_dump_json())
-            return
-        await workflow.execute_local_activity_method(
-            PartnerActivities.project_specialization,
-            args=[self.input.partner_id, view.status.value, view.model_dump_json()],
-            start_to_close_timeout=TIMEOUT,
-            retry_policy=ACTIVITY_RETRY,
-        )
+        await _activity(PartnerActivities.project_specialization, self.input.partner_id, view.status.value, view.model_dump_json())
 
     async def _mail(self, key: str, subject: str, body: str, copy_ops: bool = False) -> None:
         mail = PartnerMail(key=key, partner_id=self.input.partner_id, subject=subject, body=body, copy_ops=copy_ops)
-        if not self.v2:
-            await _activity(PartnerActivities.mail_partner, mail)
-            return
         # Beside the year: a refused address or a mail outage never holds up certification or a lapse.
         self.notices.send(PartnerActivities.mail_partner, mail, f"mail {key}")
 
@@ -198,8 +191,7 @@ class PartnerSpecializationWorkflow:
                     return True
                 s.status = SpecializationStatus.lapsed
                 s.lapsed_at = now
-                if self.v2:
-                    await self._project()  # the booking gate closes before anyone is told
+                await self._project()  # the booking gate closes before anyone is told
                 await _activity(PartnerActivities.record_specialization_event, partner, f"lapsed-{s.year_number}", "lapsed", "no takeback deal in the specialization year")
                 await self._mail(f"{partner}:year-{s.year_number}:lapsed", f"Partner {partner}: specialization lapsed",
                                  f"Partner {partner} booked no takeback deal in specialization year {s.year_number}, which ended {s.year_end.isoformat()}. "
@@ -224,11 +216,13 @@ class PartnerSpecializationWorkflow:
 
     @workflow.run
     async def run(self, input: SpecializationInput) -> None:
+        self.notices.resume()
         if input.state is None:
             await self._project()
         while True:
             if await self._step() or workflow.info().is_continue_as_new_suggested():
-                await workflow.wait_condition(lambda: workflow.all_handlers_finished() and self.notices.pending == 0)
+                # Callers get their answers (store writes of a second or two); mail in flight goes with the next run.
+                await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(
                     SpecializationInput(
                         partner_id=input.partner_id,
@@ -237,7 +231,10 @@ class PartnerSpecializationWorkflow:
                         state=self.state,
                         reminders_sent_this_year=self.reminders_sent,
                         reminders_due_this_year=self.reminders_due,
-                    )
+                        notices_in_flight=self.notices.in_flight,
+                        reinstate_requests=self.reinstate_requests[-20:],  # the latest: a retry comes within minutes
+                    ),
+                    initial_versioning_behavior=ContinueAsNewVersioningBehavior.AUTO_UPGRADE,
                 )
             wake = self._next_wake()
             timeout = None if wake is None else timedelta(seconds=max((wake - self._now()).total_seconds(), 0.001))

@@ -150,14 +150,19 @@ async def get_deal(deal_id: DealId, caller: CallerDep, settings: SettingsDep, cl
 async def _deal_update(call):
     try:
         return await temporal(call, timeout=30)
+    except service.ReceiptNotCounted as error:
+        raise Problem(409, f"{error}; nothing of it counts and no serial of it is kept", "deal-not-open", counted=False) from None
     except service.DealNotOpen as error:
         raise Problem(409, str(error), "deal-not-open") from None
     except service.DealNotFound as error:
         raise not_found(f"deal {error}") from None
     except service.PickupBookingFailed as error:
         raise Problem(502, f"{error}; ops see the carrier's reason on the pickup", "carrier-refused") from None
-    except service.WriteStaged as error:
-        raise Problem(503, f"{error}; retry with the same request to see its result", "write-staged", headers={"Retry-After": "2"}, staged=True) from None
+    except service.ReceiptCountedDealNotTold as error:
+        raise Problem(
+            503, f"{error}: its deal's decision counts it; retry with the same request to see its result", "write-staged",
+            headers={"Retry-After": "2"}, staged=True, counted=True,
+        ) from None
 
 
 async def _deal_action(request, settings, caller, deal, action: str, idempotency_key: str | None, body: BaseModel, run, detail: dict | None = None):
