@@ -45,6 +45,7 @@ from service.deals import deal_terms  # noqa: E402
 from settings import Settings  # noqa: E402
 from store import custody  # noqa: E402
 from store import deals as store  # noqa: E402
+from store import settlement  # noqa: E402
 from store.db import session_scope  # noqa: E402
 
 DEAL = "DBENCHCUSTODY0001"
@@ -92,9 +93,8 @@ def build(url: str, settings: Settings, serials: int) -> dict:
             items = [ReceiptItem(product_id=PRODUCT, serial_number=s, condition="working" if i % 4 else "dead", age_years=2)
                      for i, s in enumerate(names[start : start + BATCH], start)]
             batch = f"{DEAL}-b{start // BATCH}"
-            store.stage_receipt(session, batch, DEAL, items, staged_at=booked_at + timedelta(days=3),
-                                context={"actor": "ops:bench", "facility": "Returns Center", "operator": "Rita", "tracking_number": tracking, "pickup_id": pickup_id})
-            store.process_receipt(session, DEAL, batch, settings.refresh_max_age_years, catalog)
+            settlement.count_receipt(session, DEAL, batch, items, settings.refresh_max_age_years, catalog, received_at=booked_at + timedelta(days=3),
+                                     context={"actor": "ops:bench", "facility": "Returns Center", "operator": "Rita", "tracking_number": tracking, "pickup_id": pickup_id})
     timings["receipts (received, graded)"] = time.perf_counter() - started
 
     refresh = [s for i, s in enumerate(names) if i % 4]

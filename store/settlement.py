@@ -14,7 +14,7 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session
 
 from domain import rules
@@ -28,6 +28,15 @@ from store.tables import CommittedSerial, Deal, IncentiveLedger, ReceiptBatch, R
 CHUNK = 2_000
 # Outcomes with a ledger row of their own ("applied" is written at booking, when the discount is granted).
 LEDGER_OUTCOMES = {"released", "forfeited", "clawed_back", "cancelled"}
+
+
+# PostgreSQL's "try again" answers: a serialization failure and a deadlock broken by the server (two
+# receipts of two deals crossing on each other's serials). The transaction is rolled back and run again.
+RETRYABLE_SQLSTATES = {"40001", "40P01"}
+
+
+def _retryable(error: DBAPIError) -> bool:
+    return getattr(error.orig, "sqlstate", None) in RETRYABLE_SQLSTATES
 
 
 class UnknownDeal(LookupError):
@@ -216,6 +225,11 @@ def count_receipt(
             session.commit()
         except IntegrityError:
             session.rollback()  # lost a race on a serial (another deal's receipt) or on the batch id: look again
+            continue
+        except DBAPIError as error:
+            if not _retryable(error):
+                raise
+            session.rollback()
             continue
         return outcome
     raise RuntimeError(f"receipt {batch_id} kept conflicting with concurrent receipts")

@@ -1,4 +1,4 @@
-"""Record the replay histories of a released workflow version: `python -m tests.record_histories --version vN`.
+"""Record the replay histories of a released workflow version: `python -m tests.record_histories --version 1.0`.
 
 Runs each scenario on a fresh time-skipping server and saves its workflows' histories (finished
 ones, and deals left open on purpose) as tests/histories/<version>/<name>.json. A version's folder
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from service import deals
 from tests.conftest import booking, make_settings, running_worker, time_skipping_server
-from tests.deal_helpers import PICKUP, event, items
+from tests.deal_helpers import PICKUP, event, items, skip_time
 from workflows.ids import pickup_workflow_id
 
 HISTORIES = Path(__file__).with_name("histories")
@@ -57,7 +57,7 @@ async def concurrent_updates(env, settings) -> dict:
     """Two extends taken in one workflow task, then a receipt taken in the task of the deadline
     timer: the worker is away while they arrive, so one task carries them."""
     from tests.conftest import add_partner
-    from tests.test_deal_races import deliver_extend, deliver_staged_receipt, uncached_worker
+    from tests.test_deal_races import deliver_extend, uncached_worker
 
     add_partner(settings)
     async with uncached_worker(env, settings):
@@ -69,35 +69,79 @@ async def concurrent_updates(env, settings) -> dict:
         deadline = max(view.return_deadline for view in extended)
         await env.sleep(deadline - await env.get_current_time() - timedelta(seconds=2))
     await env.sleep(timedelta(seconds=3))  # the deadline fires while no worker runs
-    receipt = asyncio.create_task(deliver_staged_receipt(env, settings, deal.id, items("T", 8)))
-    await asyncio.sleep(1)
+    await deals.record_receipt(env.client, settings, deal.id, items("T", 8))  # counted by the store; the deal is told beside its TimerFired
     async with uncached_worker(env, settings):
-        await receipt
         await deals.deal_handle(env.client, deal.id).result()
     return {"deal_concurrent_updates": f"deal-{deal.id}"}
 
 
 async def cancel_racing_release(env, settings) -> dict:
-    """A cancel that arrives while the release is being written: refused, the release stands."""
+    """A cancel that reaches the deal after the store released the rebate and before the deal was told
+    (the receipt's caller died after the commit): the store refuses it, the release stands."""
     from tests.conftest import add_partner
-    from tests.test_deal_races import GatedSettlement
+    from tests.test_deal_races import count_without_telling
+
+    add_partner(settings)
+    deal = await deals.book_deal(env.client, settings, booking(10), deal_id="H-RACE")
+    count_without_telling(settings, deal.id, items("C", 8))
+    try:
+        await asyncio.wait_for(deals.cancel_deal(env.client, deal.id, "customer withdrew", request_id="cancel-1"), 25)
+    except deals.DealNotOpen:
+        pass
+    await deals.record_receipt(env.client, settings, deal.id, items("C", 8))  # the caller's retry tells the deal
+    await env.sleep(YEAR)
+    await deals.deal_handle(env.client, deal.id).result()
+    return {"deal_cancel_racing_release": f"deal-{deal.id}"}
+
+
+async def pickup_refused_for_good(env, settings) -> dict:
+    """A pickup the carrier refuses for good: shown failed, its retry answered with it; a second one books."""
+    from tests.conftest import add_partner
+    from tests.test_deal_races import RefusingCarrier, uncached_worker
+
+    add_partner(settings)
+    async with uncached_worker(env, settings, RefusingCarrier(settings)):  # its tasks go to the next worker, not its sticky queue
+        deal = await deals.book_deal(env.client, settings, booking(10), deal_id="H-REFUSED")
+        for _ in range(2):
+            try:
+                await deals.request_pickup(env.client, deal.id, PICKUP, request_id="pickup-refused")
+            except deals.PickupBookingFailed:
+                pass
+    async with running_worker(env.client, settings):
+        await deals.request_pickup(env.client, deal.id, PICKUP, request_id="pickup-2")
+        await deals.record_receipt(env.client, settings, deal.id, items("F", 10))
+        await deals.deal_handle(env.client, deal.id).result()
+    return {"deal_pickup_refused_for_good": f"deal-{deal.id}"}
+
+
+async def continued_as_new_with_messages_pending(env, settings) -> dict:
+    """Continue-as-new while a carrier booking is held in retries and mail is on its way: the next run
+    books the pickup and sends the mail again (one mail), answers the caller and a retried extension."""
+    from temporalio.client import WorkflowExecutionStatus
+
+    from tests.conftest import add_partner
+    from tests.test_deal_races import GatedCarrier
     from worker import build_worker
 
     add_partner(settings)
-    activities = GatedSettlement(settings, "released")
+    activities = GatedCarrier(settings)
     async with build_worker(env.client, settings, activities=activities):
-        deal = await deals.book_deal(env.client, settings, booking(10), deal_id="H-RACE")
-        receipt = asyncio.create_task(deals.record_receipt(env.client, settings, deal.id, items("C", 8), batch_id="H-RACE-r1"))
-        assert await activities.gate.reached()
-        try:
-            await asyncio.wait_for(deals.cancel_deal(env.client, deal.id, "customer withdrew", request_id="cancel-1"), 25)
-        except deals.DealNotOpen:
-            pass
+        deal = await deals.book_deal(env.client, settings, booking(10), deal_id="H-CAN-PENDING")
+        handle = deals.deal_handle(env.client, deal.id)
+        first_run = (await handle.describe()).run_id
+        await deals.extend_deal(env.client, deal.id, "30d", "customer asked", request_id="extend-1")
+        pickup = asyncio.create_task(deals.request_pickup(env.client, deal.id, PICKUP, request_id="pickup-held"))
+        await activities.gate.reached()
+        for n in range(6):  # the history grows past the server's suggestion while the booking is held
+            await deals.record_receipt(env.client, settings, deal.id, items("P", 1, start=n))
+        while (await env.client.get_workflow_handle(handle.id, run_id=first_run).describe()).status == WorkflowExecutionStatus.RUNNING:
+            await asyncio.sleep(0.05)
+        await pickup
         activities.gate.opened.set()
-        await receipt
-        await env.sleep(YEAR)
-        await deals.deal_handle(env.client, deal.id).result()
-    return {"deal_cancel_racing_release": f"deal-{deal.id}"}
+        await deals.extend_deal(env.client, deal.id, "30d", "customer asked", request_id="extend-1")  # a retry after it: applied once
+        await deals.record_receipt(env.client, settings, deal.id, items("P", 4, start=6))
+        await handle.result()
+    return {"deal_continued_as_new_pending_first_run": (handle.id, first_run), "deal_continued_as_new_pending_second_run": (handle.id, None)}
 
 
 async def mail_failing(env, settings) -> dict:
@@ -194,18 +238,33 @@ async def partner_years(env, settings) -> dict:
     handle = env.client.get_workflow_handle(partner_workflow_id("H-PARTNER"))
     first_run = (await handle.describe()).run_id
     await deals.book_deal(env.client, settings, booking(4, partner_id="H-PARTNER"), deal_id="H-DEAL-1")
-    await env.sleep(YEAR)  # rolls over: continue-as-new
+    await skip_time(env, YEAR)  # rolls over: continue-as-new
     second_run = (await handle.describe()).run_id
-    await env.sleep(YEAR)  # no deal: reminders, then lapsed
+    await skip_time(env, YEAR)  # no deal: reminders, then lapsed
     await partners.reinstate(env.client, "H-PARTNER", "late deal approved by ops")
     await deals.book_deal(env.client, settings, booking(4, partner_id="H-PARTNER"), deal_id="H-DEAL-2")
-    await env.sleep(YEAR)  # the reinstated year had its deal: continue-as-new
+    await skip_time(env, YEAR)  # the reinstated year had its deal: continue-as-new
     from temporalio.client import WorkflowExecutionStatus
 
     while (await env.client.get_workflow_handle(partner_workflow_id("H-PARTNER"), run_id=second_run).describe()).status == WorkflowExecutionStatus.RUNNING:
         await asyncio.sleep(0.05)
     return {"partner_certified_year_rolled_over": (partner_workflow_id("H-PARTNER"), first_run),
             "partner_reminded_lapsed_reinstated": (partner_workflow_id("H-PARTNER"), second_run)}
+
+
+async def with_status_attribute(env, settings) -> dict:
+    """A deal started with the DealStatus search attribute (TAKEBACK_SEARCH_ATTRIBUTES, a dev server that
+    has it): met (condition_met) and closed at its deadline, each move an upsert of the attribute."""
+    deal = await deals.book_deal(env.client, settings, booking(10), deal_id="H-STATUS")
+    await deals.record_receipt(env.client, settings, deal.id, items("A", 8))
+    await deals.deal_handle(env.client, deal.id).result()
+    return {"deal_rebate_released_with_status_attribute": f"deal-{deal.id}"}
+
+
+def _status_attribute_server() -> list[str]:
+    from workflows.search_attributes import dev_server_args
+
+    return dev_server_args()
 
 
 STANDIN = None  # the SendGrid stand-in of mail_failing
@@ -233,13 +292,18 @@ SCENARIOS = [
     (open_deal, {}, False, None),
     (continued_as_new, {"reminder_offsets": ""}, False, EARLY_CONTINUE_AS_NEW),
     (concurrent_updates, {"reminder_offsets": ""}, True, None),
-    (cancel_racing_release, {}, True, None),
+    (cancel_racing_release, {}, False, None),
+    (pickup_refused_for_good, {}, True, None),
+    (continued_as_new_with_messages_pending, {"reminder_offsets": ""}, True, EARLY_CONTINUE_AS_NEW),
     (mail_failing, _with_sendgrid, False, None),
+    (with_status_attribute, {"search_attributes": True, "return_window": "15s", "reminder_offsets": ""}, False, _status_attribute_server),
 ]
 
 
 @asynccontextmanager
 async def server(dev_server_args):
+    if callable(dev_server_args):
+        dev_server_args = dev_server_args()
     if dev_server_args is None:
         async with time_skipping_server() as env:
             yield env
@@ -284,7 +348,7 @@ async def record(out_dir: Path) -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--version", required=True, help="the released workflow version, e.g. v2: writes tests/histories/<version>/")
+    parser.add_argument("--version", required=True, help="the released workflow version, e.g. 1.0: writes tests/histories/<version>/")
     parser.add_argument("--out", type=Path, help="another folder (to try the scenarios without touching tests/histories)")
     parser.add_argument("--only", nargs="*", help="scenario names to run (with --out)")
     args = parser.parse_args()

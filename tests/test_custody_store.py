@@ -14,6 +14,7 @@ from domain.models import CarrierEvent, DealView, Dispositions, Incentive, Picku
 from service.deals import deal_terms
 from store import custody
 from store import deals as store
+from store import settlement
 from store.db import session_scope
 from store.tables import Certificate, CertificateIssue, CustodyEvent
 from tests.conftest import add_partner, booking, make_settings
@@ -50,8 +51,7 @@ def test_every_step_is_recorded_once_however_often_its_store_code_runs(database_
             assert store.stage_booking(session, "D1", request, terms, view, actor="partner:P1") is (attempt == 0)
             store.save_pickup(session, "D1-p1", "D1", "SimCarrier", "TRK1", pickup)
             assert store.record_carrier_event(session, delivered).repeated is (attempt == 1)
-            store.stage_receipt(session, "b1", "D1", items, staged_at=NOW + timedelta(days=3), context=context)
-            counts = store.process_receipt(session, "D1", "b1", 5, default_catalog())
+            counts = settlement.count_receipt(session, "D1", "b1", items, 5, default_catalog(), received_at=NOW + timedelta(days=3), context=context).counts
             assert (counts.accepted, counts.rejected) == (2, 2)
             store.close_deal(session, closed_view("D1", 2))
     assert kinds(database_url, "A") == {"committed": 1, "received": 1, "graded": 1, "rejected": 1}  # scanned twice in the batch
@@ -79,8 +79,7 @@ def test_a_sanitization_completing_a_closed_deal_issues_its_final_certificate_on
 
     with session_scope(database_url) as session:
         store.stage_booking(session, "D1", request, terms, deal_view(terms, initial_progress(terms, NOW)))
-        store.stage_receipt(session, "b1", "D1", [ReceiptItem(product_id=ROUTER, serial_number=s, condition="working", age_years=2) for s in ("A", "B")], staged_at=NOW)
-        store.process_receipt(session, "D1", "b1", 5, default_catalog())
+        settlement.count_receipt(session, "D1", "b1", [ReceiptItem(product_id=ROUTER, serial_number=s, condition="working", age_years=2) for s in ("A", "B")], 5, default_catalog(), received_at=NOW)
         store.close_deal(session, closed_view("D1", 2))
         provisional = session.get(Certificate, "D1")
         assert provisional.status == "provisional"
@@ -118,8 +117,7 @@ def test_a_certificate_reads_back_from_its_parts_slice_by_slice(database_url, tm
 
     with session_scope(database_url) as session:
         store.stage_booking(session, "D1", request, terms, deal_view(terms, initial_progress(terms, NOW)))
-        store.stage_receipt(session, "b1", "D1", [ReceiptItem(product_id="SFP-10G-SR", serial_number=s, condition="working", age_years=2) for s in ("A", "B", "C")], staged_at=NOW)
-        store.process_receipt(session, "D1", "b1", 5, default_catalog())
+        settlement.count_receipt(session, "D1", "b1", [ReceiptItem(product_id="SFP-10G-SR", serial_number=s, condition="working", age_years=2) for s in ("A", "B", "C")], 5, default_catalog(), received_at=NOW)
         store.close_deal(session, closed_view("D1", 3))
         stored = session.get(Certificate, "D1")
     assert stored.status == "final" and len(stored.content_json) > 10 * 97

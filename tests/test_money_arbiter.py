@@ -256,3 +256,32 @@ def test_a_cancel_after_the_store_released_the_rebate_is_refused_and_pays_nothin
         late = settlement.count_receipt(session, "DPAID", "b2", items("Q", 1), 5, default_catalog())
         assert not late.counted and late.totals == again
     assert count_rows(database_url, Settlement, "DPAID") == 1
+
+
+class _SerializationFailure(Exception):
+    sqlstate = "40001"  # as psycopg's SerializationFailure carries it
+
+
+def test_a_receipt_meeting_a_serialization_failure_is_run_again_and_counted_once(database_url, monkeypatch):
+    """PostgreSQL may answer a transaction "could not serialize" (or break a deadlock between two deals'
+    receipts crossing on each other's serials): the store rolls back and runs the receipt again."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import OperationalError as SQLOperationalError
+
+    from store.migrate import upgrade
+
+    upgrade(create_engine(database_url))
+    _booked(database_url, "DSER")
+    original, failures = settlement._decide_on_counts, []
+
+    def fails_once(session, deal):
+        original(session, deal)
+        if not failures:
+            failures.append(1)
+            raise SQLOperationalError("UPDATE deal", {}, _SerializationFailure("could not serialize access due to concurrent update"))
+
+    monkeypatch.setattr(settlement, "_decide_on_counts", fails_once)
+    with session_scope(database_url) as session:
+        outcome = settlement.count_receipt(session, "DSER", "b1", items("Z", 8), 5, default_catalog())
+    assert failures and outcome.counted and outcome.totals.received_units == 8 and outcome.totals.settlement == "released"
+    assert count_rows(database_url, ReturnedItem, "DSER") == 8 and count_rows(database_url, Settlement, "DSER") == 1

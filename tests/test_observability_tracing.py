@@ -92,9 +92,9 @@ async def test_one_trace_runs_from_the_booking_request_to_the_sendgrid_call(dev_
     ]
     assert ancestors(by_name["RunWorkflow:TakebackDealWorkflow"]) == ["StartWorkflow:TakebackDealWorkflow", "POST /v1/deals"]
     assert by_name["SendGrid POST /v3/mail/send"].attributes["http.response.status_code"] == 202
-    # The receipt's update is traced under its own request: a trace per caller's action.
+    # The receipt's signal to its deal is traced under its own request: a trace per caller's action.
     receipt = next(span for span in spans if span.name == "POST /v1/deals/{deal_id}/receipts")
-    assert any(span.name.startswith("StartWorkflowUpdate") and span.context.trace_id == receipt.context.trace_id for span in spans)
+    assert any(span.name.startswith("SignalWorkflow") and span.context.trace_id == receipt.context.trace_id for span in spans)
 
     # TAKEBACK_SEARCH_ATTRIBUTES is off here (the default): the deal started without DealStatus, so it
     # took neither the patch nor an upsert, and would run as well on a server without the attributes.
@@ -102,14 +102,14 @@ async def test_one_trace_runs_from_the_booking_request_to_the_sendgrid_call(dev_
 
     markers = [event.marker_recorded_event_attributes for event in history.events if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
     patches = b"".join(marker.SerializeToString() for marker in markers)
-    assert b"store-writes-as-activities" in patches and b"deal-status-search-attribute" not in patches
+    assert not patches  # release 1.0: one path, no patch
     upserts = [event.upsert_workflow_search_attributes_event_attributes for event in history.events if event.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES]
     assert not any("DealStatus" in upsert.search_attributes.indexed_fields for upsert in upserts)
 
 
 async def test_deals_that_keep_their_status_attribute_replay_as_recorded():
-    """Histories of deals started with DealStatus (kept with v3 in tests/histories/, recorded once by
-    the stack of test_observability.py): their status upserts, summaries and patch marker replay on
+    """Histories of deals started with DealStatus (kept with 1.0 in tests/histories/, recorded once by
+    tests/record_histories.py on a dev server that has it): their status upserts and summaries replay on
     every later version of the code (test_replay.py replays them with the rest; this checks they
     hold both moves of the attribute)."""
     from pathlib import Path
@@ -119,7 +119,7 @@ async def test_deals_that_keep_their_status_attribute_replay_as_recorded():
 
     from tests.test_replay import replayer
 
-    folder = Path(__file__).with_name("histories") / "v3"
+    folder = Path(__file__).with_name("histories") / "1.0"
     seen = []
     for path in sorted(folder.glob("*_with_status_attribute.json")):
         history = WorkflowHistory.from_json(path.stem, path.read_text())

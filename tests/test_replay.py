@@ -1,7 +1,9 @@
 """Replay the recorded histories (tests/histories, `make histories`) against today's workflow code.
 
 A change that would break running deals (another activity, timer or child, in another order)
-fails here. An intended change is made safe with workflow.patched, then histories re-recorded.
+fails here. From release 1.0 a version's histories are recorded once and only ever added to
+(`make histories VERSION=1.1`): a new worker version takes deals over at their continue-as-new
+(Worker Versioning), and a fix that must reach running deals at once goes behind workflow.patched.
 """
 
 from temporalio import workflow
@@ -27,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
 
 HISTORIES = Path(__file__).with_name("histories")
 # One folder per released workflow version, each kept as recorded: deals of every version may still run.
-FILES = sorted(HISTORIES.glob("v*/*.json"))
+FILES = sorted(HISTORIES.glob("*/*.json"))
 
 
 def load(path: Path) -> WorkflowHistory:
@@ -58,42 +60,46 @@ def test_the_recorded_histories_cover_both_workflows_and_every_ending():
         else:
             assert history.events[-1].event_type in endings, path.name
     activities = set().union(*(activity_types(h) for h in histories))
-    # Mail and closing are activities of their own; v1 and v2 ran store writes as local activities (markers).
-    assert {"send_reminder", "notify_settlement", "escalate_pickup", "close_deal"} <= activities
-    for path, history in zip(FILES, histories):
-        if not path.stem.startswith("partner"):
-            assert any(e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED for e in history.events), path.name
+    # Mail, the carrier, the decision with its close, and the read model are activities of their own.
+    assert {"send_reminder", "notify_settlement", "escalate_pickup", "book_pickup", "decide_and_close", "project_deal", "record_extension"} <= activities
     signals = {
         e.workflow_execution_signaled_event_attributes.signal_name
         for h in histories
         for e in h.events
         if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
     }
-    assert {"stop_tracking", "pickup_status"} <= signals
+    assert {"stop_tracking", "pickup_status", "receipts_counted"} <= signals
 
 
-def test_every_version_keeps_its_generations_and_the_newest_covers_races_and_running_deals():
-    """Each released version has its folder; the newest holds the shapes a deploy meets: an open
-    deal, a continue-as-new, two updates in one task, a cancel racing a release, failing mail."""
-    versions = sorted({path.parent.name for path in FILES}, key=lambda v: int(v[1:]))
-    assert versions[:2] == ["v1", "v2"]
-    newest = {path.stem for path in FILES if path.parent.name == versions[-1]}
-    assert {"open_deal_awaiting_returns", "deal_continued_as_new_first_run", "deal_continued_as_new_second_run", "deal_concurrent_updates",
-            "deal_cancel_racing_release", "deal_mail_rejected", "deal_mail_outage", "partner_certified_year_rolled_over"} <= newest
-    first_run = load(HISTORIES / "v2" / "deal_continued_as_new_first_run.json")
-    assert first_run.events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
-    for version in sorted({"v2", versions[-1]}):
-        concurrent = load(HISTORIES / version / "deal_concurrent_updates.json")
-        accepted = [i for i, e in enumerate(concurrent.events) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED]
-        assert any(
-            not any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED for e in concurrent.events[a:b]) for a, b in zip(accepted, accepted[1:])
-        ), f"{version}: two updates accepted in one workflow task"
-    # From v3 the deal and the partner write to the store in activities: a local activity outstanding
-    # while an update arrives made histories that do not replay (workflows.deal.STORE_WRITES_AS_ACTIVITIES).
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def test_every_release_keeps_its_histories_and_1_0_covers_every_path():
+    """Each release from 1.0 has its folder (the pre-1.0 generations went with the release, the only
+    histories ever removed); 1.0 holds every path a deal or a partner's year takes, and the shapes a
+    deploy meets: open deals, continue-as-new with messages pending, two updates in one task."""
+    versions = sorted({path.parent.name for path in FILES}, key=version_key)
+    assert versions[0] == "1.0"
+    first = {path.stem for path in FILES if path.parent.name == "1.0"}
+    assert {
+        "deal_rebate_released", "deal_shortfall_forfeited", "deal_upfront_clawed_back", "deal_cancelled", "deal_all_returned_early",
+        "deal_pickup_refused_for_good", "open_deal_awaiting_returns", "deal_continued_as_new_first_run", "deal_continued_as_new_second_run",
+        "deal_continued_as_new_pending_first_run", "deal_continued_as_new_pending_second_run", "deal_concurrent_updates",
+        "deal_cancel_racing_release", "deal_mail_rejected", "deal_mail_outage", "partner_certified_year_rolled_over",
+        "partner_reminded_lapsed_reinstated", "pickup_simulated_then_stopped",
+    } <= first
+    for name in ("deal_continued_as_new_first_run", "deal_continued_as_new_pending_first_run"):
+        assert load(HISTORIES / "1.0" / f"{name}.json").events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+    concurrent = load(HISTORIES / "1.0" / "deal_concurrent_updates.json")
+    accepted = [i for i, e in enumerate(concurrent.events) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED]
+    assert any(
+        not any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED for e in concurrent.events[a:b]) for a, b in zip(accepted, accepted[1:])
+    ), "two updates accepted in one workflow task"
+    # One path: no patch markers and no local activities in any 1.0 history.
     for path in FILES:
-        if path.parent.name == versions[-1] and not path.stem.startswith("pickup"):
-            markers = {e.marker_recorded_event_attributes.marker_name for e in load(path).events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED}
-            assert markers <= {"core_patch"}, f"{path.name}: {markers}"
+        markers = {e.marker_recorded_event_attributes.marker_name for e in load(path).events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED}
+        assert not markers, f"{path.name}: {markers}"
 
 
 @pytest.mark.parametrize("path", FILES, ids=[f"{path.parent.name}/{path.stem}" for path in FILES])
@@ -111,35 +117,26 @@ DECIDED = {
     "deal_cancelled": ("cancelled", "cancelled", "5000.00", 0),
     "deal_all_returned_early": ("closed", "released", "5000.00", 4),
     "deal_continued_as_new_second_run": ("closed", "released", "5000.00", 10),
+    "deal_continued_as_new_pending_second_run": ("closed", "released", "5000.00", 10),
+    "deal_pickup_refused_for_good": ("closed", "released", "5000.00", 10),
     "deal_concurrent_updates": ("closed", "released", "5000.00", 8),
     "deal_cancel_racing_release": ("closed", "released", "5000.00", 8),
     "deal_mail_rejected": ("expired", "forfeited", "5000.00", 0),
     "deal_mail_outage": ("expired", "forfeited", "5000.00", 0),
 }
-# The settlement each v2+ history recorded in the store: the result of record_settlement, a local
-# activity's marker in v2, an activity's completion from v3.
-SETTLED = {"released": "5000.00", "forfeited": "5000.00", "clawed_back": "5000.00", "cancelled": "0.00"}
-DECIDING_AT_THE_DEADLINE = {"sweep_and_settle", "decide_and_close"}  # v4; from v5 the close too
 MONEY_FILES = [path for path in FILES if path.stem in DECIDED]
 
 
-def settlements_recorded(history: WorkflowHistory) -> list[dict]:
+def decisions(history: WorkflowHistory) -> list[dict]:
+    """What the store answered each decide_and_close of the history (DealTotals)."""
     found, scheduled = [], {}
     for event in history.events:
-        if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
-            details = event.marker_recorded_event_attributes.details
-            if "data" in details and json.loads(details["data"].payloads[0].data).get("activity_type") == "record_settlement":
-                found.append(json.loads(details["result"].payloads[0].data))
-        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             scheduled[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             completed = event.activity_task_completed_event_attributes
-            if scheduled.get(completed.scheduled_event_id) == "record_settlement":
+            if scheduled.get(completed.scheduled_event_id) == "decide_and_close":
                 found.append(json.loads(completed.result.payloads[0].data))
-            elif scheduled.get(completed.scheduled_event_id) in DECIDING_AT_THE_DEADLINE:  # v4 on: the deadline's decision, where it recorded one
-                decided = json.loads(completed.result.payloads[0].data)
-                if decided["recorded"]:
-                    found.append({"outcome": decided["outcome"], "amount": decided["amount"]})
     return found
 
 
@@ -150,9 +147,8 @@ async def test_each_money_history_decided_what_its_scenario_expects(path):
     (view,) = await pydantic_data_converter.decode(completed.payloads, [DealView])
     status, incentive, amount, received = DECIDED[path.stem]
     assert (view.status.value, view.incentive.status.value, str(view.incentive.amount), view.received_units) == (status, incentive, amount, received)
-    settled = settlements_recorded(history)
-    if path.parent.name != "v1":  # v1 wrote ledger rows whose markers hold only a flag
-        assert settled == [{"outcome": incentive, "amount": SETTLED[incentive]}], settled
+    (decided,) = decisions(history)  # the deal asked the store once, and adopted its answer
+    assert (decided["settlement"], decided["received_units"], decided["closed"]) == (incentive, received, True)
 
 
 # --- the replay test must be able to fail -------------------------------------------------
@@ -160,15 +156,15 @@ async def test_each_money_history_decided_what_its_scenario_expects(path):
 
 @workflow.defn(name="TakebackDealWorkflow")
 class DealWithAnExtraTimer(TakebackDealWorkflow):
-    """Today's deal, plus a one-second pause before booking: a change that breaks running deals."""
+    """Today's deal, plus a one-second pause before each projection: a change that breaks running deals."""
 
     @workflow.run
     async def run(self, input: DealWorkflowInput) -> DealView:
         return await super().run(input)
 
-    async def _book(self) -> None:
+    async def _project(self) -> None:
         await workflow.sleep(timedelta(seconds=1))
-        await super()._book()
+        await super()._project()
 
 
 @workflow.defn(name="TakebackDealWorkflow")
@@ -179,13 +175,10 @@ class DealWithAnExtraActivity(TakebackDealWorkflow):
     async def run(self, input: DealWorkflowInput) -> DealView:
         return await super().run(input)
 
-    async def _close_v1(self, status, reason) -> None:
-        await super()._close_v1(status, reason)
+    async def _decide(self, kind: str) -> bool:
+        closed = await super()._decide(kind)
         await workflow.execute_activity("close_deal", self.view(), start_to_close_timeout=timedelta(seconds=10))
-
-    async def _close(self) -> None:
-        await super()._close()
-        await workflow.execute_activity("close_deal", self.view(), start_to_close_timeout=timedelta(seconds=10))
+        return closed
 
 
 @workflow.defn(name="TakebackDealWorkflow")
@@ -200,10 +193,10 @@ class DealUnchanged(TakebackDealWorkflow):
 async def test_the_unchanged_subclass_replays():
     """So the failures below come from the alterations, not from how they are registered."""
     for name in ("deal_rebate_released", "deal_shortfall_forfeited", "deal_cancelled"):
-        await replayer(DealUnchanged, PickupWorkflow).replay_workflow(load(HISTORIES / "v1" / f"{name}.json"))
+        await replayer(DealUnchanged, PickupWorkflow).replay_workflow(load(HISTORIES / "1.0" / f"{name}.json"))
 
 
-@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("version", ["1.0"])
 @pytest.mark.parametrize("altered", [DealWithAnExtraTimer, DealWithAnExtraActivity], ids=["extra-timer", "extra-activity"])
 async def test_an_altered_deal_workflow_fails_replay(altered, version):
     history = load(HISTORIES / version / "deal_rebate_released.json")

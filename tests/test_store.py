@@ -13,6 +13,7 @@ from domain.catalog import default_catalog
 from domain.models import DealView, Dispositions, Incentive
 from service.deals import deal_terms
 from store import deals as store
+from store import settlement
 from store.db import session_scope
 from store.tables import IncentiveLedger, Partner, ReturnedItem, SanitizationRecord, ShipmentEvent
 from tests.conftest import booking, make_settings
@@ -39,13 +40,16 @@ def stage(url: str, settings, deal_id: str, request) -> bool:
         return staged
 
 
-def receive(url: str, deal_id: str, batch_id: str, serials: list[str]) -> "store.ReceiptCounts":
+def receive(url: str, deal_id: str, batch_id: str, serials: list[str]):
+    return receipt(url, deal_id, batch_id, serials).counts
+
+
+def receipt(url: str, deal_id: str, batch_id: str, serials: list[str]) -> settlement.ReceiptOutcome:
     from domain.models import ReceiptItem
 
     items = [ReceiptItem(product_id="ISR4331/K9", serial_number=s, condition="working", age_years=2) for s in serials]
     with session_scope(url) as session:
-        store.stage_receipt(session, batch_id, deal_id, items)
-        return store.process_receipt(session, deal_id, batch_id, 5, default_catalog())
+        return settlement.count_receipt(session, deal_id, batch_id, items, 5, default_catalog())
 
 
 def test_a_listed_serial_can_be_held_by_one_open_deal_only(database_url, tmp_path):
@@ -75,7 +79,7 @@ def test_receipts_count_each_serial_once_across_deals_and_retries(database_url, 
     second = receive(database_url, "D2", "b2", ["S3", "S4"])
     assert (second.accepted, second.rejected) == (1, 1)  # S3 came back on D1 already
     with session_scope(database_url) as session:
-        assert store.receipt_result(session, "b2")["rejected"] == [{"serial_number": "S3", "reason": "serial already returned"}]
+        assert settlement.receipt_result(session, "b2")["rejected"] == [{"serial_number": "S3", "reason": "serial already returned"}]
         assert session.execute(select(func.count()).select_from(SanitizationRecord)).scalar_one() == 4  # ISR routers carry data
 
 
@@ -101,10 +105,12 @@ def test_concurrent_receipts_of_one_serial_accept_it_once(database_url, tmp_path
 
 
 def test_money_moves_once_per_deal_and_kind(database_url, tmp_path):
+    from store.once import insert_once
+
     setup_store(database_url, tmp_path)
     with session_scope(database_url) as session:
-        assert store.record_incentive(session, "D1", "P1", "released", Decimal("700.00"))
-        assert not store.record_incentive(session, "D1", "P1", "released", Decimal("700.00"))
+        assert insert_once(session, IncentiveLedger(deal_id="D1", partner_id="P1", kind="released", amount=Decimal("700.00")))
+        assert not insert_once(session, IncentiveLedger(deal_id="D1", partner_id="P1", kind="released", amount=Decimal("700.00")))
         assert session.execute(select(func.sum(IncentiveLedger.amount))).scalar_one() == Decimal("700.00")
 
 
@@ -154,22 +160,28 @@ def test_carrier_events_racing_on_one_pickup_never_move_it_backwards(database_ur
 
 
 def test_a_deal_settles_once_and_a_contradicting_outcome_is_refused(database_url, tmp_path):
-    """Release and cancel racing on one deal: one settlement, one terminal ledger row, and both
-    callers told the same outcome (the store, not the order of arrival, decides)."""
+    """The receipt that releases the rebate and a cancel racing on one deal: one settlement, one
+    terminal ledger row, and both callers told what the store decided (the order of the locked
+    transactions decides): released (the cancel refused) or cancelled (the receipt not counted)."""
     from store.tables import Settlement
 
-    setup_store(database_url, tmp_path)
+    settings = setup_store(database_url, tmp_path)
     for deal in range(12):
         deal_id = f"D{deal}"
-        outcomes = {}
+        stage(database_url, settings, deal_id, booking(4))
+        answers = {}
         barrier = threading.Barrier(2)
 
-        def settle(outcome, amount):
+        def release():
+            barrier.wait()
+            answers["receipt"] = receipt(database_url, deal_id, f"{deal_id}-b", [f"{deal_id}-{n}" for n in range(4)]).counted
+
+        def cancel():
             barrier.wait()
             with session_scope(database_url) as session:
-                outcomes[outcome] = store.record_settlement(session, deal_id, "P1", outcome, amount).outcome
+                answers["cancel"] = settlement.decide(session, deal_id, "cancel")[0].settlement
 
-        threads = [threading.Thread(target=settle, args=args) for args in (("released", Decimal("5000.00")), ("cancelled", Decimal("0.00")))]
+        threads = [threading.Thread(target=release), threading.Thread(target=cancel)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -177,7 +189,8 @@ def test_a_deal_settles_once_and_a_contradicting_outcome_is_refused(database_url
         with session_scope(database_url) as session:
             settled = session.execute(select(Settlement.outcome, Settlement.amount).where(Settlement.deal_id == deal_id)).all()
             rows = session.execute(select(IncentiveLedger.kind, IncentiveLedger.amount).where(IncentiveLedger.deal_id == deal_id)).all()
-        assert len(settled) == 1 and set(outcomes.values()) == {settled[0].outcome}  # both callers adopt the one outcome
+        assert len(settled) == 1 and answers["cancel"] == settled[0].outcome  # the cancel's caller is told the one outcome
+        assert answers["receipt"] == (settled[0].outcome == "released")  # the receipt counted if and only if it released
         assert [tuple(row) for row in rows] == [tuple(settled[0])]  # and the ledger holds just that movement
 
 
@@ -193,17 +206,15 @@ def test_an_older_projection_never_overwrites_a_newer_one(database_url, tmp_path
     assert stored.status.value == "condition_met" and stored.revision == 3
 
 
-def test_a_refused_batch_burns_nothing_and_a_processed_one_cannot_be_refused(database_url, tmp_path):
-    from domain.models import ReceiptItem
-
+def test_a_refused_batch_burns_nothing_and_a_counted_one_stays_counted(database_url, tmp_path):
     settings = setup_store(database_url, tmp_path)
     stage(database_url, settings, "D1", booking(4))
-    late = [ReceiptItem(product_id="ISR4331/K9", serial_number="LATE-1", condition="working", age_years=2)]
+    on_time = receipt(database_url, "D1", "on-time", ["OK-1"])
     with session_scope(database_url) as session:
-        store.stage_receipt(session, "late", "D1", late)
-        assert store.refuse_receipt(session, "late")  # the deal had decided: refused
-        counts = store.process_receipt(session, "D1", "late", 5, default_catalog())  # a sweep finds nothing to count
-        assert counts.accepted == 0 and session.execute(select(func.count()).select_from(ReturnedItem)).scalar_one() == 0
-    assert receive(database_url, "D1", "on-time", ["OK-1"]).accepted == 1
+        settlement.decide(session, "D1", "deadline")
+    late = receipt(database_url, "D1", "late", ["LATE-1"])
+    assert on_time.counted and not late.counted and late.counts.accepted == 0
+    assert receipt(database_url, "D1", "late", ["LATE-1"]).counted is False  # its retry is refused the same
+    assert receipt(database_url, "D1", "on-time", ["OK-1"]).counted  # and a counted one's retry answers it counted
     with session_scope(database_url) as session:
-        assert not store.refuse_receipt(session, "on-time")  # it counted: the caller gets its result, not a 409
+        assert session.execute(select(ReturnedItem.serial)).scalars().all() == ["OK-1"]  # the refused serial was not burnt

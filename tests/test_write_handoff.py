@@ -44,6 +44,7 @@ async def test_deal_writes_sent_while_no_worker_runs_are_applied_once_after_it_r
     add_partner(settings)
     async with uncached_worker(env, settings):
         view = await deals.book_deal(env.client, settings, booking(10))
+        await deals.get_deal(env.client, settings, view.id)  # its first task done before the worker goes
     # The worker is gone: the receipt is counted all the same; each update is sent, and the caller hears "not yet".
     first = await deals.record_receipt(env.client, settings, view.id, items("H", 4))
     assert first["accepted"] == 4 and count(settings, ReturnedItem, deal_id=view.id) == 4
@@ -69,6 +70,7 @@ async def test_a_receipt_counted_while_no_worker_runs_counts_at_the_deadline(tim
     add_partner(settings)
     async with uncached_worker(env, settings):
         view = await deals.book_deal(env.client, settings, booking(10))
+        await deals.get_deal(env.client, settings, view.id)  # its first task done before the worker goes
     assert (await deals.record_receipt(env.client, settings, view.id, items("Z", 8)))["accepted"] == 8  # and the caller never comes back
     async with uncached_worker(env, settings):
         await env.sleep(YEAR)
@@ -82,6 +84,7 @@ async def test_a_cancel_sent_while_no_worker_runs_is_applied_once_on_retry(time_
     add_partner(settings)
     async with uncached_worker(env, settings):
         view = await deals.book_deal(env.client, settings, booking(10))
+        await deals.get_deal(env.client, settings, view.id)  # its first task done before the worker goes
     await not_taken(deals.cancel_deal(env.client, view.id, "customer withdrew", request_id="cancel-key-1"))
     async with uncached_worker(env, settings):
         cancelled = await deals.cancel_deal(env.client, view.id, "customer withdrew", request_id="cancel-key-1")
