@@ -50,6 +50,7 @@ def line(**changes) -> dict:
     return {"product_id": "C9300-48P", "quantity": 2, **changes}
 
 
+PARTNER = {"id": "NEW1", "name": "Acme Networks", "contact_email": "ops@acme.example", "country": "CA"}
 BOOKING = booking_body("NOBODY", 2)  # validation comes before the partner is looked up (today: 404)
 HOSTILE = [
     ("negative zero money", "/v1/deals", with_(BOOKING, new_products_value="-0.00")),
@@ -67,6 +68,16 @@ HOSTILE = [
     ("NUL in a received serial", "/v1/deals/DNONE/receipts", {"items": [with_(ITEM, serial_number="SN\x00")]}),
     ("terminal escape in a reason", "/v1/deals/DNONE/cancel", {"reason": "\x1b[31mwithdrawn"}),
     ("NUL in an extension's reason", "/v1/deals/DNONE/extend", {"extend_by": "30d", "reason": "asked\x00"}),
+    # Issue 24, 6: a partner's name and country and a reinstate's reason took any text (a NUL: a 500 on PostgreSQL).
+    ("NUL in a partner's name", "/v1/partners", with_(PARTNER, name="Acme\x00Corp")),
+    ("CR LF in a partner's name", "/v1/partners", with_(PARTNER, name="Acme\r\nBcc: eve@evil.example")),
+    ("escape in a partner's country", "/v1/partners", with_(PARTNER, country="C\x1b[2JA")),
+    ("bidi override in a partner's name", "/v1/partners", with_(PARTNER, name="Acme \u202egnp.exe")),
+    ("bidi isolate in a partner's country", "/v1/partners", with_(PARTNER, country="\u2066CA\u2069")),
+    ("bidi override in a customer's name", "/v1/deals", with_(BOOKING, customer={"name": "Acme\u202eCorp", "country": "CA"})),
+    ("NUL in a reinstate's reason", "/v1/partners/NOBODY/reinstate", {"reason": "renewed\x00"}),
+    ("escape in a reinstate's reason", "/v1/partners/NOBODY/reinstate", {"reason": "\x1b[31mrenewed"}),
+    ("bidi override in a reinstate's reason", "/v1/partners/NOBODY/reinstate", {"reason": "renewed \u202ewithdrawn"}),
 ]
 
 
@@ -85,6 +96,12 @@ def test_free_text_keeps_its_line_breaks_and_names_keep_their_letters():
     assert pickup.address == "1 Main St\nToronto ON" and pickup.ready_on == date(2026, 12, 1)
     assert CancelRequest(reason="customer withdrew;\r\n\tsee ticket 42").reason.startswith("customer")
     assert Customer(name="株式会社 北風", country="JP").name == "株式会社 北風"
+    # Right-to-left names need no bidi control: they are refused, the marks (U+200E, U+200F) are not.
+    assert Customer(name="شركة الريح الشمالية\u200f", country="AE").name.startswith("شركة")
+    from api.routes.partners import PartnerCreate, Reinstatement
+
+    assert PartnerCreate(id="P1", name="Zoë & Søn", contact_email="a@zoe.example", country="DK").name == "Zoë & Søn"
+    assert Reinstatement(reason="renewed;\r\n\tsee ticket 42").reason.startswith("renewed")
 
 
 async def test_a_naive_carrier_event_time_is_a_422(tmp_path):
