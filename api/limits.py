@@ -34,6 +34,9 @@ LINE_BYTES = 160  # a line without its serials: product id, quantity, keys
 RECEIPT_ITEM_BYTES = 256  # {"product_id": <64>, "serial_number": <64>, "condition": ..., "age_years": ...}
 SLACK = 64 * KIB  # the rest of a body: customer, values, whitespace
 SIGNED_ROUTES = {("POST", "/v1/carrier-events")}
+# Headers carrying a webhook signature (ours, EasyPost's): a credential, whose 401 spends the address's
+# failed-authentication budget (api/ratelimit.py) like a bad key's.
+SIGNATURE_HEADERS = frozenset({b"takeback-signature", b"x-hmac-signature"})
 ROUTE_AUTH = "takeback.route_auth"  # scope entry: "bearer", "signed" or None
 
 # RFC 6750 b64token (token68): what `get_caller` could ever accept as a key.
@@ -398,7 +401,7 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int):
             for name, value in self.headers:
                 if name == b"authorization":
                     authorization, credential = (value if authorization is None else authorization), True
-                elif name == b"takeback-signature":
+                elif name in SIGNATURE_HEADERS:
                     credential = True
                 elif name in (b"x-forwarded-for", b"forwarded"):
                     return False  # the application may count this request under another address

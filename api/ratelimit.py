@@ -24,7 +24,7 @@ import time
 import weakref
 
 from api import problems
-from api.limits import ROUTE_AUTH
+from api.limits import ROUTE_AUTH, SIGNATURE_HEADERS
 
 MAX_TRACKED = 50_000  # buckets per kind kept in memory; full ones are dropped first
 GOOD_KEYS = 10_000  # hashes of keys seen to work lately
@@ -158,7 +158,7 @@ class RateLimit:
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value if authorization is None else authorization
-            elif name == b"takeback-signature":
+            elif name in SIGNATURE_HEADERS:
                 signature = value
         key = hashlib.sha256(authorization).digest() if authorization is not None else None
 
