@@ -55,6 +55,15 @@ DOCS_CSP = (
 DOCS_PATHS = ("/docs", "/redoc")
 
 
+def bearer_key(authorization: str) -> str | None:
+    """The key an `Authorization: Bearer <key>` header names (the scheme in any case, spaces around the
+    key), else None. How the API reads a key (api.deps.get_caller), and so what the rate limit and the
+    report's cache count one key by (api/ratelimit.py)."""
+    scheme, _, key = authorization.partition(" ")
+    key = key.strip()
+    return key if scheme.lower() == "bearer" and key else None
+
+
 def booking_body_limit(settings) -> int:
     """A booking may list the configured number of serials (all lines together), each up to 64 ASCII
     characters, in the largest number of lines: 50,000 serials are about 3.6 MiB."""
