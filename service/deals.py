@@ -287,7 +287,7 @@ async def get_deal_json(client: Client, settings: Settings, deal_id: str, visibl
 
 
 async def request_pickup(
-    client: Client, deal_id: str, request: PickupRequest, request_id: str | None = None, *, settings: Settings | None = None
+    client: Client, deal_id: str, request: PickupRequest, request_id: str | None = None, *, settings: Settings | None = None, ops: bool = False,
 ) -> PickupView:
     """Check the pickup against the deal as it is now (`rules.validate_pickup`: ready between today
     and the deadline, no more units than it awaits, a bounded number under way), then book it.
@@ -297,6 +297,7 @@ async def request_pickup(
     from the store); without, from its workflow (pickups the carrier finished may still count as under
     way). A deal that cannot be read refuses the pickup with the read's error (a 503), never unchecked.
     A retry of a request the deal already took is answered with that pickup, unchecked.
+    `ops`: an ops caller, who reads the carrier provider's own words when it cannot check the address.
     """
     handle = deal_handle(client, deal_id)
     if settings is not None:
@@ -325,7 +326,7 @@ async def request_pickup(
         except rules.RuleViolation as error:
             raise PickupRefused(str(error)) from None
         if settings is not None:  # a real carrier checks the address first: refused here (422), never inside the deal
-            await check_pickup_address(settings, deal_id, request)
+            await check_pickup_address(settings, deal_id, request, ops=ops)
     return await _update(handle, TakebackDealWorkflow.request_pickup, request, id=request_id or uuid.uuid4().hex)
 
 

@@ -128,3 +128,32 @@ async def test_a_pickup_fits_its_deal(time_skipping_env, tmp_path):
         await deals.send_carrier_event(env.client, settings, event("e1", first.tracking_number, "delivered"))
         await ask(pickup(today, 1))  # the carrier finished one: another fits
     assert rows(settings, Pickup, Pickup.deal_id == view.id) == 3
+
+
+async def test_the_carriers_account_errors_from_the_address_check_are_for_ops_not_the_partner(time_skipping_env, tmp_path, caplog):
+    """Issue 24, 7. Before: EasyPost's refusal of the vendor's account (a key, a payment) while checking a pickup's
+    address reached the partner word for word in the 503; the booking path already showed such words to ops only."""
+    from tests.easypost_standin import EasyPostStandIn
+    from tests.test_easypost import RETURNS, pickup_body
+
+    env = time_skipping_env
+    worker = on_engine(env, tmp_path)  # the deals' worker; the API below checks addresses with EasyPost, on a refused key
+    standin = EasyPostStandIn()
+    try:
+        api = on_engine(env, tmp_path, task_queue=worker.task_queue, carrier="easypost", easypost_api_key="EZAK-revoked-key", easypost_api_base=standin.url,
+                        easypost_webhook_secret="ep-webhook-secret-for-the-tests", returns_address=RETURNS)
+        async with running_worker(env.client, worker), api_client(api) as http:
+            deal = await http.post("/v1/deals", json=booking_body("P1", 10), headers=key(api))
+            assert deal.status_code == 201, deal.text
+            caplog.clear()
+            as_partner = await http.post(f"/v1/deals/{deal.json()['id']}/pickups", json=pickup_body(), headers=key(api, "partner", "P1"))
+            as_ops = await http.post(f"/v1/deals/{deal.json()['id']}/pickups", json=pickup_body(), headers=key(api))
+    finally:
+        standin.close()
+    for answer in (as_partner, as_ops):
+        assert answer.status_code == 503 and answer.json()["type"].endswith("/carrier-unavailable") and answer.headers["retry-after"] == "30", answer.text
+    provider = "APIKEY.INACTIVE: This api key is no longer active"
+    assert provider not in as_partner.text and "api key" not in as_partner.text.lower() and "HTTP 401" not in as_partner.text, as_partner.text
+    assert "ops can see why" in as_partner.json()["detail"]
+    assert provider in as_ops.json()["detail"]  # ops read the provider's words, as on a pickup's booking
+    assert provider in caplog.text  # and find them in the log
