@@ -18,8 +18,9 @@ from domain.deal_progress import deal_view, initial_progress
 from domain.models import BOOKING_FAILED, OPEN_DEAL_STATUSES, BookingRequest, CarrierEvent, DealStatus, DealTerms, DealView, PickupRequest, PickupView, ReceiptItem, extension_duration
 from service.partners import ensure_may_book
 from service.pickup_address import check_pickup_address
-from settings import DEFAULT_MAX_OPEN_PICKUPS, Settings
+from settings import DEFAULT_MAX_LABELS_PER_DEAL, DEFAULT_MAX_OPEN_PICKUPS, Settings
 from store import deals as store
+from store import limits
 from store.db import session_scope
 from temporal_client import call_timed_out
 from workflows import story
@@ -290,15 +291,21 @@ async def request_pickup(
     client: Client, deal_id: str, request: PickupRequest, request_id: str | None = None, *, settings: Settings | None = None, ops: bool = False,
 ) -> PickupView:
     """Check the pickup against the deal as it is now (`rules.validate_pickup`: ready between today
-    and the deadline, no more units than it awaits, a bounded number under way), then book it.
+    and the deadline, a bounded number under way and over the deal's life, no more units than it awaits
+    beyond those its pickups under way bring), then book it.
     `request_id` makes a retried request book one pickup: the deal remembers the ids it took.
 
     With `settings` the deal is read as `get_deal` reads it (pickups with the carrier's latest status
-    from the store); without, from its workflow (pickups the carrier finished may still count as under
-    way). A deal that cannot be read refuses the pickup with the read's error (a 503), never unchecked.
+    from the store, and the units its pickups under way bring); without, from its workflow (pickups the
+    carrier finished may still count as under way, and their units are not known). A deal that cannot
+    be read refuses the pickup with the read's error (a 503), never unchecked.
     A retry of a request the deal already took is answered with that pickup, unchecked.
     `ops`: an ops caller, who reads the carrier provider's own words when it cannot check the address.
     """
+    def expected_units() -> dict[str, int]:
+        with session_scope(settings.effective_database_url) as session:
+            return limits.pickup_expected_units(session, deal_id)
+
     handle = deal_handle(client, deal_id)
     if settings is not None:
         view = await get_deal(client, settings, deal_id)
@@ -321,8 +328,10 @@ async def request_pickup(
             return booked
     if view.status in OPEN_DEAL_STATUSES:  # a closed deal's refusal (409) comes from the deal itself
         max_open = settings.max_open_pickups if settings is not None else DEFAULT_MAX_OPEN_PICKUPS
+        max_labels = settings.max_labels_per_deal if settings is not None else DEFAULT_MAX_LABELS_PER_DEAL
+        expected = await asyncio.to_thread(expected_units) if settings is not None else {}
         try:
-            rules.validate_pickup(request, view, await booking_clock(), max_open)
+            rules.validate_pickup(request, view, await booking_clock(), max_open, max_labels, expected)
         except rules.RuleViolation as error:
             raise PickupRefused(str(error)) from None
         if settings is not None:  # a real carrier checks the address first: refused here (422), never inside the deal

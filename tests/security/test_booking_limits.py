@@ -121,13 +121,48 @@ async def test_a_pickup_fits_its_deal(time_skipping_env, tmp_path):
         await deals.record_receipt(env.client, settings, view.id, items("R", 4))
         with pytest.raises(deals.PickupRefused, match="still awaits"):
             await ask(pickup(today, 7))  # 10 committed, 4 received: 6 outstanding
-        first = await ask(pickup(today, 6))
+        first = await ask(pickup(today, 5))
         await ask(pickup(view.return_deadline.date(), 1))  # the deadline's day is still in time
         with pytest.raises(deals.PickupRefused, match="under way"):
             await ask(pickup(today, 1))  # two under way: the most this deal may have at once
         await deals.send_carrier_event(env.client, settings, event("e1", first.tracking_number, "delivered"))
         await ask(pickup(today, 1))  # the carrier finished one: another fits
     assert rows(settings, Pickup, Pickup.deal_id == view.id) == 3
+
+
+async def test_pickups_under_way_hold_their_units_and_a_deal_buys_a_bounded_number_of_labels(time_skipping_env, tmp_path):
+    """Issue 24, 2. Before: a pickup's expected_units was checked against all the units outstanding, not those minus what
+    the pickups under way bring (ten pickups of the whole deal at once, each a label bought), and nothing bounded the
+    labels a deal bought over its life."""
+    env = time_skipping_env
+    settings = on_engine(env, tmp_path, max_open_pickups=3, max_labels_per_deal=4)
+    async with running_worker(env.client, settings), api_client(settings) as http:
+        partner = key(settings, "partner", "P1")
+        deal = await http.post("/v1/deals", json=booking_body("P1", 10), headers=partner)
+        assert deal.status_code == 201, deal.text
+        today = (await env.get_current_time()).date()
+
+        async def ask(units: int, expected: int = 201, says: str | None = None) -> dict:
+            answer = await http.post(f"/v1/deals/{deal.json()['id']}/pickups", json=pickup(today, units).model_dump(mode="json"), headers=partner)
+            assert answer.status_code == expected, answer.text
+            if says is not None:
+                assert answer.json()["type"].endswith("/pickup-refused") and says in answer.json()["detail"], answer.text
+            return answer.json()
+
+        first = await ask(6)
+        ask_again = "still awaits beyond its pickups under way"
+        await ask(5, 422, f"the 4 units deal {deal.json()['id']} {ask_again}")  # 10 outstanding, 6 on their way
+        second = await ask(4)
+        await ask(1, 422, ask_again)  # all 10 on their way
+        # The carrier cancels the first: its 6 units are awaited again. One delivered no longer holds its units either.
+        await deals.send_carrier_event(env.client, settings, event("c1", first["tracking_number"], "cancelled"))
+        await ask(7, 422, ask_again)
+        third = await ask(6)
+        await deals.send_carrier_event(env.client, settings, event("d2", second["tracking_number"], "delivered"))
+        await ask(1)  # the fourth pickup of this deal: 6 under way of 10 awaited (the delivered 4 not received yet)
+        await ask(1, 422, "4 pickups, the most one deal may have over its life")  # two under way, but four labels bought
+        assert third["status"] == "scheduled"
+    assert rows(settings, Pickup, Pickup.deal_id == deal.json()["id"]) == 4
 
 
 async def test_the_carriers_account_errors_from_the_address_check_are_for_ops_not_the_partner(time_skipping_env, tmp_path, caplog):
