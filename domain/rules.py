@@ -89,13 +89,13 @@ def pickup_dates(now: datetime, deadline: datetime) -> tuple[date, date]:
 
 
 def pickup_under_way(status: str) -> bool:
-    """A pickup the carrier has not finished with: not delivered, returned or cancelled, nor a booking
-    refused for good. (A `failure` may still be delivered: it is under way.)"""
-    return status not in FINAL_CARRIER_STATUSES and status != BOOKING_FAILED
+    """An open pickup: not delivered, returned or cancelled, and not failed (the carrier's `failure`, or a
+    booking the carrier refused for good). One still being booked is under way."""
+    return status not in FINAL_CARRIER_STATUSES and status not in (CarrierStatus.failure, BOOKING_FAILED)
 
 
 def open_pickups(view: DealView) -> int:
-    """Pickups under way (`pickup_under_way`), those still being booked included."""
+    """Pickups under way (`pickup_under_way`)."""
     return sum(1 for pickup in view.pickups if pickup_under_way(pickup.status))
 
 

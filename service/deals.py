@@ -318,15 +318,17 @@ async def request_pickup(
             if error.status == RPCStatusCode.NOT_FOUND:
                 raise DealNotFound(deal_id) from error
             raise
+    booked = None
     if view.status in OPEN_DEAL_STATUSES and request_id is not None:
         # A retry of a request the deal took is the same request: answered with its pickup, not
-        # checked again against a deal that has moved on since (units received meanwhile).
+        # checked again against a deal that has moved on since (units received meanwhile, or this
+        # very pickup, still being booked, counted among those under way).
         booked = await ask(handle, TakebackDealWorkflow.pickup_for_request, request_id)
         if booked is not None and booked.status == BOOKING_FAILED:
             raise PickupBookingFailed(f"the carrier could not book pickup {booked.id}")
         if booked is not None and booked.status != "booking":
             return booked
-    if view.status in OPEN_DEAL_STATUSES:  # a closed deal's refusal (409) comes from the deal itself
+    if view.status in OPEN_DEAL_STATUSES and booked is None:  # a closed deal's refusal (409) comes from the deal itself
         max_open = settings.max_open_pickups if settings is not None else DEFAULT_MAX_OPEN_PICKUPS
         max_labels = settings.max_labels_per_deal if settings is not None else DEFAULT_MAX_LABELS_PER_DEAL
         expected = await asyncio.to_thread(expected_units) if settings is not None else {}

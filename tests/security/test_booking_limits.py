@@ -154,8 +154,8 @@ async def test_pickups_under_way_hold_their_units_and_a_deal_buys_a_bounded_numb
         await ask(5, 422, f"the 4 units deal {deal.json()['id']} {ask_again}")  # 10 outstanding, 6 on their way
         second = await ask(4)
         await ask(1, 422, ask_again)  # all 10 on their way
-        # The carrier cancels the first: its 6 units are awaited again. One delivered no longer holds its units either.
-        await deals.send_carrier_event(env.client, settings, event("c1", first["tracking_number"], "cancelled"))
+        # The carrier reports the first failed: its 6 units are awaited again. One delivered no longer holds its units either.
+        await deals.send_carrier_event(env.client, settings, event("f1", first["tracking_number"], "failure"))
         await ask(7, 422, ask_again)
         third = await ask(6)
         await deals.send_carrier_event(env.client, settings, event("d2", second["tracking_number"], "delivered"))
