@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     # Limits on what callers send (see README "Security"). A partner key books a deal of at most this
     # much new products' value; above it ops book it (403 needs-ops-approval for the partner).
     partner_booking_limit: Decimal = Field(Decimal("1000000.00"), ge=0, alias="TAKEBACK_PARTNER_BOOKING_LIMIT")
+    # ... and its open deals (awaiting returns or condition met) together, with the new one, of at most this much
+    # new products' value (the measure of the limit above: ten bookings just under it are not one ops never saw).
+    partner_open_exposure_limit: Decimal = Field(Decimal("5000000.00"), ge=0, alias="TAKEBACK_PARTNER_OPEN_EXPOSURE_LIMIT")
     max_serials_per_booking: int = Field(MAX_SERIALS_PER_BOOKING, ge=1, le=MAX_SERIALS_PER_BOOKING, alias="TAKEBACK_MAX_SERIALS_PER_BOOKING")
     max_open_pickups: int = Field(DEFAULT_MAX_OPEN_PICKUPS, ge=1, le=1000, alias="TAKEBACK_MAX_OPEN_PICKUPS")
     # Pickups one deal may have over its life (each buys a carrier label, at the vendor's cost): 422 past it.

@@ -134,6 +134,12 @@ def needs_ops_approval(new_products_value: Decimal, partner_limit: Decimal) -> b
     return new_products_value > partner_limit
 
 
+def exceeds_open_exposure(open_deals_value: Decimal, new_products_value: Decimal, limit: Decimal) -> bool:
+    """A partner's open deals' new products' value with this booking's above `limit`: only ops book it, as above
+    the single-booking limit (bookings just under that one add up; upfront, each is a discount granted at once)."""
+    return open_deals_value + new_products_value > limit
+
+
 def validate_serial_total(listed: int, limit: int) -> None:
     if listed > limit:
         raise RuleViolation(f"a booking lists at most {limit} serial numbers in total, got {listed}")

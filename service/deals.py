@@ -81,18 +81,24 @@ class PickupRefused(rules.RuleViolation, Problem):
 
 
 class NeedsOpsApproval(Problem):
-    """A partner key booking above TAKEBACK_PARTNER_BOOKING_LIMIT: 403, and ops book the deal.
+    """A partner key booking above TAKEBACK_PARTNER_BOOKING_LIMIT, or taking the partner's open deals above
+    TAKEBACK_PARTNER_OPEN_EXPOSURE_LIMIT (`open_exposure`: their value before it): 403, and ops book the deal.
     Nothing is staged and no serial is claimed, so the same request by ops books it as it is.
     (Not a RuleViolation: a route mapping those to 422 lets this one through as the 403 it is.)"""
 
-    def __init__(self, new_products_value, limit):
+    def __init__(self, new_products_value, limit, open_exposure=None):
+        above = (
+            f"new_products_value {new_products_value} is above {limit}, the most a partner books alone" if open_exposure is None else
+            f"new_products_value {new_products_value} would take the partner's open deals from {open_exposure} to "
+            f"{open_exposure + new_products_value}, above {limit}, the most a partner has open on its own bookings"
+        )
         Problem.__init__(
             self, 403,
-            f"new_products_value {new_products_value} is above {limit}, the most a partner books alone: "
-            "ops review the deal and book it (POST /v1/deals with an ops key, the same body)",
+            f"{above}: ops review the deal and book it (POST /v1/deals with an ops key, the same body)",
             "needs-ops-approval",
             limit=str(limit),
             new_products_value=str(new_products_value),
+            **({} if open_exposure is None else {"open_exposure": str(open_exposure)}),
         )
 
 
@@ -167,8 +173,10 @@ async def book_deal(
     terms. Bookings are thus accepted at the engine's own pace, and while workers restart.
     A retry with the same deal id starts nothing new and answers with the deal as it is.
 
-    `by_partner`: a partner key books it, alone up to TAKEBACK_PARTNER_BOOKING_LIMIT (else
-    NeedsOpsApproval, before anything is staged). `actor`: who books it (an API account), the actor
+    `by_partner`: a partner key books it, alone up to TAKEBACK_PARTNER_BOOKING_LIMIT, and while its open
+    deals with this one stay within TAKEBACK_PARTNER_OPEN_EXPOSURE_LIMIT (else NeedsOpsApproval, and
+    nothing is staged). That sum is checked in the staging transaction, the partner's row locked: two
+    bookings at once cannot both pass it. `actor`: who books it (an API account), the actor
     of its listed serials' `committed` custody events (default: the partner).
 
     Raises RuleViolation (422), NeedsOpsApproval (403), PartnerNotCertified, store.UnknownPartner,
@@ -189,6 +197,12 @@ async def book_deal(
         """None once staged now; else the booking time of the attempt that staged this deal first."""
         with session_scope(settings.effective_database_url) as session:
             ensure_may_book(settings, request.partner_id, session)
+            if by_partner:
+                limits.lock_partner(session, request.partner_id)  # until staged (or refused): its bookings queue here
+                if store.staged_booking_time(session, deal_id) is None:  # a retry of a staged deal is answered with it
+                    exposure = limits.open_exposure(session, request.partner_id)
+                    if rules.exceeds_open_exposure(exposure, request.new_products_value, settings.partner_open_exposure_limit):
+                        raise NeedsOpsApproval(request.new_products_value, settings.partner_open_exposure_limit, exposure)
             if store.stage_booking(session, deal_id, request, terms, view, actor=actor, audit=audit):
                 return None
             return store.staged_booking_time(session, deal_id)

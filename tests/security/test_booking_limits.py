@@ -17,7 +17,7 @@ from domain.models import MAX_SERIALS_PER_BOOKING, PickupRequest
 from service import deals
 from store.db import session_scope
 from store.tables import Deal, OpenSerialClaim, Pickup
-from tests.api_helpers import api_client, booking_body, key
+from tests.api_helpers import api_client, booking_body, eventually, key
 from tests.conftest import add_partner, booking, make_settings, running_worker
 from tests.deal_helpers import event, items
 
@@ -92,6 +92,72 @@ async def test_a_partner_key_above_the_limit_gets_a_403_and_ops_book_it(time_ski
         refused = await http.post("/v1/deals", json=body, headers=key(settings, "partner", "A"))
         assert refused.status_code == 403 and refused.json()["type"].endswith("/needs-ops-approval"), refused.text
         assert (await http.post("/v1/deals", json=body, headers=key(settings))).status_code == 201
+
+
+async def test_a_partners_open_deals_together_are_capped_like_one_large_booking(time_skipping_env, tmp_path):
+    """Issue 24, 1. Before: TAKEBACK_PARTNER_BOOKING_LIMIT was checked one booking at a time, so ten bookings just
+    under it needed no ops approval (upfront, ten discounts granted at once). Now a partner key's booking that takes
+    the partner's open deals above TAKEBACK_PARTNER_OPEN_EXPOSURE_LIMIT is answered as a single large one is."""
+    env = time_skipping_env
+    settings = on_engine(env, tmp_path, partner_booking_limit="200000.00", partner_open_exposure_limit="250000.00")
+    async with running_worker(env.client, settings), api_client(settings) as http:
+        partner, ops = key(settings, "partner", "P1"), key(settings)
+        booked = []
+        for n in range(2):
+            answer = await http.post("/v1/deals", json=booking_body("P1", 2, serials=[f"OPEN-{n}-1", f"OPEN-{n}-2"]), headers=partner)
+            assert answer.status_code == 201, answer.text
+            booked.append(answer.json()["id"])
+        third = booking_body("P1", 2, serials=["THIRD-1", "THIRD-2"])  # 100,000.00 more: 300,000.00 open, each under the 200,000.00 limit
+        refused = await http.post("/v1/deals", json=third, headers=partner)
+        assert refused.status_code == 403 and refused.json()["type"].endswith("/needs-ops-approval"), refused.text
+        assert refused.json()["limit"] == "250000.00" and refused.json()["open_exposure"] == "200000.00" and "ops" in refused.json()["detail"]
+        assert rows(settings, Deal) == 2 and rows(settings, OpenSerialClaim, OpenSerialClaim.serial.like("THIRD-%")) == 0  # nothing staged
+        by_ops = await http.post("/v1/deals", json=third, headers=ops)  # ops review it and book the same body
+        assert by_ops.status_code == 201, by_ops.text
+        listed = (await http.get("/v1/deals?partner_id=P1", headers=partner)).json()["items"]
+        assert {deal["id"] for deal in listed} == {*booked, by_ops.json()["id"]}
+        # A closed deal holds nothing: cancelled (or expired, or closed) deals are not counted.
+        for deal_id in (booked[0], by_ops.json()["id"]):
+            assert (await http.post(f"/v1/deals/{deal_id}/cancel", json={"reason": "customer withdrew"}, headers=ops)).status_code == 200
+
+        async def freed():
+            return rows(settings, Deal, Deal.status == "cancelled") == 2
+
+        await eventually(freed, what="the cancelled deals' status in the store")
+        again = await http.post("/v1/deals", json=booking_body("P1", 2) | {"new_products_value": "150000.00"}, headers=partner)
+        assert again.status_code == 201, again.text  # 100,000.00 open + 150,000.00: at the limit, not above it
+
+
+async def test_two_bookings_at_once_cannot_both_pass_the_open_deals_limit(time_skipping_env, tmp_path, database_url, monkeypatch):
+    """Issue 24, 1: the sum is checked in the staging transaction with the partner's row locked. Both bookings here read
+    the partner's open deals before either is staged when they can (a barrier): without the lock both passed."""
+    import asyncio
+    import threading
+
+    from store import limits
+
+    env = time_skipping_env
+    settings = on_engine(env, tmp_path, database_url=database_url, partner_open_exposure_limit="1000000.00")
+    add_partner(settings, "A")
+    both_read = threading.Barrier(2, timeout=1.5)  # with the lock the second reads only once the first is staged: it waits for nobody
+    original = limits.open_exposure
+
+    def read_then_wait(session, partner_id):
+        exposure = original(session, partner_id)
+        try:
+            both_read.wait()
+        except threading.BrokenBarrierError:
+            pass
+        return exposure
+
+    monkeypatch.setattr(limits, "open_exposure", read_then_wait)
+    answers = await asyncio.gather(
+        *(deals.book_deal(env.client, settings, booking(2, serials=[f"RACE-{n}-1", f"RACE-{n}-2"], partner_id="A", value="600000.00"), by_partner=True) for n in range(2)),
+        return_exceptions=True,
+    )
+    refused = [answer for answer in answers if isinstance(answer, deals.NeedsOpsApproval)]
+    assert len(refused) == 1 and refused[0].extra["open_exposure"] == "600000.00", answers
+    assert rows(settings, Deal) == 1 and rows(settings, OpenSerialClaim) == 2
 
 
 # --- 7. pickups ----------------------------------------------------------------------------------
