@@ -89,7 +89,7 @@ async def easypost_event(request: Request, settings: SettingsDep, client: Client
 
     try:
         events = tracker_events(tracker)
-    except ValueError as error:  # a field of the wrong shape
+    except (ValueError, TypeError, AttributeError) as error:  # a field of the wrong shape (a list, a number for a time: was a 500)
         raise Problem(422, f"the tracker does not match EasyPost's schema: {str(error)[:300]}", "validation-error") from None
 
     async def record() -> dict:

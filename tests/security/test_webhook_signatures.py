@@ -169,3 +169,21 @@ async def test_a_console_cookie_with_a_non_ascii_signature_is_no_session_never_a
         for cookie in ("e30.\xe9\xe9", "e30." + "\xff" * 43):
             response = await http.get("/console/deals", headers={"Cookie": f"takeback_console={cookie}".encode("latin-1")})
             assert response.status_code == 303 and "/console/sign-in" in response.headers["location"], response.text
+
+
+@pytest.mark.parametrize("change", [
+    {"tracking_details": ["delivered", 1]},
+    {"tracking_details": "delivered"},
+    {"tracking_details": [{"status": "delivered", "datetime": 1700000000}]},
+    {"status": ["delivered"]},
+    {"updated_at": 1700000000},
+])
+async def test_a_signed_tracker_of_the_wrong_shape_is_a_422_never_a_500(tmp_path, change):
+    """Before: a tracker EasyPost's signature covers, but not of EasyPost's schema (a list for a status, a number for
+    a time), was a 500 with a traceback; only a ValueError was answered 422."""
+    from tests.easypost_payloads import DOCS_TRACKER, signed, tracker_updated
+
+    body, headers = signed(tracker_updated({**DOCS_TRACKER, **change}), EASYPOST_SECRET)
+    async with api_client(easypost_settings(tmp_path)) as http:
+        response = await http.post(EASYPOST, content=body, headers=headers)
+    assert response.status_code == 422 and response.json()["type"].endswith("/validation-error"), response.text
