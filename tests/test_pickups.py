@@ -247,14 +247,11 @@ async def test_a_retry_of_a_pickup_still_being_booked_is_not_counted_against_its
 
     from tests.api_helpers import eventually
     from tests.easypost_standin import EasyPostStandIn
-    from tests.test_easypost import RETURNS
+    from tests.test_easypost import ADDRESS, easypost_settings
 
     standin = EasyPostStandIn()
-    settings = make_settings(
-        tmp_path, temporal_address=dev_server_env.client.service_client.config.target_host, max_open_pickups=1, carrier="easypost",
-        easypost_api_key=standin.api_key, easypost_api_base=standin.url, easypost_webhook_secret="ep-webhook-secret-for-the-tests", returns_address=RETURNS,
-    )
-    request = PICKUP.model_copy(update={"address": "417 Montgomery St, San Francisco, CA 94104, US"})
+    settings = easypost_settings(tmp_path, standin, dev_server_env, max_open_pickups=1)
+    request = PICKUP.model_copy(update={"address": ADDRESS})
     try:
         async with running_worker(dev_server_env.client, settings):
             deal = await deals.book_deal(dev_server_env.client, settings, booking(10))

@@ -235,14 +235,13 @@ async def test_the_carriers_account_errors_from_the_address_check_are_for_ops_no
     """Issue 24, 7. Before: EasyPost's refusal of the vendor's account (a key, a payment) while checking a pickup's
     address reached the partner word for word in the 503; the booking path already showed such words to ops only."""
     from tests.easypost_standin import EasyPostStandIn
-    from tests.test_easypost import RETURNS, pickup_body
+    from tests.test_easypost import easypost_settings, pickup_body
 
     env = time_skipping_env
     worker = on_engine(env, tmp_path)  # the deals' worker; the API below checks addresses with EasyPost, on a refused key
     standin = EasyPostStandIn()
     try:
-        api = on_engine(env, tmp_path, task_queue=worker.task_queue, carrier="easypost", easypost_api_key="EZAK-revoked-key", easypost_api_base=standin.url,
-                        easypost_webhook_secret="ep-webhook-secret-for-the-tests", returns_address=RETURNS)
+        api = easypost_settings(tmp_path, standin, env, easypost_api_key="EZAK-revoked-key", task_queue=worker.task_queue)
         async with running_worker(env.client, worker), api_client(api) as http:
             deal = await http.post("/v1/deals", json=booking_body("P1", 10), headers=key(api))
             assert deal.status_code == 201, deal.text

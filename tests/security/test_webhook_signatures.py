@@ -126,7 +126,7 @@ EASYPOST_SECRET = secrets.token_hex(32)
 EASYPOST = "/v1/carrier-events/easypost"
 
 
-def easypost_settings(tmp_path, **overrides):
+def easypost_api_settings(tmp_path, **overrides):
     # As above, Temporal is not there: an event signed right about a tracker that is not ours is answered 200 and ignored.
     return make_settings(tmp_path, easypost_webhook_secret=EASYPOST_SECRET, temporal_address=f"127.0.0.1:{_free_port()}", **overrides)
 
@@ -144,7 +144,7 @@ def easypost_event() -> tuple[bytes, dict]:
 ])
 async def test_a_non_ascii_easypost_signature_is_a_401_problem_never_a_500(tmp_path, header):
     body, _ = easypost_event()
-    async with api_client(easypost_settings(tmp_path)) as http:
+    async with api_client(easypost_api_settings(tmp_path)) as http:
         response = await http.post(EASYPOST, content=body, headers={"Content-Type": "application/json", "X-Hmac-Signature": header.encode("latin-1")})
     assert response.status_code == 401, response.text
     assert response.headers["content-type"].startswith("application/problem+json") and response.json()["type"].endswith("/signature-invalid")
@@ -153,7 +153,7 @@ async def test_a_non_ascii_easypost_signature_is_a_401_problem_never_a_500(tmp_p
 async def test_bad_easypost_signatures_spend_the_addresss_failed_authentication_budget(tmp_path):
     """Before: X-Hmac-Signature was no credential to the rate limit, so forging it cost nothing (and its 401s were free)."""
     body, good = easypost_event()
-    async with api_client(easypost_settings(tmp_path, rate_failed_auth=0.01, rate_failed_auth_burst=3)) as http:
+    async with api_client(easypost_api_settings(tmp_path, rate_failed_auth=0.01, rate_failed_auth_burst=3)) as http:
         accepted = await http.post(EASYPOST, content=body, headers=good)
         assert accepted.status_code == 200 and accepted.json()["status"] == "ignored", accepted.text  # a good one spends nothing
         for forged in ("hmac-sha256-hex=" + "0" * 64, "hmac-sha256-hex=" + "\xe9" * 64, "sha1=abc"):
@@ -184,6 +184,6 @@ async def test_a_signed_tracker_of_the_wrong_shape_is_a_422_never_a_500(tmp_path
     from tests.easypost_payloads import DOCS_TRACKER, signed, tracker_updated
 
     body, headers = signed(tracker_updated({**DOCS_TRACKER, **change}), EASYPOST_SECRET)
-    async with api_client(easypost_settings(tmp_path)) as http:
+    async with api_client(easypost_api_settings(tmp_path)) as http:
         response = await http.post(EASYPOST, content=body, headers=headers)
     assert response.status_code == 422 and response.json()["type"].endswith("/validation-error"), response.text
