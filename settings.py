@@ -15,6 +15,7 @@ from domain.models import MAX_SERIALS_PER_BOOKING, IncentiveMode
 
 TASK_QUEUE = "takeback"
 DEFAULT_MAX_OPEN_PICKUPS = 20
+DEFAULT_MAX_LABELS_PER_DEAL = 50  # pickups over a deal's life: each buys a carrier label
 
 # Webhook secrets that have been shipped or printed somewhere (code, compose, README, tests, bench):
 # a production process refuses them whatever their length.
@@ -143,8 +144,13 @@ class Settings(BaseSettings):
     # Limits on what callers send (see README "Security"). A partner key books a deal of at most this
     # much new products' value; above it ops book it (403 needs-ops-approval for the partner).
     partner_booking_limit: Decimal = Field(Decimal("1000000.00"), ge=0, alias="TAKEBACK_PARTNER_BOOKING_LIMIT")
+    # ... and its open deals (awaiting returns or condition met) together, with the new one, of at most this much
+    # new products' value (the measure of the limit above: ten bookings just under it are not one ops never saw).
+    partner_open_exposure_limit: Decimal = Field(Decimal("5000000.00"), ge=0, alias="TAKEBACK_PARTNER_OPEN_EXPOSURE_LIMIT")
     max_serials_per_booking: int = Field(MAX_SERIALS_PER_BOOKING, ge=1, le=MAX_SERIALS_PER_BOOKING, alias="TAKEBACK_MAX_SERIALS_PER_BOOKING")
     max_open_pickups: int = Field(DEFAULT_MAX_OPEN_PICKUPS, ge=1, le=1000, alias="TAKEBACK_MAX_OPEN_PICKUPS")
+    # Pickups one deal may have over its life (each buys a carrier label, at the vendor's cost): 422 past it.
+    max_labels_per_deal: int = Field(DEFAULT_MAX_LABELS_PER_DEAL, ge=1, le=10000, alias="TAKEBACK_MAX_LABELS_PER_DEAL")
     # Pickup contacts and addresses, trainees' e-mails and names: anonymised this long after their
     # deal closed or the person's last training (`takeback purge-personal-data`).
     personal_data_retention: str = Field("365d", alias="TAKEBACK_PERSONAL_DATA_RETENTION")

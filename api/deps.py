@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from sqlalchemy.exc import SQLAlchemyError
 from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
 
+from api.limits import bearer_key
 from api.problems import Problem, not_found
 from settings import Settings
 from temporal_client import call_timed_out
@@ -259,10 +260,8 @@ def _touch_done(future: asyncio.Future) -> None:
 
 
 async def get_caller(request: Request, settings: SettingsDep) -> Caller:
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    key = key.strip()
-    if scheme.lower() != "bearer" or not key:
+    key = bearer_key(request.headers.get("authorization", ""))
+    if key is None:
         raise _unauthorized("send an API key: Authorization: Bearer <key>")
     return await caller_for_key(settings, key)
 

@@ -34,6 +34,9 @@ LINE_BYTES = 160  # a line without its serials: product id, quantity, keys
 RECEIPT_ITEM_BYTES = 256  # {"product_id": <64>, "serial_number": <64>, "condition": ..., "age_years": ...}
 SLACK = 64 * KIB  # the rest of a body: customer, values, whitespace
 SIGNED_ROUTES = {("POST", "/v1/carrier-events")}
+# Headers carrying a webhook signature (ours, EasyPost's): a credential, whose 401 spends the address's
+# failed-authentication budget (api/ratelimit.py) like a bad key's.
+SIGNATURE_HEADERS = frozenset({b"takeback-signature", b"x-hmac-signature"})
 ROUTE_AUTH = "takeback.route_auth"  # scope entry: "bearer", "signed" or None
 
 # RFC 6750 b64token (token68): what `get_caller` could ever accept as a key.
@@ -50,6 +53,15 @@ DOCS_CSP = (
     b"connect-src 'self'; worker-src blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 DOCS_PATHS = ("/docs", "/redoc")
+
+
+def bearer_key(authorization: str) -> str | None:
+    """The key an `Authorization: Bearer <key>` header names (the scheme in any case, spaces around the
+    key), else None. How the API reads a key (api.deps.get_caller), and so what the rate limit and the
+    report's cache count one key by (api/ratelimit.py)."""
+    scheme, _, key = authorization.partition(" ")
+    key = key.strip()
+    return key if scheme.lower() == "bearer" and key else None
 
 
 def booking_body_limit(settings) -> int:
@@ -398,7 +410,7 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int):
             for name, value in self.headers:
                 if name == b"authorization":
                     authorization, credential = (value if authorization is None else authorization), True
-                elif name == b"takeback-signature":
+                elif name in SIGNATURE_HEADERS:
                     credential = True
                 elif name in (b"x-forwarded-for", b"forwarded"):
                     return False  # the application may count this request under another address

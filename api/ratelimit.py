@@ -1,5 +1,6 @@
-"""Rate limits at the edge (ASGI), per API process: token buckets per API key (by the hash of the
-`Authorization` header, never the key itself) and per client address, and a stricter one per
+"""Rate limits at the edge (ASGI), per API process: token buckets per API key (by the hash of the key
+the `Authorization` header names, never the key itself: `Bearer K`, `bearer  K` and `BEARER K ` are
+one key, one bucket) and per client address, and a stricter one per
 address for failed authentication; over a limit the answer is a 429 problem+json with
 `Retry-After`. Also the briefly cached answers of the impact report.
 
@@ -24,7 +25,7 @@ import time
 import weakref
 
 from api import problems
-from api.limits import ROUTE_AUTH
+from api.limits import ROUTE_AUTH, SIGNATURE_HEADERS, bearer_key
 
 MAX_TRACKED = 50_000  # buckets per kind kept in memory; full ones are dropped first
 GOOD_KEYS = 10_000  # hashes of keys seen to work lately
@@ -99,6 +100,17 @@ def address_key(host: str) -> str:
         return host
 
 
+def key_name(authorization: bytes | None) -> bytes | None:
+    """What a request's key is counted and cached by: the SHA-256 of the key its `Authorization` header
+    names, read as the API reads it (`bearer_key`), so however the header is written (the scheme's case,
+    spaces) one key is one bucket; a header naming no key, by the header itself."""
+    if authorization is None:
+        return None
+    text = authorization.decode("latin-1")  # as Starlette reads headers
+    key = bearer_key(text)
+    return hashlib.sha256(b"key:" + key.encode() if key is not None else b"header:" + authorization).digest()
+
+
 def _too_many(detail: str, wait: float):
     seconds = max(1, math.ceil(wait))
     return problems.problem_response(429, f"{detail}; retry after {seconds} s", "rate-limited", title="Too many requests",
@@ -143,7 +155,7 @@ class RateLimit:
         if self.per_address.enabled and (wait := self.per_address.peek(address, now)):
             return f"more than {self.per_address.rate:g} requests per second from this address", wait
         if credential and self.failed_auth.enabled:
-            key = hashlib.sha256(authorization).digest() if authorization is not None else None
+            key = key_name(authorization)
             if not self._works(key, now) and (wait := self.failed_auth.peek(address, now)):
                 return FAILED_AUTH, wait
         return None
@@ -158,9 +170,9 @@ class RateLimit:
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value if authorization is None else authorization
-            elif name == b"takeback-signature":
+            elif name in SIGNATURE_HEADERS:
                 signature = value
-        key = hashlib.sha256(authorization).digest() if authorization is not None else None
+        key = key_name(authorization)
 
         if self.per_address.enabled and (wait := self.per_address.take(address, now)):
             return await _too_many(f"more than {self.per_address.rate:g} requests per second from this address", wait)(scope, receive, send)

@@ -19,11 +19,14 @@ MAX_RECEIPT_ITEMS = 5_000
 MAX_EXTENSION = timedelta(days=365)  # one `extend_by`; a longer one is a 422, never an overflow in the deal
 
 # --- text that is safe to store, log and mail ---------------------------------------------------
-# Control characters (C0, DEL, C1), NUL above all (PostgreSQL refuses it in text: a 500), and the
-# Unicode line and paragraph separators (they forge log lines and mail headers). Lone surrogates
-# never get this far (pydantic refuses them). Free text (addresses, reasons) may keep line breaks and tabs.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_CONTROL_BUT_LINE_BREAKS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
+# Control characters (C0, DEL, C1), NUL above all (PostgreSQL refuses it in text: a 500), the
+# Unicode line and paragraph separators (they forge log lines and mail headers), and the bidi
+# embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069: they make a name or a reason
+# read otherwise than it is written, in the console, a mail or a CSV). Lone surrogates never get
+# this far (pydantic refuses them). Free text (addresses, reasons) may keep line breaks and tabs.
+_BIDI_CONTROLS = "\u202a-\u202e\u2066-\u2069"
+_CONTROL = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{_BIDI_CONTROLS}]")
+_CONTROL_BUT_LINE_BREAKS = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029{_BIDI_CONTROLS}]")
 
 
 def _refuse(pattern: re.Pattern, value: str) -> str:
@@ -47,6 +50,7 @@ ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200, strip
 ProductId = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True), AfterValidator(single_line)]
 Serial = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True), AfterValidator(single_line)]
 FreeText = Annotated[str, StringConstraints(min_length=1, max_length=1000, strip_whitespace=True), AfterValidator(free_text)]
+Country = Annotated[str, StringConstraints(min_length=2, max_length=56, strip_whitespace=True), AfterValidator(single_line)]
 
 # Ids in paths: bounded, and of the characters ids are made of (deal ids are `D` + 16 hex digits;
 # partner ids follow the pattern of registration). For `{deal_id}` and `{partner_id}` route parameters.
@@ -192,7 +196,7 @@ BOOKING_FAILED = "booking_failed"
 
 class Customer(BaseModel):
     name: ShortText
-    country: Annotated[str, StringConstraints(min_length=2, max_length=56, strip_whitespace=True), AfterValidator(single_line)]
+    country: Country
 
 
 class EquipmentLine(BaseModel):

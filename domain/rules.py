@@ -88,28 +88,56 @@ def pickup_dates(now: datetime, deadline: datetime) -> tuple[date, date]:
     return (now.astimezone(timezone.utc) + EARLIEST_UTC_OFFSET).date(), (deadline.astimezone(timezone.utc) + LATEST_UTC_OFFSET).date()
 
 
+def pickup_under_way(status: str) -> bool:
+    """An open pickup: not delivered, returned or cancelled, and not failed (the carrier's `failure`, or a
+    booking the carrier refused for good). One still being booked is under way."""
+    return status not in FINAL_CARRIER_STATUSES and status not in (CarrierStatus.failure, BOOKING_FAILED)
+
+
 def open_pickups(view: DealView) -> int:
-    """Pickups the carrier has not finished with (delivered, returned or cancelled)."""
-    return sum(1 for pickup in view.pickups if pickup.status not in FINAL_CARRIER_STATUSES and pickup.status != BOOKING_FAILED)
+    """Pickups under way (`pickup_under_way`)."""
+    return sum(1 for pickup in view.pickups if pickup_under_way(pickup.status))
 
 
-def validate_pickup(request: PickupRequest, view: DealView, now: datetime, max_open_pickups: int) -> None:
-    """A pickup the deal can use: ready between today and its deadline, no more units than it still
-    awaits (committed - received) and no more than `max_open_pickups` under way at once."""
+def units_under_way(view: DealView, expected_units: dict[str, int]) -> int:
+    """The units the deal's pickups under way are expected to bring (`expected_units` by pickup id, as
+    the store holds them: a pickup the carrier has not booked yet has none there)."""
+    return sum(expected_units.get(pickup.id, 0) for pickup in view.pickups if pickup_under_way(pickup.status))
+
+
+def validate_pickup(
+    request: PickupRequest, view: DealView, now: datetime, max_open_pickups: int, max_labels: int, expected_units: dict[str, int] | None = None,
+) -> None:
+    """A pickup the deal can use: ready between today and its deadline, no more than `max_open_pickups`
+    under way at once, no more than `max_labels` over the deal's life (each buys a carrier label, a failed
+    booking's too), and no more units than it still awaits (committed - received) beyond those its pickups
+    under way are expected to bring (`expected_units` by pickup id)."""
     first, last = pickup_dates(now, view.return_deadline)
     if not first <= request.ready_on <= last:
         raise RuleViolation(f"ready_on {request.ready_on.isoformat()} is outside {first.isoformat()} (today) to {last.isoformat()} (the deal's deadline)")
-    outstanding = max(view.committed_units - view.received_units, 0)
-    if request.expected_units > outstanding:
-        raise RuleViolation(f"expected_units {request.expected_units} is more than the {outstanding} units deal {view.id} still awaits")
     if open_pickups(view) >= max_open_pickups:
         raise RuleViolation(f"deal {view.id} has {max_open_pickups} pickups under way already, the most it may have at once")
+    if len(view.pickups) >= max_labels:
+        raise RuleViolation(f"deal {view.id} has had {len(view.pickups)} pickups, the most one deal may have over its life (each buys a carrier label)")
+    outstanding = max(view.committed_units - view.received_units, 0)
+    under_way = units_under_way(view, expected_units or {})
+    if request.expected_units > outstanding - under_way:
+        raise RuleViolation(
+            f"expected_units {request.expected_units} is more than the {max(outstanding - under_way, 0)} units deal {view.id} still awaits "
+            f"beyond its pickups under way ({outstanding} outstanding, {under_way} expected by those pickups)"
+        )
 
 
 def needs_ops_approval(new_products_value: Decimal, partner_limit: Decimal) -> bool:
     """A partner books alone up to `partner_limit` of new products; above it only ops book the deal
     (7% of any value a partner declares is money the programme would owe)."""
     return new_products_value > partner_limit
+
+
+def exceeds_open_exposure(open_deals_value: Decimal, new_products_value: Decimal, limit: Decimal) -> bool:
+    """A partner's open deals' new products' value with this booking's above `limit`: only ops book it, as above
+    the single-booking limit (bookings just under that one add up; upfront, each is a discount granted at once)."""
+    return open_deals_value + new_products_value > limit
 
 
 def validate_serial_total(listed: int, limit: int) -> None:

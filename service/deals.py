@@ -18,9 +18,10 @@ from domain.deal_progress import deal_view, initial_progress
 from domain.models import BOOKING_FAILED, OPEN_DEAL_STATUSES, BookingRequest, CarrierEvent, DealStatus, DealTerms, DealView, PickupRequest, PickupView, ReceiptItem, extension_duration
 from service.partners import ensure_may_book
 from service.pickup_address import check_pickup_address
-from settings import DEFAULT_MAX_OPEN_PICKUPS, Settings
+from settings import DEFAULT_MAX_LABELS_PER_DEAL, DEFAULT_MAX_OPEN_PICKUPS, Settings
 from domain.catalog import default_catalog
 from store import deals as store
+from store import limits
 from store import settlement
 from store.db import session_scope
 from temporal_client import call_timed_out
@@ -74,18 +75,24 @@ class PickupRefused(rules.RuleViolation, Problem):
 
 
 class NeedsOpsApproval(Problem):
-    """A partner key booking above TAKEBACK_PARTNER_BOOKING_LIMIT: 403, and ops book the deal.
+    """A partner key booking above TAKEBACK_PARTNER_BOOKING_LIMIT, or taking the partner's open deals above
+    TAKEBACK_PARTNER_OPEN_EXPOSURE_LIMIT (`open_exposure`: their value before it): 403, and ops book the deal.
     Nothing is staged and no serial is claimed, so the same request by ops books it as it is.
     (Not a RuleViolation: a route mapping those to 422 lets this one through as the 403 it is.)"""
 
-    def __init__(self, new_products_value, limit):
+    def __init__(self, new_products_value, limit, open_exposure=None):
+        above = (
+            f"new_products_value {new_products_value} is above {limit}, the most a partner books alone" if open_exposure is None else
+            f"new_products_value {new_products_value} would take the partner's open deals from {open_exposure} to "
+            f"{open_exposure + new_products_value}, above {limit}, the most a partner has open on its own bookings"
+        )
         Problem.__init__(
             self, 403,
-            f"new_products_value {new_products_value} is above {limit}, the most a partner books alone: "
-            "ops review the deal and book it (POST /v1/deals with an ops key, the same body)",
+            f"{above}: ops review the deal and book it (POST /v1/deals with an ops key, the same body)",
             "needs-ops-approval",
             limit=str(limit),
             new_products_value=str(new_products_value),
+            **({} if open_exposure is None else {"open_exposure": str(open_exposure)}),
         )
 
 
@@ -169,8 +176,10 @@ async def book_deal(
     terms. Bookings are thus accepted at the engine's own pace, and while workers restart.
     A retry with the same deal id starts nothing new and answers with the deal as it is.
 
-    `by_partner`: a partner key books it, alone up to TAKEBACK_PARTNER_BOOKING_LIMIT (else
-    NeedsOpsApproval, before anything is staged). `actor`: who books it (an API account), the actor
+    `by_partner`: a partner key books it, alone up to TAKEBACK_PARTNER_BOOKING_LIMIT, and while its open
+    deals with this one stay within TAKEBACK_PARTNER_OPEN_EXPOSURE_LIMIT (else NeedsOpsApproval, and
+    nothing is staged). That sum is checked in the staging transaction, the partner's row locked: two
+    bookings at once cannot both pass it. `actor`: who books it (an API account), the actor
     of its listed serials' `committed` custody events (default: the partner).
 
     Raises RuleViolation (422), NeedsOpsApproval (403), PartnerNotCertified, store.UnknownPartner,
@@ -191,6 +200,12 @@ async def book_deal(
         """None once staged now; else the booking time of the attempt that staged this deal first."""
         with session_scope(settings.effective_database_url) as session:
             ensure_may_book(settings, request.partner_id, session)
+            if by_partner:
+                limits.lock_partner(session, request.partner_id)  # until staged (or refused): its bookings queue here
+                if store.staged_booking_time(session, deal_id) is None:  # a retry of a staged deal is answered with it
+                    exposure = limits.open_exposure(session, request.partner_id)
+                    if rules.exceeds_open_exposure(exposure, request.new_products_value, settings.partner_open_exposure_limit):
+                        raise NeedsOpsApproval(request.new_products_value, settings.partner_open_exposure_limit, exposure)
             if store.stage_booking(session, deal_id, request, terms, view, actor=actor, audit=audit):
                 return None
             return store.staged_booking_time(session, deal_id)
@@ -290,17 +305,24 @@ async def get_deal_json(client: Client, settings: Settings, deal_id: str, visibl
 
 
 async def request_pickup(
-    client: Client, deal_id: str, request: PickupRequest, request_id: str | None = None, *, settings: Settings | None = None
+    client: Client, deal_id: str, request: PickupRequest, request_id: str | None = None, *, settings: Settings | None = None, ops: bool = False,
 ) -> PickupView:
     """Check the pickup against the deal as it is now (`rules.validate_pickup`: ready between today
-    and the deadline, no more units than it awaits, a bounded number under way), then book it.
+    and the deadline, a bounded number under way and over the deal's life, no more units than it awaits
+    beyond those its pickups under way bring), then book it.
     `request_id` makes a retried request book one pickup: the deal remembers the ids it took.
 
     With `settings` the deal is read as `get_deal` reads it (pickups with the carrier's latest status
-    from the store); without, from its workflow (pickups the carrier finished may still count as under
-    way). A deal that cannot be read refuses the pickup with the read's error (a 503), never unchecked.
+    from the store, and the units its pickups under way bring); without, from its workflow (pickups the
+    carrier finished may still count as under way, and their units are not known). A deal that cannot
+    be read refuses the pickup with the read's error (a 503), never unchecked.
     A retry of a request the deal already took is answered with that pickup, unchecked.
+    `ops`: an ops caller, who reads the carrier provider's own words when it cannot check the address.
     """
+    def expected_units() -> dict[str, int]:
+        with session_scope(settings.effective_database_url) as session:
+            return limits.pickup_expected_units(session, deal_id)
+
     handle = deal_handle(client, deal_id)
     if settings is not None:
         view = await get_deal(client, settings, deal_id)
@@ -313,22 +335,26 @@ async def request_pickup(
             if error.status == RPCStatusCode.NOT_FOUND:
                 raise DealNotFound(deal_id) from error
             raise
+    booked = None
     if view.status in OPEN_DEAL_STATUSES and request_id is not None:
         # A retry of a request the deal took is the same request: answered with its pickup, not
-        # checked again against a deal that has moved on since (units received meanwhile).
+        # checked again against a deal that has moved on since (units received meanwhile, or this
+        # very pickup, still being booked, counted among those under way).
         booked = await ask(handle, TakebackDealWorkflow.pickup_for_request, request_id)
         if booked is not None and booked.status == BOOKING_FAILED:
             raise PickupBookingFailed(f"the carrier could not book pickup {booked.id}")
         if booked is not None and booked.status != "booking":
             return booked
-    if view.status in OPEN_DEAL_STATUSES:  # a closed deal's refusal (409) comes from the deal itself
+    if view.status in OPEN_DEAL_STATUSES and booked is None:  # a closed deal's refusal (409) comes from the deal itself
         max_open = settings.max_open_pickups if settings is not None else DEFAULT_MAX_OPEN_PICKUPS
+        max_labels = settings.max_labels_per_deal if settings is not None else DEFAULT_MAX_LABELS_PER_DEAL
+        expected = await asyncio.to_thread(expected_units) if settings is not None else {}
         try:
-            rules.validate_pickup(request, view, await booking_clock(), max_open)
+            rules.validate_pickup(request, view, await booking_clock(), max_open, max_labels, expected)
         except rules.RuleViolation as error:
             raise PickupRefused(str(error)) from None
         if settings is not None:  # a real carrier checks the address first: refused here (422), never inside the deal
-            await check_pickup_address(settings, deal_id, request)
+            await check_pickup_address(settings, deal_id, request, ops=ops)
     return await _update(handle, TakebackDealWorkflow.request_pickup, request, id=request_id or uuid.uuid4().hex)
 
 

@@ -237,3 +237,38 @@ async def test_a_retried_pickup_request_is_the_same_request_after_the_deal_moved
         with pytest.raises(deals.PickupRefused):  # a new request for 10 units is too big now: 6 are awaited
             await deals.request_pickup(env.client, view.id, whole, request_id="order-10-pickup", settings=settings)
     assert retry == first
+
+
+async def test_a_retry_of_a_pickup_still_being_booked_is_not_counted_against_itself(dev_server_env, tmp_path):
+    """A retried request the deal took while the carrier is still booking it (an outage) is the same request: it waits
+    for its pickup. Before, it was checked again, with its own pickup counted among those under way: at the deal's
+    last open place (TAKEBACK_MAX_OPEN_PICKUPS) the retry of an accepted request was refused, 422."""
+    import asyncio
+
+    from tests.api_helpers import eventually
+    from tests.easypost_standin import EasyPostStandIn
+    from tests.test_easypost import ADDRESS, easypost_settings
+
+    standin = EasyPostStandIn()
+    settings = easypost_settings(tmp_path, standin, dev_server_env, max_open_pickups=1)
+    request = PICKUP.model_copy(update={"address": ADDRESS})
+    try:
+        async with running_worker(dev_server_env.client, settings):
+            deal = await deals.book_deal(dev_server_env.client, settings, booking(10))
+            standin.failing = {"shipment_create"}  # the carrier is booked after the address was checked: it stays `booking`
+            first = asyncio.create_task(deals.request_pickup(dev_server_env.client, deal.id, request, request_id="order-1-pickup", settings=settings))
+
+            async def booking_under_way():
+                view = await deals.get_deal(dev_server_env.client, settings, deal.id)
+                return [p.status for p in view.pickups] == ["booking"]
+
+            await eventually(booking_under_way, what="the pickup shown as booking")
+            first.cancel()  # the caller gave up waiting (its HTTP call timed out); the deal keeps the request
+            retry = asyncio.create_task(deals.request_pickup(dev_server_env.client, deal.id, request, request_id="order-1-pickup", settings=settings))
+            await asyncio.sleep(1)
+            assert not retry.done() or retry.exception() is None, retry.exception()  # waiting for its pickup, not refused
+            standin.failing = set()
+            pickup = await asyncio.wait_for(retry, 60)
+    finally:
+        standin.close()
+    assert pickup.id == f"{deal.id}-p1" and pickup.status == "scheduled" and pickup.tracking_number

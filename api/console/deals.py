@@ -5,7 +5,6 @@ ownership and role checks, the same service call, idempotency and audit row, the
 """
 
 import asyncio
-import csv
 import io
 import json
 import re
@@ -21,6 +20,7 @@ from pydantic import ValidationError
 from api.console.pages import ConsoleRoute, is_htmx, render, validation_words
 from api.console.session import check_csrf, read_form, signed_in_caller
 from api.deps import Caller, ClientDep, SettingsDep, owned_deal, require_ops
+from api import spreadsheet
 from api.problems import Problem
 from api.routes import deals as deal_routes
 from domain.durations import parse_duration
@@ -156,12 +156,6 @@ CSV_COLUMNS = (
 )
 
 
-def _cell(value) -> str:
-    """A spreadsheet reads a cell starting with = + - @ as a formula: such text is quoted with a '."""
-    text = value.isoformat() if isinstance(value, datetime) else "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
 @router.get("/deals.csv")
 async def deals_csv(request: Request, settings: SettingsDep):
     caller, _ = await signed_in_caller(request, settings)
@@ -170,14 +164,14 @@ async def deals_csv(request: Request, settings: SettingsDep):
 
     def lines():
         buffer = io.StringIO()
-        writer = csv.writer(buffer)
+        writer = spreadsheet.writer(buffer)
         writer.writerow(CSV_COLUMNS)
         with session_scope(settings.effective_database_url) as session:
             for row in queries.all_deals(session, query.deal_filter, now, query.sort, query.order == "desc"):
-                writer.writerow([_cell(value) for value in (
+                writer.writerow((
                     row.id, row.partner_id, row.customer_name, row.status, row.booked_at, row.return_deadline, row.committed_units, row.required_units,
                     row.received_units, row.rejected_units, row.new_products_value, row.incentive_mode, row.incentive_rate, row.incentive_amount, row.incentive_status,
-                )])
+                ))
                 if buffer.tell() > 32 * 1024:
                     yield buffer.getvalue()
                     buffer.seek(0)

@@ -87,7 +87,7 @@ def unseal(value: str | None, secret: bytes, now: float | None = None, expired_t
         return None
     payload, signature = value.split(".")
     expected = _b64(hmac.new(secret, _PURPOSE + payload.encode(), hashlib.sha256).digest())
-    if not hmac.compare_digest(expected, signature):
+    if not hmac.compare_digest(expected.encode(), signature.encode()):  # bytes: a non-ASCII cookie is no TypeError (a 500)
         return None
     try:
         session = ConsoleSession(**json.loads(_unb64(payload)))

@@ -10,10 +10,12 @@ from pydantic import BaseModel
 from api.deps import CallerDep, SettingsDep, owned_deal
 from api.problems import Problem, not_found
 from domain.models import DealId
+from service.pickup_address import provider_words
 from store.db import session_scope
 from store.tables import CarrierPickup, Pickup
 
 router = APIRouter(prefix="/v1/deals", tags=["pickups"])
+STILL_BOOKING = "the carrier could not book this pickup yet; it is being retried, and ops can see why"
 
 
 class PickupBooking(BaseModel):
@@ -61,13 +63,6 @@ async def _found(settings, caller, deal_id: str, pickup_id: str) -> tuple[Pickup
     return pickup, booking
 
 
-def _error_for(caller, error: str | None) -> str | None:
-    """The provider's error in full for ops (it may name the vendor's account: a payment, a key)."""
-    if error is None or caller.is_ops:
-        return error
-    return "the carrier could not book this pickup yet; it is being retried, and ops can see why"
-
-
 @router.get("/{deal_id}/pickups/{pickup_id}", response_model=PickupBooking, summary="A pickup's booking with the carrier (ops or owner)")
 async def pickup_booking(deal_id: DealId, pickup_id: DealId, caller: CallerDep, settings: SettingsDep):
     pickup, booking = await _found(settings, caller, deal_id, pickup_id)
@@ -80,7 +75,7 @@ async def pickup_booking(deal_id: DealId, pickup_id: DealId, caller: CallerDep, 
     return PickupBooking(
         id=booking.pickup_id, deal_id=deal_id, status=pickup.status if pickup is not None else "booking", provider=booking.provider, booking_state=booking.state,
         carrier=pickup.carrier if pickup is not None else booking.carrier, tracking_number=booking.tracking_code, attempts=booking.attempts,
-        last_error=_error_for(caller, booking.last_error), last_attempt_at=booking.last_attempt_at, window_start=date.fromisoformat(booking.window_start),
+        last_error=provider_words(booking.last_error, ops=caller.is_ops, otherwise=STILL_BOOKING), last_attempt_at=booking.last_attempt_at, window_start=date.fromisoformat(booking.window_start),
         window_end=date.fromisoformat(booking.window_end), parcel_kind=booking.parcel_kind, weight_kg=booking.weight_kg, confirmation=booking.confirmation,
         label_url=booking.label_url,
     )

@@ -37,6 +37,8 @@ def verify_signature(body: bytes, header: str | None, secrets: list[str]) -> dic
         raise Problem(404, "EasyPost webhooks are not enabled on this server (EASYPOST_WEBHOOK_SECRET, with TAKEBACK_CARRIER=easypost)", "webhook-not-enabled")
     if not header:
         raise Problem(401, "missing X-Hmac-Signature header", "signature-missing")
+    if not header.isascii():  # no signature of ours; compare_digest raises TypeError on such text (was a 500)
+        raise Problem(401, "signature does not match", "signature-invalid")
     event = None
     for secret in secrets:  # each secret is tried, so the time taken says nothing about which one matched
         try:
@@ -87,7 +89,7 @@ async def easypost_event(request: Request, settings: SettingsDep, client: Client
 
     try:
         events = tracker_events(tracker)
-    except ValueError as error:  # a field of the wrong shape
+    except (ValueError, TypeError, AttributeError) as error:  # a field of the wrong shape (a list, a number for a time: was a 500)
         raise Problem(422, f"the tracker does not match EasyPost's schema: {str(error)[:300]}", "validation-error") from None
 
     async def record() -> dict:

@@ -9,7 +9,7 @@ from temporalio.exceptions import ApplicationError
 from api.deps import CallerDep, ClientDep, SettingsDep, require_ops, require_partner_access, temporal
 from api.idempotency import Action, once
 from api.problems import Problem, not_found
-from domain.models import EmailAddress
+from domain.models import Country, EmailAddress, FreeText, ShortText
 from domain.specialization import ExamResult, ReinstateRequest, SpecializationView, TrainingRecord
 from service import partners
 from store.db import session_scope
@@ -22,9 +22,15 @@ PartnerId = Annotated[str, StringConstraints(min_length=1, max_length=64, patter
 
 class PartnerCreate(BaseModel):
     id: PartnerId
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+    name: ShortText
     contact_email: EmailAddress
-    country: Annotated[str, StringConstraints(min_length=2, max_length=56, strip_whitespace=True)]
+    country: Country
+
+
+class Reinstatement(ReinstateRequest):
+    """The body of a reinstate: its reason is free text like every other reason (no NUL, escape or bidi control)."""
+
+    reason: FreeText
 
 
 class PartnerOut(BaseModel):
@@ -161,7 +167,7 @@ async def sign_pledge(partner_id: PartnerId, caller: CallerDep, settings: Settin
 
 @router.post("/{partner_id}/reinstate", response_model=SpecializationView, summary="Restore a lapsed specialization (ops)")
 async def reinstate(
-    partner_id: PartnerId, body: ReinstateRequest, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request, idempotency_key: IdempotencyKey = None,
+    partner_id: PartnerId, body: Reinstatement, caller: CallerDep, settings: SettingsDep, client: ClientDep, request: Request, idempotency_key: IdempotencyKey = None,
 ):
     require_partner_access(caller, partner_id)
     require_ops(caller, "reinstating a partner")

@@ -21,7 +21,7 @@ async def request_pickup(
     action = Action("pickup", deal_id=deal_id, partner_id=deal.partner_id, detail={"expected_units": body.expected_units, "ready_on": str(body.ready_on)})
 
     async def run(request_id: str | None) -> PickupView:  # a retry with the key books one pickup
-        view = await _deal_update(service.request_pickup(client, deal_id, body, request_id=request_id, settings=settings))
+        view = await _deal_update(service.request_pickup(client, deal_id, body, request_id=request_id, settings=settings, ops=caller.is_ops))
         action.detail["pickup_id"] = view.id
         return view
 

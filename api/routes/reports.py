@@ -1,5 +1,4 @@
 import asyncio
-import csv
 import io
 from datetime import date
 from typing import Annotated
@@ -7,6 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
+from api import spreadsheet
 from api.deps import CallerDep, SettingsDep, require_partner_access
 from domain.catalog import default_catalog
 from store.db import session_scope
@@ -52,7 +52,7 @@ async def impact_report(
 def impact_csv(report: dict) -> str:
     """The report as rows of (section, key, value): one figure a row, ready for a spreadsheet."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = spreadsheet.writer(out, lineterminator="\n")  # a product id is the caller's text: no formula
     writer.writerow(["section", "key", "value"])
     period = report["period"]
     writer.writerow(["period", "from", period["from"] or ""])

@@ -26,6 +26,7 @@ from tests.postgres import _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "5f1c0e8a9b7d6c4e3a2f1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e"
+EASYPOST_SECRET = "0e1d2c3b4a5f6e7d8c9b0a1f2e3d4c5b6a7f8e9d0c1b2a3f4e5d6c7b8a9f0e1d"  # its webhook answers (the carrier stays simulated)
 HEADER_TIMEOUT = 2.0
 MIB = 1024 * 1024
 
@@ -50,7 +51,7 @@ def api(dev_server_env, tmp_path_factory):
     data = tmp_path_factory.mktemp("hostile")
     port = _free_port()
     env = dict(os.environ, TEMPORAL_ADDRESS=dev_server_env.client.service_client.config.target_host, TAKEBACK_DATA_DIR=str(data),
-               TAKEBACK_ENV="test", TAKEBACK_CARRIER_WEBHOOK_SECRET=SECRET, TAKEBACK_MAIL_OUTBOX="true",
+               TAKEBACK_ENV="test", TAKEBACK_CARRIER_WEBHOOK_SECRET=SECRET, EASYPOST_WEBHOOK_SECRET=EASYPOST_SECRET, TAKEBACK_MAIL_OUTBOX="true",
                TAKEBACK_HTTP_HEADER_TIMEOUT=f"{HEADER_TIMEOUT:g}s", PYTHONPATH=str(ROOT))
     env.pop("TAKEBACK_DATABASE_URL", None)
     log = data / "api.log"
@@ -361,4 +362,21 @@ def test_forged_and_malformed_signatures_are_401_never_500(api):
             answer = http.post("/v1/carrier-events", content=body, headers={"Content-Type": "application/json", **extra})
             assert answer.status_code == 401, (header and header[:80], answer.status_code, answer.text[:300])
             assert answer.headers["content-type"].startswith("application/problem+json")
+    assert "Traceback" not in api.log.read_text(errors="replace")
+
+
+def test_forged_easypost_signatures_are_401_then_429_never_500(api):
+    """Issue 24, 3. Before: a non-ASCII X-Hmac-Signature was a 500 with a traceback (compare_digest's TypeError), and a
+    forged one spent no failed-authentication budget: an address could try signatures for ever."""
+    body = json.dumps({"object": "Event", "description": "tracker.updated", "result": {}}).encode()
+    burst = 50  # TAKEBACK_RATE_FAILED_AUTH_BURST's default
+    with api.client(source="127.0.0.8") as http:
+        statuses = []
+        for n in range(burst + 10):
+            forged = ("hmac-sha256-hex=" + "\u00e9" * 64) if n % 2 else f"hmac-sha256-hex={n:064x}"
+            answer = http.post("/v1/carrier-events/easypost", content=body, headers={"Content-Type": "application/json", "X-Hmac-Signature": forged.encode("latin-1")})
+            assert answer.headers["content-type"].startswith("application/problem+json"), answer.text[:300]
+            statuses.append(answer.status_code)
+    # The budget refills at 2/s while this runs: a token or two more may pass, then every forgery is refused unread.
+    assert set(statuses[:burst - 1]) == {401} and set(statuses) == {401, 429} and statuses[-5:] == [429] * 5, statuses
     assert "Traceback" not in api.log.read_text(errors="replace")

