@@ -1,6 +1,6 @@
 """What a deal costs: Temporal Cloud billable Actions, history events and bytes, store rows and bytes, e-mails.
 
-    .venv/bin/python bench/deal_cost.py            # recorded v3 histories, then 20 real deals per path (~75 s)
+    .venv/bin/python bench/deal_cost.py            # recorded 1.0 histories, then 20 real deals per path (~75 s)
     .venv/bin/python bench/deal_cost.py --quick    # 3 deals per path (42 s at load 2.4, 48 s at load 6)
     .venv/bin/python bench/deal_cost.py --database-url postgresql+psycopg://...   # the store on PostgreSQL
     .venv/bin/python bench/deal_cost.py --postgres # a throwaway PostgreSQL cluster (tests/postgres.py)
@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 HISTORIES = ROOT / "tests" / "histories"
-LATEST = "v3"
+LATEST = "1.0"
 
-# The recorded v3 histories that are complete deals on each lifecycle path of bench/run.py's LIFECYCLE_PATHS.
+# The recorded 1.0 histories that are complete deals on each lifecycle path of bench/run.py's LIFECYCLE_PATHS.
 RECORDED_PATHS = {
     "early": "deal_all_returned_early",
     "met": "deal_rebate_released",

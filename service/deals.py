@@ -104,6 +104,11 @@ async def _update(handle: WorkflowHandle, update, *args, retried: bool = False, 
     try:
         return await handle.execute_update(update, *args, **kwargs)
     except WorkflowUpdateFailedError as error:
+        if isinstance(error.cause, ApplicationError) and error.cause.type == "AcceptedUpdateCompletedWorkflow" and not retried:
+            # The run that accepted it continued as new (a server of 1.32 says so; others answer NOT_FOUND, below):
+            # the next run carries every applied update id and answers the same id, never applying it twice.
+            if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+                return await _update(handle, update, *args, retried=True, **kwargs)
         if isinstance(error.cause, ApplicationError) and error.cause.type == "DealNotOpen":
             raise DealNotOpen(error.cause.message) from error
         if isinstance(error.cause, ApplicationError) and error.cause.type == "PickupBookingFailed":

@@ -1262,6 +1262,9 @@ async def run(form: Form, database_url: str | None = None, keep: bool = False, t
         SENDGRID_API_KEY="SG.chaos-standin",
         SENDGRID_HOST=standin.url,
         TAKEBACK_WORKFLOW_SANDBOX="true",  # as every worker of the suite: non-determinism fails here
+        # The full run books ~200 deals of 100,000.00 on one partner key within a minute: above the default
+        # cap on a partner's open exposure, which is not what it tests.
+        TAKEBACK_PARTNER_OPEN_EXPOSURE_LIMIT="100000000.00",
     )
     # The processes run as in production (the default TAKEBACK_ENV), whatever the suite's own mode.
     for name in ("TAKEBACK_ENV", "TAKEBACK_DATABASE_URL", "TAKEBACK_TASK_QUEUE", "TAKEBACK_OUTBOX_DIR", "TEMPORAL_NAMESPACE", "TEMPORAL_API_KEY"):

@@ -322,6 +322,21 @@ async def server(dev_server_args):
         await env.shutdown()
 
 
+async def runs_back(client, workflow_id: str, run_id: str | None) -> list[tuple[str, object]]:
+    """The run asked for (suffix ""), and the runs it continued from (suffixes "_run1", "_run2" ... from
+    the first): a deal continues as new while it runs, and each of its runs must replay."""
+    history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+    earlier = []
+    previous = history.events[0].workflow_execution_started_event_attributes.continued_execution_run_id
+    while previous:
+        before = await client.get_workflow_handle(workflow_id, run_id=previous).fetch_history()
+        earlier.insert(0, before)
+        previous = before.events[0].workflow_execution_started_event_attributes.continued_execution_run_id
+    if run_id is not None:  # a run named on purpose (a first run): only it
+        return [("", history)]
+    return [(f"_run{n}", h) for n, h in enumerate(earlier, start=1)] + [("", history)]
+
+
 async def record(out_dir: Path) -> list[Path]:
     if out_dir.exists():
         raise SystemExit(f"{out_dir} exists: a released version's histories are never re-recorded (record a new version)")
@@ -338,11 +353,11 @@ async def record(out_dir: Path) -> list[Path]:
                         workflows = await scenario(env, settings)
                 for name, workflow_id in workflows.items():
                     workflow_id, run_id = workflow_id if isinstance(workflow_id, tuple) else (workflow_id, None)
-                    history = await env.client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
-                    path = out_dir / f"{name}.json"
-                    path.write_text(history.to_json())
-                    written.append(path)
-                    print(f"wrote {path} ({len(history.events)} events)", flush=True)
+                    for suffix, history in await runs_back(env.client, workflow_id, run_id):
+                        path = out_dir / f"{name}{suffix}.json"
+                        path.write_text(history.to_json())
+                        written.append(path)
+                        print(f"wrote {path} ({len(history.events)} events)", flush=True)
     return written
 
 

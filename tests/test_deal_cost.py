@@ -1,6 +1,6 @@
 """bench/deal_cost.py's count of Temporal Cloud billable Actions (https://docs.temporal.io/cloud/actions),
 on small histories built by hand whose count is worked out from the definition, and over every
-recorded v3 history."""
+recorded 1.0 history."""
 
 from pathlib import Path
 
@@ -127,7 +127,7 @@ RECORDED = sorted((HISTORIES / LATEST).glob("*.json"))
 
 
 @pytest.mark.parametrize("path", RECORDED, ids=[p.stem for p in RECORDED])
-def test_every_recorded_v3_history_is_counted_without_unknown_event_types(path: Path):
+def test_every_recorded_1_0_history_is_counted_without_unknown_event_types(path: Path):
     count = count_actions(load_history(path))
     assert not count.unknown, f"{path.name}: event types bench/deal_cost.py does not know: {dict(count.unknown)}"
     assert count.actions["start_workflow"] + count.actions.get("signal_workflow", 0) >= 1 or "pickup" in path.stem
@@ -135,8 +135,8 @@ def test_every_recorded_v3_history_is_counted_without_unknown_event_types(path: 
 
 
 def test_recorded_lifecycle_paths_by_hand():
-    # deal_all_returned_early (v3): start 1, one task with markers (two patches) 1, 6 activities, 2 timers,
-    # 1 update (the receipt), its two upserts only TemporalChangeVersion (exempt): 11.
+    # deal_all_returned_early (1.0): start 1, the deadline's timer 1, the receipt's signal 1, two activities
+    # (decide_and_close: the store's decision with the close; the release notice): 5.
     early = count_actions(load_history(HISTORIES / LATEST / f"{RECORDED_PATHS['early']}.json"))
-    assert early.total == 11 and early.exempt["upsert_change_version"] == 2
-    assert dict(early.actions) == {"start_workflow": 1, "record_activity_markers": 1, "schedule_activity": 6, "start_timer": 2, "accept_workflow_update": 1}
+    assert early.total == 5 and not early.exempt
+    assert dict(early.actions) == {"start_workflow": 1, "start_timer": 1, "signal_workflow": 1, "schedule_activity": 2}

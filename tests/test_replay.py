@@ -61,7 +61,7 @@ def test_the_recorded_histories_cover_both_workflows_and_every_ending():
             assert history.events[-1].event_type in endings, path.name
     activities = set().union(*(activity_types(h) for h in histories))
     # Mail, the carrier, the decision with its close, and the read model are activities of their own.
-    assert {"send_reminder", "notify_settlement", "escalate_pickup", "book_pickup", "decide_and_close", "project_deal", "record_extension"} <= activities
+    assert {"send_reminder", "notify_settlement", "book_pickup", "decide_and_close", "project_deal", "record_extension"} <= activities
     signals = {
         e.workflow_execution_signaled_event_attributes.signal_name
         for h in histories
@@ -91,11 +91,12 @@ def test_every_release_keeps_its_histories_and_1_0_covers_every_path():
     } <= first
     for name in ("deal_continued_as_new_first_run", "deal_continued_as_new_pending_first_run"):
         assert load(HISTORIES / "1.0" / f"{name}.json").events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
-    concurrent = load(HISTORIES / "1.0" / "deal_concurrent_updates.json")
-    accepted = [i for i, e in enumerate(concurrent.events) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED]
-    assert any(
-        not any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED for e in concurrent.events[a:b]) for a, b in zip(accepted, accepted[1:])
-    ), "two updates accepted in one workflow task"
+    def two_in_one_task(history) -> bool:
+        accepted = [i for i, e in enumerate(history.events) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED]
+        return any(not any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED for e in history.events[a:b]) for a, b in zip(accepted, accepted[1:]))
+
+    # The deal continues as new while it waits: its updates are in one of its runs.
+    assert any(two_in_one_task(load(path)) for path in (HISTORIES / "1.0").glob("deal_concurrent_updates*.json")), "two updates accepted in one workflow task"
     # One path: no patch markers and no local activities in any 1.0 history.
     for path in FILES:
         markers = {e.marker_recorded_event_attributes.marker_name for e in load(path).events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED}
@@ -156,15 +157,15 @@ async def test_each_money_history_decided_what_its_scenario_expects(path):
 
 @workflow.defn(name="TakebackDealWorkflow")
 class DealWithAnExtraTimer(TakebackDealWorkflow):
-    """Today's deal, plus a one-second pause before each projection: a change that breaks running deals."""
+    """Today's deal, plus a one-second pause before its decision: a change that breaks running deals."""
 
     @workflow.run
     async def run(self, input: DealWorkflowInput) -> DealView:
         return await super().run(input)
 
-    async def _project(self) -> None:
+    async def _decide(self, kind: str) -> bool:
         await workflow.sleep(timedelta(seconds=1))
-        await super()._project()
+        return await super()._decide(kind)
 
 
 @workflow.defn(name="TakebackDealWorkflow")
@@ -252,11 +253,12 @@ async def test_concurrent_updates_on_a_real_server_replay(dev_server_env, tmp_pa
             last = deals.cancel_deal(env.client, view.id, "ended") if n % 2 else deals.request_pickup(env.client, view.id, PICKUP)
             await asyncio.gather(deals.extend_deal(env.client, view.id, "8s", "d"), last, return_exceptions=True)  # a cancel may refuse the extend
             history = await deals.deal_handle(env.client, view.id).fetch_history()
-            accepted += sum(1 for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED)
+            taken = (EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)  # the receipt is a signal
+            accepted += sum(1 for e in history.events if e.event_type in taken)
             result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
             if result.replay_failure is not None:
                 failures.append(f"deal {view.id}: {result.replay_failure}")
-    assert accepted >= 30 * 7  # the updates were taken, not refused before they reached the deal
+    assert accepted >= 30 * 7  # of 8 messages a deal, 7 at least were taken (a cancel may refuse the extend sent with it)
     assert not failures, f"{len(failures)} of 30 histories do not replay:\n" + "\n".join(failures)
 
 

@@ -64,8 +64,8 @@ DECISION_PRIORITY = Priority(priority_key=1)
 # extension's store write) before it goes anyway: the caller's retry is answered by the next run, which
 # carries every applied update id and re-drives a booking in flight. Mail is never waited for.
 CALLER_GRACE = timedelta(seconds=10)
-# A deal continues as new at quiet points, so a new worker version takes it over within weeks (Worker
-# Versioning: pinned deals move at continue-as-new): after each reminder, and at least this often.
+# A deal continues as new when a run is this old, so a new worker version takes it over within a month
+# (Worker Versioning: pinned deals move at continue-as-new). Mail and bookings in flight go with it.
 QUIET_RUN = timedelta(days=30)
 SETTLEMENT_NOTICES = ("released", "forfeited", "clawed_back")
 
@@ -99,7 +99,6 @@ class TakebackDealWorkflow:
         self.timer: asyncio.Future | None = None  # the pending wake-up, see _sleep_until_something_happens
         self.timer_target: datetime | None = None
         self.run_started = workflow.now()
-        self.quiet_point = False  # a reminder went: continue as new once its mail is delivered
         # The start event says whether the namespace has DealStatus (service.deals.deal_search_attributes),
         # so replay takes the same branch; the value shown is carried over a continue-as-new.
         self.status_shown = workflow.info().typed_search_attributes.get(DEAL_STATUS)
@@ -317,7 +316,6 @@ class TakebackDealWorkflow:
                     ReminderInput(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, offset_seconds=nearest, deadline=p.deadline, received_units=p.received_units, required_units=self.required),
                     story.wake_summary(nearest),
                 )
-                self.quiet_point = True
                 changed = True
         if changed:
             await self._project()
@@ -363,9 +361,8 @@ class TakebackDealWorkflow:
         return [o for o in self.terms.reminder_offsets_seconds if o not in done]
 
     def _at_quiet_point(self) -> bool:
-        """After a reminder (its mail delivered), or a month into the run, with no caller waiting on it."""
-        quiet = (self.quiet_point and self.notices.pending == 0) or self._now() - self.run_started >= QUIET_RUN
-        return quiet and workflow.all_handlers_finished()
+        """A month into the run, with no caller waiting on it."""
+        return self._now() - self.run_started >= QUIET_RUN and workflow.all_handlers_finished()
 
     async def _continue_as_new(self) -> None:
         """Continue as new (and move to the current worker version), unless something happened meanwhile.
