@@ -18,7 +18,6 @@ from activities.deal_activities import TakebackActivities
 from activities.partner_activities import PartnerActivities
 from activities.tracking_poll import TrackingPollActivities
 from observability.logs import temporal_core_logging
-from observability.worker_health import WorkerHealth, serve_health
 from observability.worker_metrics import ActivityFailureCounter
 from settings import Settings, get_settings
 from temporal_client import connect
@@ -194,6 +193,8 @@ async def run_worker(settings: Settings | None = None, **extras) -> None:
         async with worker:
             health = None
             if settings.worker_health_address:
+                from observability.worker_health import WorkerHealth, serve_health  # Starlette: only when served
+
                 health = await serve_health(WorkerHealth(client, worker, settings, worker_identity(settings.task_queue)), settings.worker_health_address)
             await stop.wait()
             log.info("stopping: finishing in-flight tasks")
