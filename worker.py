@@ -218,8 +218,6 @@ async def run_worker(settings: Settings | None = None, **extras) -> None:
     settings.require_safe_to_start("takeback worker")  # also when started without the CLI (its own check)
     runtime = worker_runtime(settings)
     client = await connect(settings, **({"runtime": runtime} if runtime else {}))
-    if settings.carrier == "easypost":  # the tracking poll, a fallback for lost webhooks: one schedule, made or updated here
-        await ensure_tracking_poll_schedule(client, settings)
     with ThreadPoolExecutor(max_workers=32) as executor:
         worker = build_worker(client, settings, executor=executor, **extras)
         stop = asyncio.Event()
@@ -230,6 +228,10 @@ async def run_worker(settings: Settings | None = None, **extras) -> None:
         log.info("worker polling %s on %s (%s), %s", settings.task_queue, settings.temporal_address, settings.temporal_namespace, version)
         purging = asyncio.create_task(purge_personal_data_periodically(settings))
         async with worker:
+            # The tracking poll, a fallback for lost webhooks: one schedule, made or updated here, once the
+            # worker polls (its round trips are no part of a restarted worker's way back to its deals).
+            if settings.carrier == "easypost":
+                await ensure_tracking_poll_schedule(client, settings)
             health = None
             if settings.worker_health_address:
                 from observability.worker_health import WorkerHealth, serve_health  # Starlette: only when served

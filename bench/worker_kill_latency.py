@@ -22,7 +22,8 @@ measure the same 10-17 s stalls.
 `--first-poll N` measures instead how soon a restarted worker polls: N times, a `takeback worker`
 process is started (on a stack of its own, no API) and SIGKILLed once the server lists a poller of
 that process on the deals' queue; prints the time from process start to that poll (min, median,
-max), and `import worker`'s own time (python -X importtime, the same N times).
+max), with the default settings (simulated carrier, mail to files) and with SendGrid and EasyPost
+configured as in production, and `import worker`'s own time (python -X importtime, N times).
 """
 
 import argparse
@@ -165,14 +166,24 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-async def first_polls(restarts: int) -> list[float]:
+# A production worker's providers (never called here: nothing is mailed or booked).
+WITH_PROVIDERS = {
+    "SENDGRID_API_KEY": "SG.bench-never-sent",
+    "TAKEBACK_CARRIER": "easypost",
+    "EASYPOST_API_KEY": "EZTK-bench-never-called",
+    "EASYPOST_WEBHOOK_SECRET": "bench-easypost-webhook-secret-0123456789",
+    "TAKEBACK_RETURNS_ADDRESS": '{"street1": "1 Dock St", "city": "Ottawa", "zip": "K1A0B1", "country": "CA"}',
+}
+
+
+async def first_polls(restarts: int, env: dict | None = None) -> list[float]:
     """Seconds from starting a worker process to the server's first sight of its poller, `restarts` times."""
     from temporalio.api.enums.v1 import TaskQueueType
     from temporalio.api.taskqueue.v1 import TaskQueue
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
     from temporalio.client import Client
 
-    stack = Stack(file_backed=False, env_overrides={"TAKEBACK_SIM_CARRIER_STEP": "0s"}).start(api=False)
+    stack = Stack(file_backed=False, env_overrides={"TAKEBACK_SIM_CARRIER_STEP": "0s", **(env or {})}).start(api=False)
     workers = Workers(stack)
     times = []
     try:
@@ -221,8 +232,11 @@ def main() -> None:
     parser.add_argument("--first-poll", type=int, metavar="N", help="measure N worker starts: process start to first poll, and `import worker`")
     args = parser.parse_args()
     if args.first_poll:
-        polls = asyncio.run(first_polls(args.first_poll))
-        print(f"\nprocess start to first poll ({len(polls)} starts): {spread(polls)}")
+        plain = asyncio.run(first_polls(args.first_poll))
+        providers = asyncio.run(first_polls(args.first_poll, WITH_PROVIDERS))
+        print(f"\nprocess start to first poll, {len(plain)} starts each:")
+        print(f"  default settings (simulated carrier, mail to files): {spread(plain)}")
+        print(f"  SendGrid and EasyPost configured:                    {spread(providers)}")
         print(f"import worker ({args.first_poll} runs): {spread(import_times(args.first_poll))}", flush=True)
         return
     results = {name: asyncio.run(measure(name, sticky, args)) for name, sticky in SETTINGS}
