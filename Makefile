@@ -4,15 +4,33 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-slow bench bench-quick bench-more histories clean chromium
+LOCK := requirements.lock
+LOCK_VENV := .lock-venv
 
-$(STAMP): pyproject.toml
+.PHONY: install lock run test test-slow bench bench-quick bench-more histories clean chromium
+
+# Every dependency at the version requirements.lock names (made by `make lock`), pip and setuptools included;
+# then this project itself, editable, built with the locked setuptools. Only PyPI is needed.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet "$$(grep '^pip==' $(LOCK))"
+	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Resolve pyproject.toml's dependencies (with the dev extra) afresh in a throwaway venv and pin every one.
+# After an SDK bump, run the replay corpus (tests/test_replay.py) before committing the new lock.
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools
+	$(LOCK_VENV)/bin/python -m pip install --quiet '.[dev]'
+	{ echo "# Every dependency of takeback (with the dev extra) at one version: make install installs exactly these."; \
+	  echo "# Made by \`make lock\` from pyproject.toml; run tests/test_replay.py before committing a change of temporalio."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude takeback; } > $(LOCK)
+	rm -rf $(LOCK_VENV) build
 
 run: install
 	$(BIN)/takeback dev --demo
@@ -53,4 +71,4 @@ histories: install
 	$(BIN)/python -m tests.record_histories --version $(VERSION)
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache *.egg-info
+	rm -rf $(VENV) $(LOCK_VENV) .data .pytest_cache *.egg-info

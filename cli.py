@@ -318,6 +318,116 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _deploy_build_id(settings, build_id: str | None) -> str | None:
+    """The build the check vouches for: --build-id, or this process's TAKEBACK_BUILD_ID. The check
+    replays against the code installed here, so a process of another build may not vouch for B."""
+    if settings.build_id and build_id and build_id != settings.build_id:
+        raise ValueError(f"this code is build {settings.build_id} (TAKEBACK_BUILD_ID), not {build_id}: run the check where build {build_id} is installed")
+    return build_id or settings.build_id
+
+
+async def _deploy_check(client, settings, build_id: str | None) -> bool:
+    """Replay every open workflow of the queue against this code; print progress, failures and a summary."""
+    from service import replay
+
+    code = f"build {build_id}" if build_id else "the code installed here"
+    print(f"deploy check: replaying the open workflows of queue {settings.task_queue} against {code}", flush=True)
+    report = await replay.check_open_workflows(client, settings.task_queue, replay.print_progress)
+    for workflow_id, failure in report.failures:
+        print(f"NOT DETERMINISTIC {workflow_id}: {failure}", flush=True)
+    if report.failures:
+        print(f"deploy check FAILED: {len(report.failures)} of {report.replayed} open workflows do not replay on {code}: "
+              + ", ".join(workflow_id.split(" ")[0] for workflow_id, _ in report.failures), flush=True)
+    else:
+        print(f"deploy check passed: {report.replayed} open workflows replay on {code}", flush=True)
+    return report.ok
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """`deploy check`: exit 1 if an open workflow does not replay on this code. `deploy promote`: the
+    same check, then --build-id becomes the deployment's current version (refused if the check fails)."""
+    import asyncio
+
+    from settings import get_settings
+    from temporal_client import connect
+
+    settings = get_settings()
+    try:
+        build_id = _deploy_build_id(settings, args.build_id)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        client = await connect(settings)
+        if not await _deploy_check(client, settings, build_id):
+            if args.deploy_command == "promote":
+                print(f"refusing to promote {settings.deployment_name}.{build_id}: open workflows would not replay on it", file=sys.stderr)
+            return 1
+        if args.deploy_command == "promote":
+            return await _promote(client, settings, build_id)
+        return 0
+
+    return asyncio.run(run())
+
+
+VERSION_APPEARS_WITHIN = 10.0  # seconds `deploy promote` waits for a just-started version's workers to be seen
+
+
+async def _promote(client, settings, build_id: str) -> int:
+    """SetWorkerDeploymentCurrentVersion: new workflows start on this version, and a deal continuing as
+    new moves to it; workflows pinned to an earlier version stay there."""
+    import asyncio
+    import socket as sockets
+
+    from temporalio.api.workflowservice.v1 import SetWorkerDeploymentCurrentVersionRequest
+    from temporalio.service import RPCError, RPCStatusCode
+
+    version = f"{settings.deployment_name}.{build_id}"
+    request = SetWorkerDeploymentCurrentVersionRequest(
+        namespace=settings.temporal_namespace, deployment_name=settings.deployment_name, build_id=build_id, identity=f"takeback deploy promote@{sockets.gethostname()}"
+    )
+    deadline = time.monotonic() + VERSION_APPEARS_WITHIN
+    while True:
+        try:
+            answer = await client.workflow_service.set_worker_deployment_current_version(request)
+            break
+        except RPCError as error:
+            # A version exists once its workers' polls have reached the server on each of its queues: a
+            # second or two after they start. Until then the server answers NOT_FOUND or FAILED_PRECONDITION.
+            if error.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION) and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                continue
+            print(f"error: the server did not make {version} current ({error.status.name}: {error.message}); "
+                  f"are workers with TAKEBACK_BUILD_ID={build_id} and TAKEBACK_DEPLOYMENT_NAME={settings.deployment_name} polling?", file=sys.stderr)
+            return 1
+    previous = answer.previous_deployment_version
+    was = f"{previous.deployment_name}.{previous.build_id}" if previous.build_id else "none: workflows went to unversioned workers"
+    settled = await _routing_settled(client, settings)
+    print(f"{version} is now the current version of deployment {settings.deployment_name} (was {was}); "
+          "new workflows start on it, deals move to it when they continue as new, pinned workflows stay where they are"
+          + ("" if settled else "; the task queues had not all taken the change in yet: `temporal worker deployment describe` shows when"), flush=True)
+    return 0
+
+
+async def _routing_settled(client, settings, within: float = 30.0) -> bool:
+    """Until the server has handed the new routing to every task queue of the deployment: before, a
+    workflow continuing as new could still be sent to the previous version."""
+    import asyncio
+
+    from temporalio.api.enums.v1 import RoutingConfigUpdateState
+    from temporalio.api.workflowservice.v1 import DescribeWorkerDeploymentRequest
+
+    request = DescribeWorkerDeploymentRequest(namespace=settings.temporal_namespace, deployment_name=settings.deployment_name)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        info = (await client.workflow_service.describe_worker_deployment(request)).worker_deployment_info
+        if info.routing_config_update_state != RoutingConfigUpdateState.ROUTING_CONFIG_UPDATE_STATE_IN_PROGRESS:
+            return True  # COMPLETED (or a server that does not say)
+        await asyncio.sleep(0.2)
+    return False
+
+
 def cmd_codec_server(args: argparse.Namespace) -> int:
     """Temporal's codec-server protocol (POST /encode, /decode) with the payload keys of the settings."""
     import uvicorn
@@ -387,6 +497,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--query", default=None, help="visibility query of the workflows to replay (default: every takeback workflow, open or closed)")
     replay.add_argument("--histories", nargs="+", metavar="PATH", help="replay recorded history files (JSON, or folders of them) instead of a server's")
     replay.set_defaults(func=cmd_replay)
+
+    deploy = commands.add_parser("deploy", help="Worker Versioning: check that open workflows replay on this code; make a build the current version")
+    deploy_commands = deploy.add_subparsers(dest="deploy_command", required=True)
+    check = deploy_commands.add_parser("check", help="replay every open deal and partner year (every open workflow of the queue) against this code; exit 1 if one fails")
+    check.add_argument("--build-id", help="the build this code is (default TAKEBACK_BUILD_ID; must agree with it)")
+    check.set_defaults(func=cmd_deploy)
+    promote = deploy_commands.add_parser("promote", help="run the check, then make --build-id the deployment's current version (refused if the check fails)")
+    promote.add_argument("--build-id", required=True, help="the version to make current: its workers (TAKEBACK_BUILD_ID) must be polling")
+    promote.set_defaults(func=cmd_deploy)
 
     codec = commands.add_parser("codec-server", help="decode encrypted workflow payloads for the Temporal Web UI and CLI (TAKEBACK_PAYLOAD_KEYS)")
     codec.add_argument("--host", default="127.0.0.1")

@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     codec_server_token: SecretStr | None = Field(None, alias="TAKEBACK_CODEC_SERVER_TOKEN")
     codec_server_origins: str = Field("http://localhost:8080,http://127.0.0.1:8080", alias="TAKEBACK_CODEC_SERVER_ORIGINS")
     task_queue: str = Field(TASK_QUEUE, alias="TAKEBACK_TASK_QUEUE")
+    # Worker Versioning (README "Changing workflow code"). With TAKEBACK_BUILD_ID set, a worker runs as
+    # that version of the Worker Deployment TAKEBACK_DEPLOYMENT_NAME: the workflows it starts stay on it
+    # (pinned) until they continue as new onto the current version, which `takeback deploy promote`
+    # sets. Unset: no versioning, workflows go to any worker of the queue (tests, `takeback dev`).
+    deployment_name: str = Field("takeback", alias="TAKEBACK_DEPLOYMENT_NAME", min_length=1)
+    build_id: str | None = Field(None, alias="TAKEBACK_BUILD_ID")
     # The sandbox re-imports a workflow's module for every workflow loaded into the worker (each new
     # deal, each one back from eviction): with 10,000 open deals that was 70% of the worker's CPU.
     # Off in service; the test suite turns it on for every worker, so a non-deterministic call in
@@ -293,6 +299,18 @@ class Settings(BaseSettings):
     def _easypost_durations(cls, value: str) -> str:
         parse_duration(value)
         return value
+
+    @field_validator("deployment_name")
+    @classmethod
+    def _deployment_name(cls, value: str) -> str:
+        if "." in value or value != value.strip():
+            raise ValueError("TAKEBACK_DEPLOYMENT_NAME takes no '.' and no surrounding spaces (a version is '<name>.<build id>')")
+        return value
+
+    @field_validator("build_id")
+    @classmethod
+    def _build_id(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
 
     @field_validator("worker_metrics_address", "worker_health_address")
     @classmethod

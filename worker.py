@@ -1,6 +1,7 @@
 """The worker: runs the deal and pickup workflows and their activities until SIGTERM."""
 
 import asyncio
+import hashlib
 import logging
 import os
 import signal
@@ -10,27 +11,24 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from temporalio.client import Client
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRunner, Worker
+from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRunner, Worker, WorkerDeploymentConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.deal_activities import TakebackActivities
 from activities.partner_activities import PartnerActivities
 from activities.tracking_poll import TrackingPollActivities
 from observability.logs import temporal_core_logging
-from observability.worker_health import WorkerHealth, serve_health
 from observability.worker_metrics import ActivityFailureCounter
 from settings import Settings, get_settings
 from temporal_client import connect
-from workflows.deal import TakebackDealWorkflow
-from workflows.pickup import PickupWorkflow
-from workflows.specialization import PartnerSpecializationWorkflow
+from service.replay import WORKFLOWS  # what this worker runs is what a deploy's replay checks: one list
 from workflows.notices import mail_task_queue
-from workflows.tracking_poll import TrackingPollWorkflow, ensure_tracking_poll_schedule
+from workflows.tracking_poll import ensure_tracking_poll_schedule
 
 WORKFLOW_TASK_POLLS = 16
 SCHEDULE_TO_START_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2.5, 5, 10, 30, 60]
-WORKFLOWS = [TakebackDealWorkflow, PickupWorkflow, PartnerSpecializationWorkflow, TrackingPollWorkflow]
 log = logging.getLogger("takeback.worker")
 
 
@@ -42,6 +40,40 @@ def write_workflow_bytecode(workflows: list) -> None:
 
     for path in {sys.modules[workflow.__module__].__file__ for workflow in workflows}:
         compileall.compile_file(path, quiet=2)  # a read-only tree: False, and they compile on each import
+
+
+# This project's modules (py-modules and packages in pyproject.toml): what an unversioned worker's build id hashes.
+PROJECT_MODULES = frozenset({"activities", "api", "codec", "domain", "observability", "service", "settings", "store", "temporal_client", "worker", "workflows"})
+
+
+def code_build_id() -> str:
+    """The build id an unversioned worker reports (it is recorded in each workflow task it completes):
+    a hash of the source of this project's loaded modules. Given none, the SDK hashed the bytecode of
+    every loaded module (~1,000 files read and unmarshalled): 0.15-0.2 s of every worker start, on
+    the way to its first poll after a restart."""
+    digest = hashlib.md5(usedforsecurity=False)
+    for name in sorted(sys.modules):
+        path = getattr(sys.modules[name], "__file__", None) if name.split(".")[0] in PROJECT_MODULES else None
+        if path and path.endswith(".py"):
+            digest.update(name.encode())
+            with open(path, "rb") as source:
+                digest.update(source.read())
+    return f"src-{digest.hexdigest()[:16]}"
+
+
+def deployment_config(settings: Settings) -> WorkerDeploymentConfig:
+    """With TAKEBACK_BUILD_ID: this worker is that version of the deployment TAKEBACK_DEPLOYMENT_NAME, and
+    a workflow stays on the version it started on (pinned) until it continues as new (a deal does so
+    onto the current version: AUTO_UPGRADE). Without: an unversioned worker, as before, named by
+    `code_build_id`. Both queues of a worker (deals, mail) are the same version, so a pinned deal's
+    mail goes to its own version's workers."""
+    if settings.build_id:
+        return WorkerDeploymentConfig(
+            version=WorkerDeploymentVersion(settings.deployment_name, settings.build_id),
+            use_worker_versioning=True,
+            default_versioning_behavior=VersioningBehavior.PINNED,
+        )
+    return WorkerDeploymentConfig(version=WorkerDeploymentVersion(settings.deployment_name, code_build_id()), use_worker_versioning=False)
 
 
 def worker_identity(task_queue: str) -> str:
@@ -76,7 +108,9 @@ class DealWorker(Worker):
             await self.mail.__aexit__(exc_type, *args)
 
 
-def build_mail_worker(client: Client, settings: Settings, activities: TakebackActivities, executor: ThreadPoolExecutor | None, interceptors: list) -> Worker:
+def build_mail_worker(
+    client: Client, settings: Settings, activities: TakebackActivities, executor: ThreadPoolExecutor | None, interceptors: list, deployment: WorkerDeploymentConfig | None = None
+) -> Worker:
     """Deals' mail (workflows.notices.mail_task_queue), handed out by the server at TAKEBACK_MAIL_RATE
     for the whole queue: a storm of reminders and notices drains at the provider's pace, each call
     mostly answered 202 rather than 429, and none of it waits in line before a decision's writes."""
@@ -92,6 +126,7 @@ def build_mail_worker(client: Client, settings: Settings, activities: TakebackAc
         identity=worker_identity(queue),
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_drain_seconds),
         interceptors=interceptors,
+        deployment_config=deployment or deployment_config(settings),
     )
 
 
@@ -108,6 +143,7 @@ def build_worker(
     workflows = WORKFLOWS + (extra_workflows or [])
     if settings.workflow_sandbox:
         write_workflow_bytecode(workflows)
+    deployment = deployment_config(settings)
     worker = DealWorker(
         client,
         task_queue=settings.task_queue,
@@ -132,9 +168,10 @@ def build_worker(
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_drain_seconds),
         # Failed activity attempts by error type, on the metrics endpoint (observability/worker_metrics.py).
         interceptors=[ActivityFailureCounter()],
+        deployment_config=deployment,
     )
     # The deals' queue keeps the mail activities too: deals begun before the mail queue send mail there.
-    worker.mail = build_mail_worker(client, settings, activities, executor, [ActivityFailureCounter()])
+    worker.mail = build_mail_worker(client, settings, activities, executor, [ActivityFailureCounter()], deployment)
     return worker
 
 
@@ -181,19 +218,24 @@ async def run_worker(settings: Settings | None = None, **extras) -> None:
     settings.require_safe_to_start("takeback worker")  # also when started without the CLI (its own check)
     runtime = worker_runtime(settings)
     client = await connect(settings, **({"runtime": runtime} if runtime else {}))
-    if settings.carrier == "easypost":  # the tracking poll, a fallback for lost webhooks: one schedule, made or updated here
-        await ensure_tracking_poll_schedule(client, settings)
     with ThreadPoolExecutor(max_workers=32) as executor:
         worker = build_worker(client, settings, executor=executor, **extras)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log.info("worker polling %s on %s (%s)", settings.task_queue, settings.temporal_address, settings.temporal_namespace)
+        version = f"version {settings.deployment_name}.{settings.build_id}" if settings.build_id else "unversioned"
+        log.info("worker polling %s on %s (%s), %s", settings.task_queue, settings.temporal_address, settings.temporal_namespace, version)
         purging = asyncio.create_task(purge_personal_data_periodically(settings))
         async with worker:
+            # The tracking poll, a fallback for lost webhooks: one schedule, made or updated here, once the
+            # worker polls (its round trips are no part of a restarted worker's way back to its deals).
+            if settings.carrier == "easypost":
+                await ensure_tracking_poll_schedule(client, settings)
             health = None
             if settings.worker_health_address:
+                from observability.worker_health import WorkerHealth, serve_health  # Starlette: only when served
+
                 health = await serve_health(WorkerHealth(client, worker, settings, worker_identity(settings.task_queue)), settings.worker_health_address)
             await stop.wait()
             log.info("stopping: finishing in-flight tasks")

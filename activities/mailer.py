@@ -1,5 +1,6 @@
 """E-mail transports: SendGrid in production, `.eml` files in an outbox folder by default."""
 
+import functools
 import http.client
 import math
 import urllib.error
@@ -12,8 +13,6 @@ from pathlib import Path
 
 from urllib.parse import urlsplit
 
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 from temporalio.exceptions import ApplicationError
 
@@ -99,16 +98,24 @@ class SendGridMailer(Mailer):
     """
 
     def __init__(self, api_key: str, host: str = "https://api.sendgrid.com", timeout_seconds: float = 10):
-        from sendgrid import SendGridAPIClient
-
         if not timeout_seconds or timeout_seconds <= 0:
             raise ValueError("SendGridMailer needs a positive timeout: an unbounded request would hang the activity")
         self.timeout_seconds = timeout_seconds
         self.host = urlsplit(host).hostname or host
-        self.client = SendGridAPIClient(api_key=api_key, host=host.rstrip("/"))
+        self._api_key, self._base_url = api_key, host.rstrip("/")
+
+    @functools.cached_property
+    def client(self):
+        """SendGrid's client, made at the first mail: importing `sendgrid` (~50 ms) is no part of a
+        worker's start, which must poll again within a second of a restart (tests/test_worker_imports.py).
+        Two threads sending the first mails at once may each make one; either serves."""
+        from sendgrid import SendGridAPIClient
+
+        client = SendGridAPIClient(api_key=self._api_key, host=self._base_url)
         # python_http_client copies `timeout` into every Client it builds (client.mail.send...) and
         # hands it to urllib's opener.open(): it bounds the connect and each socket read.
-        self.client.client.timeout = timeout_seconds
+        client.client.timeout = self.timeout_seconds
+        return client
 
     def send(self, mail: Mail, sender: str) -> str:
         from sendgrid.helpers.mail import Cc, CustomArg, Mail as SendGridMail
@@ -119,6 +126,9 @@ class SendGridMailer(Mailer):
         # Our key travels with the message: SendGrid's activity feed and event webhooks name it,
         # so ops can match a delivery (or an "outcome unknown") to the deal's message.
         message.custom_arg = CustomArg(key="takeback_key", value=mail.key)
+        from opentelemetry import trace
+        from opentelemetry.trace import SpanKind
+
         # The provider call in the deal's trace (observability/tracing.py); a no-op span while traces are off.
         with trace.get_tracer("takeback.mail").start_as_current_span("SendGrid POST /v3/mail/send", kind=SpanKind.CLIENT, attributes={"server.address": self.host, "takeback.mail.key": mail.key}) as span:
             response = self._send(message, span)

@@ -91,7 +91,8 @@ async def temporal(call, timeout: float | None = None, client: Client | None = N
     """Await a Temporal call with a deadline: a down engine or a hung workflow is a 503, never a hang.
 
     The 503s say which: `temporal-unavailable` (the engine cannot be reached), `workflow-busy`
-    (the engine answers, the workflow did not in time) and `update-not-accepted` (an update's call
+    (the engine answers, the workflow did not in time, its task is failing, or the engine pushed
+    back), `worker-unavailable` (no worker polls) and `update-not-accepted` (an update's call
     ended before the workflow answered: it may still be applied, `"applied": "unknown"`).
     With a client (passed, or the request's), half a second of `timeout` is kept to ask a silent
     engine whether it is there, so the caller still has its answer within `timeout`."""
@@ -107,35 +108,78 @@ async def temporal(call, timeout: float | None = None, client: Client | None = N
     except TimeoutError:
         raise await _silence(client, probe, timeout) from None
     except Exception as error:
-        if call_timed_out(error):
+        if call_timed_out(error) or _deadline_exceeded(error):
             raise await _silence(client, probe, timeout) from None
         if engine_unreachable(error):
             raise engine_unavailable("the workflow engine is unreachable; retry shortly") from None
-        if _no_worker(error):
-            raise Problem(
-                503,
-                "no worker is taking this deal's tasks right now (one is restarting); it answers again once a worker is back: retry shortly",
-                "worker-unavailable",
-                headers=dict(RETRY_AFTER),
-            ) from None
-        if _update_not_taken_in(error):
-            raise Problem(
-                503,
-                "the workflow did not take this request in (a worker was restarting); nothing was applied: retry shortly",
-                "workflow-busy",
-                headers=dict(RETRY_AFTER),
-                applied="no",
-            ) from None
-        if _call_cut_off(error):
-            raise Problem(
-                503,
-                "the call to the workflow engine was cut off (the engine or a worker restarting, or too many reads of one deal "
-                "at once); a write may still take effect: retry shortly, with the same Idempotency-Key where the route takes one",
-                "workflow-busy",
-                headers=dict(RETRY_AFTER),
-                applied="unknown",
-            ) from None
+        problem = _engine_refusal(error)
+        if problem is not None:
+            raise problem from None
         raise
+
+
+def _engine_refusal(error: BaseException) -> Problem | None:
+    """The 503 of a call the engine refused for now (no worker, a workflow task failing, a restart,
+    back-pressure), or None: anything else is the route's to answer (or a bug, a 500)."""
+    if _no_worker(error):
+        return Problem(
+            503,
+            "no worker is taking this deal's tasks right now (one is restarting); it answers again once a worker is back: retry shortly",
+            "worker-unavailable",
+            headers=dict(RETRY_AFTER),
+        )
+    if _workflow_task_failing(error):
+        return Problem(
+            503,
+            "the workflow cannot answer right now: its current task keeps failing on the workers (a deploy whose code does "
+            "not replay it, or a bug; the worker's log names it) and the engine retries it: retry shortly",
+            "workflow-busy",
+            headers=dict(RETRY_AFTER),
+        )
+    if _update_not_taken_in(error):
+        return Problem(
+            503,
+            "the workflow did not take this request in (a worker was restarting); nothing was applied: retry shortly",
+            "workflow-busy",
+            headers=dict(RETRY_AFTER),
+            applied="no",
+        )
+    if _call_cut_off(error):
+        return Problem(
+            503,
+            "the call to the workflow engine was cut off (the engine or a worker restarting, or too many reads of one deal "
+            "at once); a write may still take effect: retry shortly, with the same Idempotency-Key where the route takes one",
+            "workflow-busy",
+            headers=dict(RETRY_AFTER),
+            applied="unknown",
+        )
+    return None
+
+
+def _workflow_task_failing(error: BaseException) -> bool:
+    """A query to a workflow whose workflow task is failing (workflow code raising, or a worker whose
+    code does not replay the history): the engine refuses it with FAILED_PRECONDITION "Workflow Task
+    in failed state." and a WorkflowNotReadyFailure in the status's details. The engine retries the
+    task; the workflow answers again once a worker completes it. It was a 500."""
+    from temporalio.api.errordetails.v1 import WorkflowNotReadyFailure
+    from temporalio.service import RPCError, RPCStatusCode
+
+    if not isinstance(error, RPCError) or error.status != RPCStatusCode.FAILED_PRECONDITION:
+        return False
+    if "workflow task in failed state" in error.message.lower():
+        return True
+    try:
+        return any(detail.Is(WorkflowNotReadyFailure.DESCRIPTOR) for detail in error.grpc_status.details)
+    except Exception:  # details that do not parse: not this refusal
+        return False
+
+
+def _deadline_exceeded(error: BaseException) -> bool:
+    """A call that ran out of time inside the engine but came back under another status (a query
+    relayed to a worker: UNKNOWN or INTERNAL "context deadline exceeded")."""
+    from temporalio.service import RPCError
+
+    return isinstance(error, RPCError) and "deadline exceeded" in str(error).lower()
 
 
 def _call_cut_off(error: BaseException) -> bool:

@@ -18,6 +18,12 @@ With no pause (every deal always busy) nearly every kill lands on held tasks and
 measure the same 10-17 s stalls.
 
     .venv/bin/python bench/worker_kill_latency.py [--seconds 40] [--kill-every 4] [--deals 16] [--pause 1]
+
+`--first-poll N` measures instead how soon a restarted worker polls: N times, a `takeback worker`
+process is started (on a stack of its own, no API) and SIGKILLed once the server lists a poller of
+that process on the deals' queue; prints the time from process start to that poll (min, median,
+max), with the default settings (simulated carrier, mail to files) and with SendGrid and EasyPost
+configured as in production, and `import worker`'s own time (python -X importtime, N times).
 """
 
 import argparse
@@ -160,13 +166,79 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+# A production worker's providers (never called here: nothing is mailed or booked).
+WITH_PROVIDERS = {
+    "SENDGRID_API_KEY": "SG.bench-never-sent",
+    "TAKEBACK_CARRIER": "easypost",
+    "EASYPOST_API_KEY": "EZTK-bench-never-called",
+    "EASYPOST_WEBHOOK_SECRET": "bench-easypost-webhook-secret-0123456789",
+    "TAKEBACK_RETURNS_ADDRESS": '{"street1": "1 Dock St", "city": "Ottawa", "zip": "K1A0B1", "country": "CA"}',
+}
+
+
+async def first_polls(restarts: int, env: dict | None = None) -> list[float]:
+    """Seconds from starting a worker process to the server's first sight of its poller, `restarts` times."""
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+    from temporalio.client import Client
+
+    stack = Stack(file_backed=False, env_overrides={"TAKEBACK_SIM_CARRIER_STEP": "0s", **(env or {})}).start(api=False)
+    workers = Workers(stack)
+    times = []
+    try:
+        stack.processes["worker"].terminate()
+        stack.processes["worker"].wait()
+        client = await Client.connect(stack.env["TEMPORAL_ADDRESS"])
+        request = DescribeTaskQueueRequest(namespace="default", task_queue=TaskQueue(name="takeback"), task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW)
+        for _ in range(restarts):
+            began = time.monotonic()
+            workers.start()
+            marker = f":{stack.processes['worker'].pid}:"
+            while not any(marker in poller.identity for poller in (await client.workflow_service.describe_task_queue(request)).pollers):
+                if time.monotonic() - began > 30:
+                    raise RuntimeError("the worker did not poll within 30 s")
+                await asyncio.sleep(0.01)
+            times.append(time.monotonic() - began)
+            workers.kill()
+            log(f"first poll {times[-1]:.2f} s after the process started")
+    finally:
+        stack.stop()
+        workers.log.close()
+    return times
+
+
+def import_times(count: int) -> list[float]:
+    """`import worker`'s cumulative time in seconds, as python -X importtime reports it."""
+    found = []
+    for _ in range(count):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import worker"], cwd=ROOT, capture_output=True, text=True, check=True)
+        line = next(line for line in done.stderr.splitlines() if line.rstrip().endswith("| worker"))
+        found.append(int(line.split("|")[1]) / 1e6)
+    return found
+
+
+def spread(values: list[float]) -> str:
+    ordered = sorted(values)
+    return f"min {ordered[0]:.2f} s, median {ordered[len(ordered) // 2]:.2f} s, max {ordered[-1]:.2f} s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=40, help="receipts under kills, per setting (default 40)")
     parser.add_argument("--kill-every", type=float, default=4, help="seconds between worker SIGKILLs (default 4)")
     parser.add_argument("--deals", type=int, default=16, help="deals receiving receipts, one client each (default 16)")
     parser.add_argument("--pause", type=float, default=1.0, help="seconds a deal's client waits between receipts (default 1)")
+    parser.add_argument("--first-poll", type=int, metavar="N", help="measure N worker starts: process start to first poll, and `import worker`")
     args = parser.parse_args()
+    if args.first_poll:
+        plain = asyncio.run(first_polls(args.first_poll))
+        providers = asyncio.run(first_polls(args.first_poll, WITH_PROVIDERS))
+        print(f"\nprocess start to first poll, {len(plain)} starts each:")
+        print(f"  default settings (simulated carrier, mail to files): {spread(plain)}")
+        print(f"  SendGrid and EasyPost configured:                    {spread(providers)}")
+        print(f"import worker ({args.first_poll} runs): {spread(import_times(args.first_poll))}", flush=True)
+        return
     results = {name: asyncio.run(measure(name, sticky, args)) for name, sticky in SETTINGS}
     print()
     print(table(results))
