@@ -144,6 +144,10 @@ class Settings(BaseSettings):
 
     return_window: str = Field("365d", alias="TAKEBACK_RETURN_WINDOW")
     reminder_offsets: str = Field("90d,30d,7d", alias="TAKEBACK_REMINDER_OFFSETS")
+    # How often an open deal wakes to look for a new current worker version, which it then moves to by
+    # continuing as new (Worker Versioning): an old version drains within this. Each look is a timer
+    # (one billable Action on Temporal Cloud); 0 = never look (a deal moves only at its own messages).
+    version_look: str = Field("30d", alias="TAKEBACK_VERSION_LOOK")
     return_threshold: float = Field(0.8, gt=0, le=1, alias="TAKEBACK_RETURN_THRESHOLD")
     incentive_mode: IncentiveMode = Field(IncentiveMode.rebate, alias="TAKEBACK_INCENTIVE_MODE")
     refresh_max_age_years: float = Field(5.0, ge=0, alias="TAKEBACK_REFRESH_MAX_AGE_YEARS")
@@ -258,7 +262,7 @@ class Settings(BaseSettings):
     otel_sdk_disabled: bool = Field(False, alias="OTEL_SDK_DISABLED")
     otel_service_name: str | None = Field(None, alias="OTEL_SERVICE_NAME")  # default: takeback-api, takeback-worker
 
-    @field_validator("return_window", "specialization_year", "personal_data_retention")
+    @field_validator("return_window", "specialization_year", "personal_data_retention", "version_look")
     @classmethod
     def _window_is_a_duration(cls, value: str) -> str:
         parse_duration(value)
@@ -431,6 +435,10 @@ class Settings(BaseSettings):
     @property
     def return_window_seconds(self) -> float:
         return parse_duration(self.return_window).total_seconds()
+
+    @property
+    def version_look_seconds(self) -> float:
+        return parse_duration(self.version_look).total_seconds()
 
     @property
     def reminder_offsets_seconds(self) -> list[float]:

@@ -256,6 +256,7 @@ class DealTerms(BaseModel):
     # re-prices an open deal. Absent in deals booked before they were kept: computed as then.
     incentive_amount: Decimal | None = None
     required_units: int | None = None
+    version_look_seconds: float = 30 * 86400  # TAKEBACK_VERSION_LOOK: how often the deal looks for a new worker version
 
 
 class Incentive(BaseModel):

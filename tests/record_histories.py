@@ -351,9 +351,14 @@ async def record(out_dir: Path) -> list[Path]:
                 else:
                     async with running_worker(env.client, settings):
                         workflows = await scenario(env, settings)
+                recorded_runs = set()  # a run named on purpose (a first run) is not written again as an earlier run
                 for name, workflow_id in workflows.items():
                     workflow_id, run_id = workflow_id if isinstance(workflow_id, tuple) else (workflow_id, None)
                     for suffix, history in await runs_back(env.client, workflow_id, run_id):
+                        run = history.events[0].workflow_execution_started_event_attributes.original_execution_run_id
+                        if run in recorded_runs:
+                            continue
+                        recorded_runs.add(run)
                         path = out_dir / f"{name}{suffix}.json"
                         path.write_text(history.to_json())
                         written.append(path)

@@ -98,10 +98,10 @@ async def history_of(env, deal_id: str):
 
 
 def in_one_task(history, first, *later) -> bool:
-    """True when the events matching `later` were accepted in the workflow task that handled the
+    """True when the events matching `later` were accepted in the workflow task that handled the last
     event matching `first`: after that task's completion and before the next task started."""
     events = list(history.events)
-    start = next(i for i, e in enumerate(events) if first(e))
+    start = max(i for i, e in enumerate(events) if first(e))
     done = next(i for i in range(start, len(events)) if events[i].event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)
     following = next((i for i in range(done, len(events)) if events[i].event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED), len(events))
     return all(any(match(events[i]) for i in range(done, following)) for match in later)
@@ -140,9 +140,9 @@ def uncached_worker(env, settings, activities=None):
 
 
 def seen_in_one_task(history, *kinds) -> bool:
-    """True when one event of each kind reached the workflow in the same task: no task started between them."""
+    """True when the last event of each kind reached the workflow in the same task: no task started between them."""
     events = list(history.events)
-    at = sorted(next(i for i, e in enumerate(events) if e.event_type == kind) for kind in kinds)
+    at = sorted(max(i for i, e in enumerate(events) if e.event_type == kind) for kind in kinds)
     return not any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED for e in events[at[0] : at[-1]])
 
 

@@ -11,6 +11,7 @@ from temporalio import workflow
 # The sandbox re-imports this module for the altered workflows below: the project's modules
 # must pass through, as workflows/deal.py does, so model classes are the same objects.
 with workflow.unsafe.imports_passed_through():
+    import asyncio
     import json
     from datetime import timedelta
     from pathlib import Path
@@ -97,10 +98,10 @@ def test_every_release_keeps_its_histories_and_1_0_covers_every_path():
 
     # The deal continues as new while it waits: its updates are in one of its runs.
     assert any(two_in_one_task(load(path)) for path in (HISTORIES / "1.0").glob("deal_concurrent_updates*.json")), "two updates accepted in one workflow task"
-    # One path: no patch markers and no local activities in any 1.0 history.
+    # One path: no patch markers in any 1.0 history, and no local activities but the simulated carrier's.
     for path in FILES:
         markers = {e.marker_recorded_event_attributes.marker_name for e in load(path).events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED}
-        assert not markers, f"{path.name}: {markers}"
+        assert markers <= ({"core_local_activity"} if path.stem.startswith("pickup") else set()), f"{path.name}: {markers}"
 
 
 @pytest.mark.parametrize("path", FILES, ids=[f"{path.parent.name}/{path.stem}" for path in FILES])
@@ -148,8 +149,9 @@ async def test_each_money_history_decided_what_its_scenario_expects(path):
     (view,) = await pydantic_data_converter.decode(completed.payloads, [DealView])
     status, incentive, amount, received = DECIDED[path.stem]
     assert (view.status.value, view.incentive.status.value, str(view.incentive.amount), view.received_units) == (status, incentive, amount, received)
-    (decided,) = decisions(history)  # the deal asked the store once, and adopted its answer
+    *refused, decided = decisions(history)  # the store's answers, the last one closing the deal: the deal adopted it
     assert (decided["settlement"], decided["received_units"], decided["closed"]) == (incentive, received, True)
+    assert all(not r["closed"] and r["settlement"] == incentive for r in refused)  # a cancel the store refused (the rebate released)
 
 
 # --- the replay test must be able to fail -------------------------------------------------
@@ -157,15 +159,15 @@ async def test_each_money_history_decided_what_its_scenario_expects(path):
 
 @workflow.defn(name="TakebackDealWorkflow")
 class DealWithAnExtraTimer(TakebackDealWorkflow):
-    """Today's deal, plus a one-second pause before its decision: a change that breaks running deals."""
+    """Today's deal, plus a one-second timer with each pickup: a change that breaks running deals."""
 
     @workflow.run
     async def run(self, input: DealWorkflowInput) -> DealView:
         return await super().run(input)
 
-    async def _decide(self, kind: str) -> bool:
-        await workflow.sleep(timedelta(seconds=1))
-        return await super()._decide(kind)
+    def _book_pickup(self, pickup_id, request) -> None:
+        self.pending_pause = asyncio.ensure_future(workflow.sleep(timedelta(seconds=1)))  # a timer more with each carrier booking
+        super()._book_pickup(pickup_id, request)
 
 
 @workflow.defn(name="TakebackDealWorkflow")

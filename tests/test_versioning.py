@@ -101,3 +101,41 @@ async def test_without_a_build_id_the_worker_is_unversioned(dev_server_env, tmp_
     assert config.use_worker_versioning is False and config.version.build_id.startswith("src-")
     versioned = deployment_config(settings.model_copy(update={"build_id": "B7"}))
     assert versioned.use_worker_versioning and versioned.version.deployment_name == "takeback" and versioned.version.build_id == "B7"
+
+
+async def test_a_deal_started_on_version_a_moves_to_b_at_its_continue_as_new_and_decides_on_b(dev_server_env, tmp_path, monkeypatch, capsys):
+    """The deal itself: booked while A is current (pinned to A); B is promoted; the deal's next task sees
+    the new current version, continues as new onto B (upgrade-on-continue-as-new, nothing waits on it),
+    and its deadline is decided by B's workers."""
+    from domain.models import DealStatus, IncentiveStatus
+    from service import deals
+    from tests.conftest import booking
+    from tests.deal_helpers import items
+
+    client = dev_server_env.client
+    deployment = f"takeback-{uuid.uuid4().hex[:8]}"
+    version_a = make_settings(
+        tmp_path, temporal_address=client.service_client.config.target_host, deployment_name=deployment, build_id="A", return_window="40s", reminder_offsets="",
+    )
+    version_b = version_a.model_copy(update={"build_id": "B"})
+    add_partner(version_a)
+    async with build_worker(client, version_a, activities=TakebackActivities(version_a)):
+        code, printed = await takeback(capsys, monkeypatch, version_a, "deploy", "promote", "--build-id", "A")
+        assert code == 0, printed
+        view = await deals.book_deal(client, version_a, booking(10))
+        handle = deals.deal_handle(client, view.id)
+        first_run = (await handle.describe()).run_id
+        await deals.record_receipt(client, version_a, view.id, items("V", 4))
+        assert (await versioning_of(handle)).deployment_version.build_id == "A"
+        async with build_worker(client, version_b, activities=TakebackActivities(version_b)):
+            code, printed = await takeback(capsys, monkeypatch, version_b, "deploy", "promote", "--build-id", "B")
+            assert code == 0 and "deploy check passed" in printed, printed
+            await deals.record_receipt(client, version_b, view.id, items("V", 4, start=4))  # a task of the deal: it sees B is current
+            final = await handle.result()
+            latest = await handle.describe()
+    upgraded = await versioning_of(handle)
+    assert latest.run_id != first_run  # it continued as new ...
+    assert upgraded.deployment_version.build_id == "B"  # ... onto B, which decided it
+    history = await handle.fetch_history()
+    assert any(e.activity_task_scheduled_event_attributes.activity_type.name == "decide_and_close" for e in history.events)
+    assert final.status == DealStatus.closed and final.received_units == 8 and final.incentive.status == IncentiveStatus.released

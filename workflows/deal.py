@@ -64,9 +64,6 @@ DECISION_PRIORITY = Priority(priority_key=1)
 # extension's store write) before it goes anyway: the caller's retry is answered by the next run, which
 # carries every applied update id and re-drives a booking in flight. Mail is never waited for.
 CALLER_GRACE = timedelta(seconds=10)
-# A deal continues as new when a run is this old, so a new worker version takes it over within a month
-# (Worker Versioning: pinned deals move at continue-as-new). Mail and bookings in flight go with it.
-QUIET_RUN = timedelta(days=30)
 SETTLEMENT_NOTICES = ("released", "forfeited", "clawed_back")
 
 
@@ -98,7 +95,12 @@ class TakebackDealWorkflow:
         self.booking_errors: dict[str, str] = {}  # pickup id -> the carrier's refusal, for its caller
         self.timer: asyncio.Future | None = None  # the pending wake-up, see _sleep_until_something_happens
         self.timer_target: datetime | None = None
-        self.run_started = workflow.now()
+        # A deal is pinned to its worker version (Worker Versioning) and moves to the current one when it
+        # continues as new, which it does as soon as a task of it sees a new current version; it wakes
+        # every TAKEBACK_VERSION_LOOK to look, so an old version drains within that. Mail and bookings
+        # in flight go with it.
+        self.look_every = timedelta(seconds=self.terms.version_look_seconds) if self.terms.version_look_seconds > 0 else None
+        self.next_look = workflow.now() + self.look_every if self.look_every else None
         # The start event says whether the namespace has DealStatus (service.deals.deal_search_attributes),
         # so replay takes the same branch; the value shown is carried over a continue-as-new.
         self.status_shown = workflow.info().typed_search_attributes.get(DEAL_STATUS)
@@ -274,7 +276,7 @@ class TakebackDealWorkflow:
             self._book_pickup(pickup_id, request)
         self.notices.resume()
         while not await self._step():
-            if workflow.info().is_continue_as_new_suggested() or self._at_quiet_point():
+            if workflow.info().is_continue_as_new_suggested() or self._new_version_is_current():
                 await self._continue_as_new()
                 continue
             await self._sleep_until_something_happens()
@@ -360,9 +362,9 @@ class TakebackDealWorkflow:
         done = set(self.progress.reminders_sent) | set(self.progress.reminders_skipped)
         return [o for o in self.terms.reminder_offsets_seconds if o not in done]
 
-    def _at_quiet_point(self) -> bool:
-        """A month into the run, with no caller waiting on it."""
-        return self._now() - self.run_started >= QUIET_RUN and workflow.all_handlers_finished()
+    def _new_version_is_current(self) -> bool:
+        """A new worker version is current, and no caller waits on this run: move to it (continue as new)."""
+        return workflow.info().is_target_worker_deployment_version_changed() and workflow.all_handlers_finished()
 
     async def _continue_as_new(self) -> None:
         """Continue as new (and move to the current worker version), unless something happened meanwhile.
@@ -398,7 +400,7 @@ class TakebackDealWorkflow:
         return max(now, self.timer_target) if fired else now
 
     async def _sleep_until_something_happens(self) -> None:
-        """Wait for a message or the next reminder, deadline or quiet point.
+        """Wait for a message, the next reminder or deadline, or the monthly look for a new worker version.
 
         One timer per wake-up moment, kept across messages: restarting it on every message
         would add two history events each time.
@@ -408,16 +410,18 @@ class TakebackDealWorkflow:
         wake_at = {p.deadline: None}  # moment -> the reminder offset due then (None: the deadline)
         if not self._condition_met():
             wake_at.update({p.deadline - timedelta(seconds=o): o for o in self._pending_reminders() if p.deadline - timedelta(seconds=o) != p.deadline})
+        if self.next_look is not None and self._now() >= self.next_look:
+            self.next_look = self._now() + self.look_every
         target, summary = min(wake_at), story.wake_summary(wake_at[min(wake_at)])
-        if self.run_started + QUIET_RUN < target:
-            target, summary = self.run_started + QUIET_RUN, "quiet point: continue as new"
+        if self.next_look is not None and self.next_look < target:
+            target, summary = self.next_look, "look for a new worker version"
         if self.timer is None or self.timer_target != target or self.timer.done():
             if self.timer is not None and not self.timer.done():
                 self.timer.cancel()
             seconds = max((target - self._now()).total_seconds(), 0.001)
             self.timer = asyncio.ensure_future(workflow.sleep(timedelta(seconds=seconds), summary=summary))
             self.timer_target = target
-        await workflow.wait_condition(lambda: self.dirty or self.timer.done() or self._at_quiet_point())
+        await workflow.wait_condition(lambda: self.dirty or self.timer.done() or self._new_version_is_current())
 
     def _show(self) -> None:
         """The deal's story in the Web UI: its current details (no command) and, where the namespace has
