@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     # payloads use TAKEBACK_PAYLOAD_KEY_ID, any listed key decrypts (rotation). Unset: off.
     payload_keys: SecretStr | None = Field(None, alias="TAKEBACK_PAYLOAD_KEYS")
     payload_key_id: str | None = Field(None, alias="TAKEBACK_PAYLOAD_KEY_ID")
+    # Once every history is sealed: a payload that is not is refused (its decode fails, saying so), and
+    # a process without payload keys refuses to start. Off: unsealed payloads (older histories) pass.
+    payload_require_encryption: bool = Field(False, alias="TAKEBACK_PAYLOAD_REQUIRE_ENCRYPTION")
     # `takeback codec-server`: the bearer token callers must send (the Web UI passes the user's), and
     # the browser origins (the Web UI's) allowed to call it.
     codec_server_token: SecretStr | None = Field(None, alias="TAKEBACK_CODEC_SERVER_TOKEN")
@@ -334,6 +337,8 @@ class Settings(BaseSettings):
             problems.append("TAKEBACK_PAYLOAD_KEYS is set without TAKEBACK_PAYLOAD_KEY_ID (the key new payloads are encrypted with)")
         if self.payload_key_id and self.payload_key_id not in keys:
             problems.append(f"TAKEBACK_PAYLOAD_KEY_ID {self.payload_key_id!r} is not among TAKEBACK_PAYLOAD_KEYS")
+        if self.payload_require_encryption and not keys:
+            problems.append("TAKEBACK_PAYLOAD_REQUIRE_ENCRYPTION is set without TAKEBACK_PAYLOAD_KEYS: no payload could be sealed or opened")
         if bool(self.temporal_tls_cert) != bool(self.temporal_tls_key):
             problems.append("TEMPORAL_TLS_CLIENT_CERT_PATH and TEMPORAL_TLS_CLIENT_KEY_PATH go together")
         for name, path in (("TEMPORAL_TLS_CA_PATH", self.temporal_tls_ca), ("TEMPORAL_TLS_CLIENT_CERT_PATH", self.temporal_tls_cert), ("TEMPORAL_TLS_CLIENT_KEY_PATH", self.temporal_tls_key)):
