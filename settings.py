@@ -219,8 +219,9 @@ class Settings(BaseSettings):
     http_max_header_bytes: int = Field(64 * 1024, ge=4096, alias="TAKEBACK_HTTP_MAX_HEADER_BYTES")
     # Connections plus requests in progress (uvicorn's limit_concurrency): past it, new requests get a 503.
     http_max_connections: int = Field(1000, ge=1, alias="TAKEBACK_HTTP_MAX_CONNECTIONS")
-    # Proxies whose X-Forwarded-For names the caller (uvicorn's setting): behind compose's Caddy, "*"
-    # (the API is not published); otherwise every caller would count as the proxy in the rate limits.
+    # Proxies whose X-Forwarded-For names the caller (uvicorn's setting): the proxy's address alone
+    # (compose: Caddy's fixed TAKEBACK_PROXY_ADDRESS), never "*", which lets anyone reaching the API claim
+    # any address; unset behind a proxy, every caller would count as the proxy in the rate limits.
     forwarded_allow_ips: str = Field("127.0.0.1", alias="FORWARDED_ALLOW_IPS")
 
     # Operating it (README "Operating it"). `json`: one JSON object a line, ids as fields, for a log
