@@ -32,6 +32,14 @@ def stop_dev(dev: subprocess.Popen) -> None:
     assert dev.wait(timeout=40) == 0
 
 
+def never_left_running(dev: subprocess.Popen) -> None:
+    """After a failed test: SIGTERM first, which dev takes as Ctrl-C and stops its children; a bare
+    SIGKILL would orphan its Temporal server."""
+    from tests.test_worker_recovery import stop_worker
+
+    stop_worker(dev)
+
+
 def test_dev_serves_the_api_and_stops_everything_on_ctrl_c(tmp_path):
     api_port, temporal_port = _free_port(), _free_port()
     dev, output = start_dev(tmp_path, "--api-port", str(api_port), "--temporal-port", str(temporal_port))
@@ -62,8 +70,7 @@ def test_dev_serves_the_api_and_stops_everything_on_ctrl_c(tmp_path):
             with socket.socket() as sock:
                 assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open after Ctrl-C"
     finally:
-        if dev.poll() is None:
-            dev.kill()
+        never_left_running(dev)
         assert (tmp_path / "temporal.db").exists() and (tmp_path / "takeback.db").exists()
     # The engine's file is in WAL mode (temporal_client.dev_server_file_args): the mode a deadline storm was measured in.
     import sqlite3
@@ -124,8 +131,7 @@ def test_dev_on_adjacent_ports_gives_every_process_a_port_of_its_own(tmp_path):
         assert "temporal" in httpx.get(f"{base}:{ports['Temporal metrics']}/metrics", timeout=10).text  # the server's own
         stop_dev(dev)
     finally:
-        if dev.poll() is None:
-            dev.kill()
+        never_left_running(dev)
 
 
 def test_dev_refuses_one_port_for_two_processes_or_a_port_in_use(tmp_path):
