@@ -32,14 +32,105 @@ def _wait_for_port(port: int, name: str, process: subprocess.Popen, timeout: flo
     raise SystemExit(f"{name} did not open port {port} within {timeout:.0f}s")
 
 
-def _port_or_free(port: int) -> int:
-    """`port` on loopback if nothing listens there, else one the system picks (the worker's metrics must not stop dev)."""
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class PortClash(Exception):
+    """`takeback dev` cannot give every one of its processes a port of its own."""
+
+
+class DevPorts:
+    """Every port `takeback dev` hands out, planned before any process starts, each to one process.
+
+    Ports the user chose (--api-port, --temporal-port, TAKEBACK_WORKER_METRICS_ADDRESS/_HEALTH_ADDRESS)
+    are taken as given: two the same, or one in use, is a refusal. The others (the Temporal Web UI at
+    gRPC port + 1000, the worker's metrics and health next to the API's port, the Temporal server's HTTP
+    API and metrics) take their usual port when it is free and not planned for another process, else
+    one the system picks. Each is held (bound, not listening) until just before the process that uses
+    it starts, so nothing else gets it meanwhile: neither another program nor the Temporal server's
+    internal services, which take free ports of their own while the API's and the worker's are held."""
+
+    def __init__(self):
+        self.ports: dict[str, tuple[str, int]] = {}
+        self._held: dict[str, socket.socket] = {}
+
+    def take(self, name: str, host: str, port: int) -> None:
+        """A port the user chose: refused if another process has it in the plan, or something listens there."""
+        for other, (_, planned) in self.ports.items():
+            if planned == port:
+                raise PortClash(f"port {port} is asked for both {other} and {name}: give each its own")
+        held = _bind(host, port)
+        if held is None:
+            raise PortClash(f"port {port} ({name}) is in use on {host}: choose another")
+        self._hold(name, host, held)
+
+    def pick(self, name: str, host: str, preferred: int | None = None) -> None:
+        """`preferred` if it is free and nobody else's in the plan, else a free port the system picks."""
+        planned = {port for _, port in self.ports.values()}
+        held = _bind(host, preferred) if preferred and 0 < preferred < 65536 and preferred not in planned else None
+        self._hold(name, host, held or _bind(host, 0))
+
+    def _hold(self, name: str, host: str, held: socket.socket) -> None:
+        self.ports[name] = (host, held.getsockname()[1])
+        self._held[name] = held
+
+    def port(self, name: str) -> int:
+        return self.ports[name][1]
+
+    def address(self, name: str) -> str:
+        host, port = self.ports[name]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def release(self, *names: str) -> None:
+        """Let go of these ports: the process they are for starts next and binds them."""
+        for name in names:
+            held = self._held.pop(name, None)
+            if held is not None:
+                held.close()
+
+    def release_all(self) -> None:
+        self.release(*list(self._held))
+
+    def summary(self) -> str:
+        return ", ".join(f"{name} {port}" for name, (_, port) in self.ports.items())
+
+
+def _bind(host: str, port: int) -> socket.socket | None:
+    """A TCP socket bound to host:port (port 0: one the system picks), or None if that port is taken."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _chosen_address(env: dict, variable: str) -> tuple[str, int] | None:
+    from settings import parse_host_port
+
+    return parse_host_port(env[variable]) if env.get(variable) else None
+
+
+def plan_dev_ports(args: argparse.Namespace, env: dict) -> DevPorts:
+    """The ports of `takeback dev` (DevPorts): the API's and the Temporal server's as given, the worker's
+    as TAKEBACK_WORKER_METRICS_ADDRESS / _HEALTH_ADDRESS say, the rest free ones. Raises PortClash."""
+    plan = DevPorts()
+    plan.take("API", args.api_host, args.api_port)
+    plan.take("Temporal gRPC", "127.0.0.1", args.temporal_port)
+    chosen = {name: _chosen_address(env, variable) for name, variable in WORKER_PORTS.items()}
+    for name, address in chosen.items():
+        if address is not None:
+            plan.take(name, *address)
+    plan.pick("Temporal Web UI", "127.0.0.1", args.temporal_port + 1000)  # the dev server's own convention
+    for offset, name in enumerate(WORKER_PORTS, 1):  # next to the API's port, as before
+        if chosen[name] is None:
+            plan.pick(name, "127.0.0.1", args.api_port + offset)
+    plan.pick("Temporal HTTP API", "127.0.0.1")
+    plan.pick("Temporal metrics", "127.0.0.1")
+    return plan
+
+
+WORKER_PORTS = {"worker metrics": "TAKEBACK_WORKER_METRICS_ADDRESS", "worker health": "TAKEBACK_WORKER_HEALTH_ADDRESS"}
+TEMPORAL_PORTS = ("Temporal gRPC", "Temporal Web UI", "Temporal HTTP API", "Temporal metrics")
 
 
 def _stop(processes: list[tuple[str, subprocess.Popen]]) -> None:
@@ -98,23 +189,33 @@ def cmd_dev(args: argparse.Namespace) -> int:
     if not args.keep_database_url:
         env.pop("TAKEBACK_DATABASE_URL", None)  # dev keeps everything under --data-dir
     # Operating it, locally: the server has the search attributes ops filter deals by, the worker
-    # serves its metrics and health next to the API's port (README "Operating it").
+    # serves its metrics and health (README "Operating it"), each process on a port of its own.
     env["TAKEBACK_SEARCH_ATTRIBUTES"] = "true"
-    env["TAKEBACK_WORKER_METRICS_ADDRESS"] = env.get("TAKEBACK_WORKER_METRICS_ADDRESS") or f"127.0.0.1:{_port_or_free(args.api_port + 1)}"
-    env["TAKEBACK_WORKER_HEALTH_ADDRESS"] = env.get("TAKEBACK_WORKER_HEALTH_ADDRESS") or f"127.0.0.1:{_port_or_free(args.api_port + 2)}"
-    ui_port = args.temporal_port + 1000
+    try:
+        ports = plan_dev_ports(args, env)
+    except PortClash as clash:
+        print(f"error: takeback dev: {clash}", file=sys.stderr)
+        return 2
+    print(f"takeback dev ports: {ports.summary()}", flush=True)
+    for name, variable in WORKER_PORTS.items():
+        env[variable] = ports.address(name)
+    ui_port = ports.port("Temporal Web UI")
     env.setdefault("TAKEBACK_TEMPORAL_UI_URL", f"http://127.0.0.1:{ui_port}")  # where the console links a deal's workflow
     processes: list[tuple[str, subprocess.Popen]] = []
     try:
+        ports.release(*TEMPORAL_PORTS)
         server = subprocess.Popen(
             [_temporal_binary(), "server", "start-dev", *dev_server_file_args(data_dir / "temporal.db"), "--ip", "127.0.0.1",
-             "--port", str(args.temporal_port), "--ui-port", str(ui_port), "--log-level", "error", *search_attributes.dev_server_args()],
+             "--port", str(args.temporal_port), "--ui-port", str(ui_port), "--http-port", str(ports.port("Temporal HTTP API")),
+             "--metrics-port", str(ports.port("Temporal metrics")), "--log-level", "error", *search_attributes.dev_server_args()],
             env=env,
         )
         processes.append(("temporal dev server", server))
         _wait_for_port(args.temporal_port, "temporal dev server", server)
+        ports.release(*WORKER_PORTS)
         worker = subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=env)
         processes.append(("worker", worker))
+        ports.release("API")
         api = subprocess.Popen([sys.executable, "-m", "cli", "api", "--host", args.api_host, "--port", str(args.api_port)], env=env)
         processes.append(("api", api))
         _wait_for_port(args.api_port, "api", api)
@@ -125,7 +226,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
             f"  API docs:        http://{args.api_host}:{args.api_port}/docs\n"
             f"  console:         http://{args.api_host}:{args.api_port}/console (sign in with the ops key below)\n"
             f"  Temporal Web UI: http://127.0.0.1:{ui_port}\n"
-            f"  metrics:         http://{args.api_host}:{args.api_port}/metrics (API), http://{env['TAKEBACK_WORKER_METRICS_ADDRESS']}/metrics (worker)\n"
+            f"  metrics:         http://{args.api_host}:{args.api_port}/metrics (API), http://{env['TAKEBACK_WORKER_METRICS_ADDRESS']}/metrics (worker), "
+            f"http://127.0.0.1:{ports.port('Temporal metrics')}/metrics (Temporal)\n"
+            f"  worker health:   http://{env['TAKEBACK_WORKER_HEALTH_ADDRESS']}/readyz\n"
+            f"  ports:           {ports.summary()}\n"
             f"  outbox:          {data_dir / 'outbox'}\n"
             f"  webhook secret:  {_webhook_secret_source(data_dir)}\n"
             "  stop with Ctrl-C\n"
@@ -147,6 +251,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         return 0
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan children
+        ports.release_all()
         _stop(processes)
 
 

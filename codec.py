@@ -28,13 +28,18 @@ class PayloadKeyMissing(ValueError):
     """A payload was sealed with a key this process does not hold."""
 
 
+class PayloadNotSealed(ValueError):
+    """A payload arrived unsealed while TAKEBACK_PAYLOAD_REQUIRE_ENCRYPTION refuses those."""
+
+
 class AesGcmCodec(PayloadCodec):
-    def __init__(self, keys: dict[str, bytes], key_id: str):
+    def __init__(self, keys: dict[str, bytes], key_id: str, require_sealed: bool = False):
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         if key_id not in keys:
             raise ValueError(f"payload key id {key_id!r} is not among the keys")
         self.key_id = key_id
+        self.require_sealed = require_sealed
         self._ciphers = {kid: AESGCM(key) for kid, key in keys.items()}
 
     async def encode(self, payloads):
@@ -51,6 +56,12 @@ class AesGcmCodec(PayloadCodec):
 
     def open(self, payload: Payload) -> Payload:
         if payload.metadata.get("encoding") != ENCODING:
+            if self.require_sealed:
+                encoding = payload.metadata.get("encoding", b"").decode("utf-8", "replace")
+                raise PayloadNotSealed(
+                    f"refused a payload that is not encrypted (encoding {encoding!r}): TAKEBACK_PAYLOAD_REQUIRE_ENCRYPTION "
+                    "accepts only payloads sealed with TAKEBACK_PAYLOAD_KEYS"
+                )
             return payload  # written before the codec was turned on
         key_id = payload.metadata.get(KEY_ID, b"").decode("utf-8", "replace")
         cipher = self._ciphers.get(key_id)
@@ -66,10 +77,12 @@ def codec_from_settings(settings) -> AesGcmCodec | None:
     """The codec the settings ask for, or None when no payload key is set (the codec is off)."""
     keys = settings.payload_keyring
     if not keys:
+        if settings.payload_require_encryption:
+            raise ValueError("TAKEBACK_PAYLOAD_REQUIRE_ENCRYPTION is set without TAKEBACK_PAYLOAD_KEYS")
         return None
     if not settings.payload_key_id:
         raise ValueError("TAKEBACK_PAYLOAD_KEYS is set without TAKEBACK_PAYLOAD_KEY_ID")
-    return AesGcmCodec(keys, settings.payload_key_id)
+    return AesGcmCodec(keys, settings.payload_key_id, require_sealed=settings.payload_require_encryption)
 
 
 # --- the codec server --------------------------------------------------------------------------

@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     # payloads use TAKEBACK_PAYLOAD_KEY_ID, any listed key decrypts (rotation). Unset: off.
     payload_keys: SecretStr | None = Field(None, alias="TAKEBACK_PAYLOAD_KEYS")
     payload_key_id: str | None = Field(None, alias="TAKEBACK_PAYLOAD_KEY_ID")
+    # Once every history is sealed: a payload that is not is refused (its decode fails, saying so), and
+    # a process without payload keys refuses to start. Off: unsealed payloads (older histories) pass.
+    payload_require_encryption: bool = Field(False, alias="TAKEBACK_PAYLOAD_REQUIRE_ENCRYPTION")
     # `takeback codec-server`: the bearer token callers must send (the Web UI passes the user's), and
     # the browser origins (the Web UI's) allowed to call it.
     codec_server_token: SecretStr | None = Field(None, alias="TAKEBACK_CODEC_SERVER_TOKEN")
@@ -232,8 +235,9 @@ class Settings(BaseSettings):
     http_max_header_bytes: int = Field(64 * 1024, ge=4096, alias="TAKEBACK_HTTP_MAX_HEADER_BYTES")
     # Connections plus requests in progress (uvicorn's limit_concurrency): past it, new requests get a 503.
     http_max_connections: int = Field(1000, ge=1, alias="TAKEBACK_HTTP_MAX_CONNECTIONS")
-    # Proxies whose X-Forwarded-For names the caller (uvicorn's setting): behind compose's Caddy, "*"
-    # (the API is not published); otherwise every caller would count as the proxy in the rate limits.
+    # Proxies whose X-Forwarded-For names the caller (uvicorn's setting): the proxy's address alone
+    # (compose: Caddy's fixed TAKEBACK_PROXY_ADDRESS), never "*", which lets anyone reaching the API claim
+    # any address; unset behind a proxy, every caller would count as the proxy in the rate limits.
     forwarded_allow_ips: str = Field("127.0.0.1", alias="FORWARDED_ALLOW_IPS")
 
     # Operating it (README "Operating it"). `json`: one JSON object a line, ids as fields, for a log
@@ -362,6 +366,8 @@ class Settings(BaseSettings):
             problems.append("TAKEBACK_PAYLOAD_KEYS is set without TAKEBACK_PAYLOAD_KEY_ID (the key new payloads are encrypted with)")
         if self.payload_key_id and self.payload_key_id not in keys:
             problems.append(f"TAKEBACK_PAYLOAD_KEY_ID {self.payload_key_id!r} is not among TAKEBACK_PAYLOAD_KEYS")
+        if self.payload_require_encryption and not keys:
+            problems.append("TAKEBACK_PAYLOAD_REQUIRE_ENCRYPTION is set without TAKEBACK_PAYLOAD_KEYS: no payload could be sealed or opened")
         if bool(self.temporal_tls_cert) != bool(self.temporal_tls_key):
             problems.append("TEMPORAL_TLS_CLIENT_CERT_PATH and TEMPORAL_TLS_CLIENT_KEY_PATH go together")
         for name, path in (("TEMPORAL_TLS_CA_PATH", self.temporal_tls_ca), ("TEMPORAL_TLS_CLIENT_CERT_PATH", self.temporal_tls_cert), ("TEMPORAL_TLS_CLIENT_KEY_PATH", self.temporal_tls_key)):

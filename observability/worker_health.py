@@ -75,20 +75,7 @@ class WorkerHealth:
 
     async def _pollers(self) -> bool:
         """Temporal saw this worker poll both its queues lately."""
-        from temporalio.api.enums.v1 import TaskQueueType
-        from temporalio.api.taskqueue.v1 import TaskQueue
-        from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-
-        async def seen(kind) -> bool:
-            request = DescribeTaskQueueRequest(namespace=self.client.namespace, task_queue=TaskQueue(name=self.settings.task_queue), task_queue_type=kind)
-            answer = await self.client.workflow_service.describe_task_queue(request, timeout=timedelta(seconds=PROBE_TIMEOUT))
-            since = datetime.now(timezone.utc) - POLLER_SEEN_WITHIN
-            return any(poller.identity == self.identity and poller.last_access_time.ToDatetime(timezone.utc) >= since for poller in answer.pollers)
-
-        try:
-            return all(await asyncio.gather(seen(TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW), seen(TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)))
-        except Exception:
-            return False
+        return await queue_polled(self.client, self.settings.task_queue, self.identity) is True
 
     def app(self) -> Starlette:
         async def live(_request):
@@ -100,6 +87,29 @@ class WorkerHealth:
             return JSONResponse(body, status_code=status, headers={} if status == 200 else {"Retry-After": "5"})
 
         return Starlette(routes=[Route("/livez", live), Route("/healthz", live), Route("/readyz", ready)])
+
+
+async def queue_polled(client, task_queue: str, identity: str | None = None, timeout: float = PROBE_TIMEOUT) -> bool | None:
+    """Whether Temporal saw a worker (the one of `identity`, else any) poll `task_queue` for workflow and
+    for activity tasks within POLLER_SEEN_WITHIN (describe_task_queue); False when it cannot be asked,
+    None when the server does not implement the call (the time-skipping test server): it cannot say."""
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+    from temporalio.service import RPCError, RPCStatusCode
+
+    async def seen(kind) -> bool:
+        request = DescribeTaskQueueRequest(namespace=client.namespace, task_queue=TaskQueue(name=task_queue), task_queue_type=kind)
+        answer = await client.workflow_service.describe_task_queue(request, timeout=timedelta(seconds=timeout))
+        since = datetime.now(timezone.utc) - POLLER_SEEN_WITHIN
+        return any((identity is None or poller.identity == identity) and poller.last_access_time.ToDatetime(timezone.utc) >= since for poller in answer.pollers)
+
+    try:
+        return all(await asyncio.gather(seen(TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW), seen(TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)))
+    except RPCError as error:
+        return None if error.status == RPCStatusCode.UNIMPLEMENTED else False
+    except Exception:
+        return False
 
 
 def _ok(value: bool) -> str:

@@ -348,74 +348,7 @@ def get_certificate(session: Session, deal_id: str) -> Certificate | None:
 
 
 # --- personal data retention ----------------------------------------------------------------
+# In store/retention.py, with the classification of every column it covers; its names are kept here for
+# the callers that import them from this module (the worker's purge loop, `takeback purge-personal-data`).
 
-ERASED = "(erased)"
-ERASED_EMAIL_DOMAIN = "erased.invalid"  # `.invalid` never resolves (RFC 2606): nothing can be sent to it
-CLOSED_DEAL_STATUSES = ("closed", "expired", "cancelled")
-
-
-class PurgeCounts(NamedTuple):
-    pickups: int  # pickups whose address and contact were erased
-    trainees: int  # trainees whose e-mail and name were erased
-
-
-def erased_email(trainee_id: int) -> str:
-    """A trainee's e-mail once erased: unique (the one-tree-per-person constraint holds), nobody's."""
-    return f"erased-{trainee_id}@{ERASED_EMAIL_DOMAIN}"
-
-
-def _pickups_to_purge(before: datetime):
-    closed_before = select(Deal.id).where(Deal.status.in_(CLOSED_DEAL_STATUSES), Deal.updated_at < before)
-    return Pickup.deal_id.in_(closed_before), (Pickup.address != ERASED) | (Pickup.contact_name != ERASED) | (Pickup.contact_phone != ERASED)
-
-
-def _trainees_to_purge(before: datetime):
-    from store.specialization import Trainee, TrainingSession
-
-    trained_since = (
-        select(TrainingSession.id)
-        .where(TrainingSession.partner_id == Trainee.partner_id, TrainingSession.person_email == Trainee.person_email, TrainingSession.recorded_at >= before)
-        .exists()
-    )
-    partner_gone = ~select(Partner.id).where(Partner.id == Trainee.partner_id).exists()
-    return select(Trainee).where(
-        Trainee.person_email.not_like(f"erased-%@{ERASED_EMAIL_DOMAIN}"),
-        ((Trainee.first_trained_at < before) & ~trained_since) | partner_gone,
-    ).order_by(Trainee.id)
-
-
-def purge_personal_data(session: Session, before: datetime, dry_run: bool = False) -> PurgeCounts:
-    """Anonymise the personal data nobody needs any more; run it again and it finds nothing new.
-
-    - Pickups of deals that closed (closed, expired or cancelled) before `before`: address, contact
-      name and phone become "(erased)". Tracking number, carrier, status, dates and units stay.
-    - Trainees whose last training was before `before`, or whose partner is gone: e-mail and name,
-      also on their training sessions and tree. Rows stay, so hours, trainees and trees still add up;
-      a person erased who trains again later counts as new (one more tree).
-
-    A deal's closing time is its last projection (`updated_at`): nothing updates a closed deal's row.
-    """
-    from store.specialization import TrainingSession, TreePlanted
-
-    before = before.astimezone(timezone.utc)
-    pickup_where = _pickups_to_purge(before)
-    trainees = session.execute(_trainees_to_purge(before)).scalars().all()
-    if dry_run:
-        pickups = session.execute(select(func.count()).select_from(Pickup).where(*pickup_where)).scalar_one()
-        return PurgeCounts(pickups=pickups, trainees=len(trainees))
-    pickups = session.execute(
-        update(Pickup).where(*pickup_where).values(address=ERASED, contact_name=ERASED, contact_phone=ERASED).execution_options(synchronize_session=False)
-    ).rowcount
-    for trainee in trainees:
-        anonymous = erased_email(trainee.id)
-        for table in (TrainingSession, TreePlanted):
-            session.execute(
-                update(table)
-                .where(table.partner_id == trainee.partner_id, table.person_email == trainee.person_email)
-                .values(person_email=anonymous)
-                .execution_options(synchronize_session=False)
-            )
-        trainee.person_email, trainee.person_name = anonymous, ERASED
-        session.add(trainee)
-    session.commit()
-    return PurgeCounts(pickups=pickups, trainees=len(trainees))
+from store.retention import CLOSED_DEAL_STATUSES, ERASED, ERASED_EMAIL_DOMAIN, PurgeCounts, erased_email, purge_personal_data  # noqa: E402,F401

@@ -17,11 +17,71 @@ from store.db import session_scope
 WEBHOOK_SECRET = "test-webhook-secret"
 
 
+async def as_told(attempt, budget: float = 60.0) -> object:
+    """What a real client of the API does with a 503 that says Retry-After (the engine busy, a query past
+    its deadline, a worker restarting): wait that long and send the same request again, for up to
+    `budget` seconds in all. `attempt()` returns (its outcome, the seconds it was told to wait or None);
+    the outcome of the first attempt not told to wait, or of the last one within the budget, is returned."""
+    deadline = time.monotonic() + budget
+    while True:
+        outcome, wait = await attempt()
+        if wait is None or time.monotonic() + wait > deadline:
+            return outcome
+        await asyncio.sleep(wait)
+
+
+class RetryAfter503(httpx.AsyncBaseTransport):
+    """An HTTP client's transport that retries a 503 with Retry-After `as_told`; `retried` lists the
+    problem types it waited out."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, budget: float = 60.0):
+        self.transport, self.budget = transport, budget
+        self.app = getattr(transport, "app", None)  # as the ASGI transport it wraps (certified_partner reads it)
+        self.retried: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        async def attempt():
+            response = await self.transport.handle_async_request(request)
+            after = response.headers.get("retry-after")
+            if response.status_code != 503 or after is None:
+                return response, None
+            body = json.loads(await response.aread())
+            self.retried.append(body.get("type", "").rsplit("/", 1)[-1])
+            return response, float(after)
+
+        return await as_told(attempt, self.budget)
+
+
+async def as_the_api_calls(call, client, timeout: float = 30, budget: float = 60.0):
+    """A service call (`call()` makes it afresh) made as a route makes it, through `api.deps.temporal`
+    (a query past its deadline, a busy workflow or a restarting worker: a 503 problem with Retry-After),
+    by a caller that retries as told: for tests of the service that a loaded machine must not fail."""
+    from api.deps import temporal
+    from api.problems import Problem
+
+    async def attempt():
+        try:
+            return await temporal(call(), timeout=timeout, client=client), None
+        except Problem as problem:
+            after = (problem.headers or {}).get("Retry-After") if problem.status == 503 else None
+            if after is None:
+                raise
+            return problem, float(after)
+
+    outcome = await as_told(attempt, budget)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
 @asynccontextmanager
-async def api_client(settings, base_url: str = "http://takeback.test", timeout: float = 60):
+async def api_client(settings, base_url: str = "http://takeback.test", timeout: float = 60, retry_503: bool = False):
+    """An HTTP client of an app on `settings`; with `retry_503`, one that retries a 503 with Retry-After
+    as a real client would (RetryAfter503), for tests whose point is not the 503 itself."""
     app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url, timeout=timeout) as http:
+        async with httpx.AsyncClient(transport=RetryAfter503(transport) if retry_503 else transport, base_url=base_url, timeout=timeout) as http:
             yield http
 
 

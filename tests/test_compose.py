@@ -13,7 +13,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-APP_SERVICES = ("api", "worker")
+WORKERS = ("worker-blue", "worker-green")  # one Worker Deployment, two build ids (README "Production-like")
+APP_SERVICES = ("api", *WORKERS)
+# Set on the workers only: the deployment they poll in and their build id (worker.py's versioning
+# settings). Until settings.py reads them they are exempt from "set but not read" below.
+VERSIONING_ENV = {"TAKEBACK_DEPLOYMENT_NAME", "TAKEBACK_BUILD_ID"}
 ONE_SHOT_JOBS = ("temporal-admin-tools", "temporal-create-namespace")
 
 
@@ -28,6 +32,9 @@ REQUIRED = {
     "TAKEBACK_DB_PASSWORD": "tb-5e81aa2c3d",
     "TAKEBACK_CARRIER_WEBHOOK_SECRET": "5c1d0f3e9a7b46e2b8d4a1c7f0e3b9d26a4c8e1f7b3d5a9c2e6f0b4d8a1c3e5f",
     "TAKEBACK_CONSOLE_SECRET": "9b2e7d4a1f6c3e8b5d0a7f2c9e4b1d6a8c3f5e0b7d2a9c4e1f6b3d8a5c0e7f2b",
+    "GRAFANA_ADMIN_PASSWORD": "gf-3c9e1a7b5d",
+    "TAKEBACK_BLUE_BUILD_ID": "2026.12.1",
+    "TAKEBACK_GREEN_BUILD_ID": "2026.12.2",
 }
 
 
@@ -147,7 +154,9 @@ def test_api_and_worker_reach_temporal_and_the_database():
         assert "TAKEBACK_CARRIER_WEBHOOK_SECRET" in env
         assert "TAKEBACK_CONSOLE_SECRET" in env  # the console on, its cookies signed with the operator's secret
         assert "SENDGRID_API_KEY" in env and env["SENDGRID_API_KEY"].startswith("${SENDGRID_API_KEY")  # passed through
-    assert env_of("api") == env_of("worker")
+    for worker in WORKERS:  # the API's environment, plus the worker's place in the deployment
+        env = env_of(worker)
+        assert {key: value for key, value in env.items() if key not in VERSIONING_ENV} == env_of("api") and VERSIONING_ENV <= set(env)
 
 
 def test_the_app_environment_is_what_settings_read():
@@ -156,15 +165,15 @@ def test_the_app_environment_is_what_settings_read():
     aliases = {field.alias for field in Settings.model_fields.values()}
     aliases |= {choice for field in Settings.model_fields.values() for choice in getattr(field.validation_alias, "choices", ())}
     for name in APP_SERVICES:
-        unknown = set(env_of(name)) - aliases
+        unknown = set(env_of(name)) - aliases - VERSIONING_ENV
         assert not unknown, f"{name} sets variables takeback does not read: {unknown}"
-    settings = Settings.model_validate({key: resolve(value) for key, value in env_of("worker").items()})
+    settings = Settings.model_validate({key: resolve(value) for key, value in env_of("worker-blue").items()})
     assert settings.temporal_address == "temporal:7233" and settings.effective_database_url.startswith("postgresql+psycopg://")
     assert settings.sendgrid_api_key in (None, "")  # empty: the outbox, not SendGrid
     assert settings.env == "production" and settings.payload_keyring == {}  # the codec is off until keys are set
     # ... which production refuses unless the outbox is asked for: with it, nothing else is missing.
     assert any("SENDGRID_API_KEY" in problem for problem in settings.startup_problems())
-    asked = {key: resolve(value) for key, value in env_of("worker").items()} | {"TAKEBACK_MAIL_OUTBOX": "true"}
+    asked = {key: resolve(value) for key, value in env_of("worker-blue").items()} | {"TAKEBACK_MAIL_OUTBOX": "true"}
     assert Settings.model_validate(asked).startup_problems() == []
 
 
@@ -201,7 +210,7 @@ def test_published_ports_are_unique_and_images_pinned():
     assert len({port for _, port in published}) == len(published), f"a host port is published twice: {published}"
     assert port_mappings("api") == [] and ("127.0.0.1", 8443, 443) in port_mappings("caddy")  # the API only behind TLS
     for name, service in SERVICES.items():
-        if "build" in service:
+        if "build" in service or name in WORKERS:  # ours: built here, the workers' tagged with their build id
             continue
         image = service["image"]
         assert ":" in image and not image.endswith(":latest"), f"{name} image {image} is not pinned"
@@ -322,23 +331,24 @@ def json_or_shell(argument: str) -> list[str]:
 
 def test_dockerfile_builds_what_compose_runs():
     assert instructions("FROM") == ["python:3.11-slim"]
-    for name in APP_SERVICES:
-        build = SERVICES[name]["build"]
-        context = build if isinstance(build, str) else build["context"]
-        assert (ROOT / context / (build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile")).is_file()
-        assert SERVICES[name]["image"] == SERVICES["api"]["image"]  # one image, two commands
+    build = SERVICES["api"]["build"]
+    context = build if isinstance(build, str) else build["context"]
+    assert (ROOT / context / (build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile")).is_file()
+    for name in WORKERS:  # the same image, tagged with the build id by `docker build -t takeback:<id> .`, never rebuilt by compose
+        assert SERVICES[name]["image"].split(":")[0] == SERVICES["api"]["image"].split(":")[0] == "takeback"
+        assert "build" not in SERVICES[name] and SERVICES[name]["pull_policy"] == "never"
     for sources, _destination in copy_sources():
         for source in sources:
             assert (ROOT / source).exists(), f"COPY source {source} does not exist"
     assert json_or_shell(instructions("ENTRYPOINT")[-1]) == ["takeback"]
     assert instructions("USER") == ["takeback"] and any("useradd" in run and "takeback" in run for run in instructions("RUN"))
     assert any(re.search(r"pip install .*\.(\s|$)", run) for run in instructions("RUN")), "the project itself is not installed"
-    assert SERVICES["api"]["command"][:1] == ["api"] and SERVICES["worker"]["command"] == ["worker"]
+    assert SERVICES["api"]["command"][:1] == ["api"] and all(SERVICES[name]["command"] == ["worker"] for name in WORKERS)
     assert json_or_shell(instructions("CMD")[-1])[0] in ("api", "worker")
     from cli import build_parser
 
+    assert SERVICES["codec-server"]["image"] == SERVICES["api"]["image"]
     for name in (*APP_SERVICES, "codec-server"):  # the commands parse with the real CLI
-        assert SERVICES[name]["image"] == SERVICES["api"]["image"]
         build_parser().parse_args(SERVICES[name]["command"])
 
 
@@ -425,8 +435,8 @@ def test_the_namespace_script_registers_the_search_attributes_the_app_uses(tmp_p
 def test_the_observability_profile_scrapes_the_api_and_the_worker():
     prometheus_config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in prometheus_config["scrape_configs"]}
-    worker_host, worker_port = env_of("worker")["TAKEBACK_WORKER_METRICS_ADDRESS"].split(":")
-    assert worker_host == "0.0.0.0" and targets["takeback-worker"] == [f"worker:{worker_port}"]
+    worker_host, worker_port = env_of("worker-blue")["TAKEBACK_WORKER_METRICS_ADDRESS"].split(":")
+    assert worker_host == "0.0.0.0" and targets["takeback-worker"] == [f"{name}:{worker_port}" for name in WORKERS]
     api_port = SERVICES["api"]["command"][SERVICES["api"]["command"].index("--port") + 1]
     assert targets["takeback-api"] == [f"api:{api_port}"]
     for name in ("prometheus", "grafana"):
@@ -438,7 +448,8 @@ def test_the_observability_profile_scrapes_the_api_and_the_worker():
         assert mounted[str(config_dir / rule_file)] == ROOT / "deploy/prometheus" / rule_file
     assert mounted[str(config_dir / "prometheus.yml")] == ROOT / "deploy/prometheus/prometheus.yml"
     # The worker's health is its container's healthcheck; Caddy answers /metrics itself (404), never the API's.
-    assert env_of("worker")["TAKEBACK_WORKER_HEALTH_ADDRESS"].split(":")[1] in " ".join(SERVICES["worker"]["healthcheck"]["test"])
+    for name in WORKERS:
+        assert env_of(name)["TAKEBACK_WORKER_HEALTH_ADDRESS"].split(":")[1] in " ".join(SERVICES[name]["healthcheck"]["test"])
     caddyfile = (ROOT / "deploy/Caddyfile").read_text()
     assert re.search(r"@metrics path /metrics\s+respond @metrics 404\s+reverse_proxy", caddyfile)
 
@@ -457,3 +468,88 @@ def test_grafana_is_provisioned_with_prometheus_and_the_dashboard():
         dashboard = json.loads(mounts[target].read_text())
         panels = [panel for panel in dashboard["panels"] if panel["type"] != "row"]
         assert panels and all(panel["datasource"]["uid"] == datasource["uid"] and panel["targets"] for panel in panels)
+
+
+# --- hardening, round 2 (issue 24): who reaches Temporal, the proxy, Grafana, blue/green workers -----
+
+
+def networks_of(name: str) -> set[str]:
+    networks = SERVICES[name].get("networks", ["default"])
+    return set(networks) if isinstance(networks, list) else set(networks)
+
+
+TEMPORAL_CLIENTS = {"temporal-create-namespace", "temporal-ui", *APP_SERVICES}
+
+
+def test_temporal_is_not_published_and_only_its_clients_share_a_network_with_it():
+    assert port_mappings("temporal") == [], "Temporal's gRPC port is published on the host"
+    own_dependencies = set(depends_of("temporal"))  # its database and schema job, on the database network
+    for name in SERVICES:
+        shared = networks_of(name) & networks_of("temporal")
+        if name in TEMPORAL_CLIENTS:
+            assert "temporal" in shared, f"{name} needs Temporal and cannot reach it"
+        elif name in own_dependencies:
+            assert shared == {"database"}, f"{name} shares {shared} with Temporal"
+        elif name != "temporal":
+            assert not shared, f"{name} reaches Temporal's gRPC API on {shared} without needing it"
+    for name in TEMPORAL_CLIENTS - {"temporal-ui"}:  # the UI's own TEMPORAL_ADDRESS is tested above
+        assert env_of(name)["TEMPORAL_ADDRESS"] == "temporal:7233"
+
+
+def test_the_api_trusts_forwarded_addresses_from_the_proxy_alone():
+    import ipaddress
+
+    allowed = resolve(env_of("api")["FORWARDED_ALLOW_IPS"])
+    assert allowed != "*" and "," not in allowed
+    caddy_networks = SERVICES["caddy"]["networks"]
+    (network,) = [name for name in caddy_networks if name in networks_of("api")]  # the one Caddy reaches the API on
+    assert resolve(caddy_networks[network]["ipv4_address"]) == allowed  # a fixed address: the proxy's
+    subnet = resolve(COMPOSE["networks"][network]["ipam"]["config"][0]["subnet"])
+    assert ipaddress.ip_address(allowed) in ipaddress.ip_network(subnet)
+    from settings import Settings
+
+    assert Settings.model_validate({"FORWARDED_ALLOW_IPS": allowed}).forwarded_allow_ips == allowed
+
+
+def test_grafana_needs_a_sign_in_and_the_operators_admin_password():
+    env = env_of("grafana")
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and "GF_AUTH_ANONYMOUS_ORG_ROLE" not in env
+    assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")  # required, no default
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+
+
+def test_the_workers_run_blue_green_in_one_worker_deployment():
+    colours = {name: env_of(name) for name in WORKERS}
+    assert {env["TAKEBACK_DEPLOYMENT_NAME"] for env in colours.values()} == {"takeback"}
+    build_ids = {name: env["TAKEBACK_BUILD_ID"] for name, env in colours.items()}
+    assert build_ids["worker-blue"].startswith("${TAKEBACK_BLUE_BUILD_ID:?") and build_ids["worker-green"].startswith("${TAKEBACK_GREEN_BUILD_ID:?")
+    for name, build_id in build_ids.items():  # each colour runs the image of its build id, with its build id
+        assert resolve(SERVICES[name]["image"]) == f"takeback:{resolve(build_id)}"
+    assert {env.get("TAKEBACK_TASK_QUEUE") for env in colours.values()} == {env_of("api").get("TAKEBACK_TASK_QUEUE")}  # one queue, the API's
+    assert len({resolve(build_id) for build_id in build_ids.values()}) == 2
+    readme = (ROOT / "README.md").read_text()
+    for step in ("set-current-version", "TAKEBACK_GREEN_BUILD_ID", "docker build -t takeback:"):
+        assert step in readme, f"README does not say how a rollout does {step}"
+
+
+def server_version() -> tuple[int, ...]:
+    return tuple(int(part) for part in re.match(r"(\d+)\.(\d+)\.(\d+)", SERVICES["temporal"]["image"].split(":")[1]).groups())
+
+
+def dynamic_config() -> dict:
+    path = env_of("temporal").get("DYNAMIC_CONFIG_FILE_PATH")
+    mounts = {target: source for source, target in host_mounts("temporal")}
+    return yaml.safe_load(mounts[path].read_text()) if path else {}
+
+
+def test_the_temporal_server_dispatches_by_priority_and_serves_worker_versioning():
+    """The deals' decisions are sent with priority 1 (tests/test_mail_queue.py): 1.29.1 ignores Priority
+    unless matching.useNewMatcher is on; 1.32 was measured to honour it without the flag."""
+    config = dynamic_config()
+
+    def on(key: str) -> bool:
+        return any(entry.get("value") is True and not entry.get("constraints") for entry in config.get(key, []))
+
+    assert server_version() >= (1, 29, 1), "Worker Deployments need server 1.29.1 or later"
+    assert server_version() >= (1, 32, 0) or on("matching.useNewMatcher"), "the server ignores task-queue priority"
+    assert server_version() >= (1, 31, 0) or on("system.enableDeploymentVersions"), "Worker Deployment versions are off"

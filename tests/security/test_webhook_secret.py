@@ -97,7 +97,7 @@ def test_dev_makes_a_random_secret_per_data_dir_and_keeps_it(tmp_path):
 
 
 def test_compose_has_no_default_webhook_secret():
-    for name in ("api", "worker"):
+    for name in ("api", "worker-blue", "worker-green"):
         value = SERVICES[name]["environment"]["TAKEBACK_CARRIER_WEBHOOK_SECRET"]
         assert value.startswith("${TAKEBACK_CARRIER_WEBHOOK_SECRET:?"), f"{name}: {value}"
         assert SERVICES[name]["environment"]["TAKEBACK_ENV"] == "production"
