@@ -15,8 +15,7 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 WORKERS = ("worker-blue", "worker-green")  # one Worker Deployment, two build ids (README "Production-like")
 APP_SERVICES = ("api", *WORKERS)
-# Set on the workers only: the deployment they poll in and their build id (worker.py's versioning
-# settings). Until settings.py reads them they are exempt from "set but not read" below.
+# Set on the workers only: the deployment they poll in and their build id (worker.py's versioning settings).
 VERSIONING_ENV = {"TAKEBACK_DEPLOYMENT_NAME", "TAKEBACK_BUILD_ID"}
 ONE_SHOT_JOBS = ("temporal-admin-tools", "temporal-create-namespace")
 
@@ -165,7 +164,7 @@ def test_the_app_environment_is_what_settings_read():
     aliases = {field.alias for field in Settings.model_fields.values()}
     aliases |= {choice for field in Settings.model_fields.values() for choice in getattr(field.validation_alias, "choices", ())}
     for name in APP_SERVICES:
-        unknown = set(env_of(name)) - aliases - VERSIONING_ENV
+        unknown = set(env_of(name)) - aliases
         assert not unknown, f"{name} sets variables takeback does not read: {unknown}"
     settings = Settings.model_validate({key: resolve(value) for key, value in env_of("worker-blue").items()})
     assert settings.temporal_address == "temporal:7233" and settings.effective_database_url.startswith("postgresql+psycopg://")
