@@ -36,11 +36,26 @@ def error_type(error: BaseException) -> str:
     return type(error).__name__
 
 
+_api_counters: dict = {}
+
+
 def count(name: str, description: str, attributes: dict[str, str] | None = None, value: int = 1) -> None:
-    """Add to a counter of the running activity's meter; outside an activity, nothing."""
-    if value <= 0 or not activity.in_activity():
+    """Add to a counter: in an activity, of its meter (the worker's endpoint); elsewhere (the API, which
+    counts receipts and the decisions they make in the store), of the process's Prometheus registry,
+    which the API's /metrics serves. Same name and labels either way."""
+    if value <= 0:
         return
-    activity.metric_meter().create_counter(name, description).add(value, attributes or {})
+    attributes = attributes or {}
+    if activity.in_activity():
+        activity.metric_meter().create_counter(name, description).add(value, attributes)
+        return
+    from prometheus_client import Counter  # the API's client library; a worker never gets here
+
+    key = (name, tuple(sorted(attributes)))
+    if key not in _api_counters:
+        _api_counters[key] = Counter(name, description, list(key[1]))
+    counter = _api_counters[key]
+    (counter.labels(**attributes) if attributes else counter).inc(value)
 
 
 def mail_sent(key: str) -> None:

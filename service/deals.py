@@ -20,6 +20,7 @@ from service.partners import ensure_may_book
 from service.pickup_address import check_pickup_address
 from settings import DEFAULT_MAX_LABELS_PER_DEAL, DEFAULT_MAX_OPEN_PICKUPS, Settings
 from domain.catalog import default_catalog
+from observability import worker_metrics as metrics
 from store import deals as store
 from store import limits
 from store import settlement
@@ -400,6 +401,10 @@ async def record_receipt(client: Client, settings: Settings, deal_id: str, items
             return outcome, settlement.receipt_result(session, batch_id)
 
     outcome, result = await asyncio.to_thread(count)
+    if outcome.fresh:
+        metrics.receipt_processed(outcome.counts.accepted, outcome.counts.rejected)
+    if outcome.settled:
+        metrics.decided(outcome.settled)
     if not outcome.counted:
         raise ReceiptNotCounted(f"deal {deal_id} was decided before receipt {batch_id} came: it was not counted")
     try:

@@ -51,6 +51,8 @@ class ReceiptOutcome(BaseModel):
     counted: bool  # False: the deal had been decided when the batch came; nothing of it counts, no serial is burnt
     counts: ReceiptCounts
     totals: DealTotals
+    fresh: bool = False  # this call committed the batch (a retry answers what an earlier call committed)
+    settled: str | None = None  # the settlement this call's transaction recorded (a release), if any
 
 
 def _lock(session: Session, deal_id: str) -> Deal:
@@ -214,6 +216,7 @@ def count_receipt(
                 session.execute(insert(SanitizationRecord), sanitizations[start : start + CHUNK])
             custody.insert_events(session, custody.receipt_rows(session, deal_id, batch_id, accepted, rejections, received_at), heartbeat)
             counts = batch_counts(session, batch_id)
+            held_before = _held(session, deal_id)
             deal.received_units += counts.accepted
             deal.rejected_units += counts.rejected
             deal.refresh_units += counts.refresh
@@ -221,7 +224,9 @@ def count_receipt(
             deal.other_units += counts.other
             _decide_on_counts(session, deal)
             session.flush()
-            outcome = ReceiptOutcome(counted=True, counts=counts, totals=_totals(session, deal))
+            totals_now = _totals(session, deal)
+            settled = totals_now.settlement if held_before is None else None
+            outcome = ReceiptOutcome(counted=True, counts=counts, totals=totals_now, fresh=True, settled=settled)
             session.commit()
         except IntegrityError:
             session.rollback()  # lost a race on a serial (another deal's receipt) or on the batch id: look again
