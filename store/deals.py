@@ -149,7 +149,8 @@ def discard_staged_booking(session: Session, deal_id: str) -> None:
     deal = session.get(Deal, deal_id)
     if deal is None:
         return
-    for table in (OpenSerialClaim, CommittedSerial, CommittedLine):
+    # An upfront booking's "applied" ledger row was written with it: the discount was never granted.
+    for table in (OpenSerialClaim, CommittedSerial, CommittedLine, IncentiveLedger):
         session.execute(delete(table).where(table.deal_id == deal_id))
     # The booking never happened: its `committed` events go with it (no other event can exist yet).
     session.execute(delete(CustodyEvent).where(CustodyEvent.deal_id == deal_id, CustodyEvent.kind == "committed"))

@@ -218,3 +218,21 @@ def test_a_refused_batch_burns_nothing_and_a_counted_one_stays_counted(database_
     assert receipt(database_url, "D1", "on-time", ["OK-1"]).counted  # and a counted one's retry answers it counted
     with session_scope(database_url) as session:
         assert session.execute(select(ReturnedItem.serial)).scalars().all() == ["OK-1"]  # the refused serial was not burnt
+
+
+def test_an_upfront_discount_is_granted_with_its_booking_and_undone_with_a_booking_never_started(database_url, tmp_path):
+    """Upfront mode: the "applied" ledger row is written in the booking's own transaction (the discount is
+    granted at booking), once however often the booking is retried; a staged booking whose workflow never
+    started is discarded with it, so no discount stays granted for a deal that does not exist."""
+    settings = setup_store(database_url, tmp_path).model_copy(update={"incentive_mode": "upfront"})
+    request = booking(4, serials=["U1", "U2", "U3", "U4"])
+    terms = deal_terms("DUP", request, settings)
+    view = booked_view("DUP", 4, incentive_status="applied")
+    with session_scope(database_url) as session:
+        assert store.stage_booking(session, "DUP", request, terms, view)
+        assert not store.stage_booking(session, "DUP", request, terms, view)  # a retry
+        granted = session.execute(select(IncentiveLedger.kind, IncentiveLedger.amount).where(IncentiveLedger.deal_id == "DUP")).all()
+        store.discard_staged_booking(session, "DUP")
+        left = session.execute(select(func.count()).select_from(IncentiveLedger).where(IncentiveLedger.deal_id == "DUP")).scalar_one()
+    assert [tuple(row) for row in granted] == [("applied", Decimal("5000.00"))] and left == 0
+    assert stage(database_url, settings, "DOTHER", request)  # its serials are free again
