@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel
 
-from domain import rules
 from domain.durations import format_duration
 from domain.models import DealStatus, DealTerms, DealView, Dispositions, Incentive, IncentiveMode, IncentiveStatus, PickupRequest, PickupView
 
@@ -106,12 +105,12 @@ def initial_progress(terms: DealTerms, booked_at: datetime) -> DealProgress:
 
 
 def incentive_amount(terms: DealTerms):
-    """Frozen in the terms at booking; computed as then for deals booked before it was kept."""
-    return terms.incentive_amount if terms.incentive_amount is not None else rules.incentive_amount(terms.new_products_value, terms.incentive_rate)
+    """Frozen in the terms at booking (service.deals.deal_terms)."""
+    return terms.incentive_amount
 
 
 def required_units(terms: DealTerms) -> int:
-    return terms.required_units if terms.required_units is not None else rules.required_units(terms.committed_units, terms.return_threshold)
+    return terms.required_units
 
 
 def deal_view(terms: DealTerms, progress: DealProgress) -> DealView:

@@ -251,11 +251,11 @@ class DealTerms(BaseModel):
     reminder_offsets_seconds: list[float]
     return_threshold: float
     sim_carrier_step_seconds: float
-    booked_at: datetime | None = None  # when the API accepted the booking (absent in deals booked before it was kept)
+    booked_at: datetime  # when the API accepted the booking: the deadline counts from it
     # Frozen at booking, so a later change of the rules (the cap, rounding, the threshold) never
-    # re-prices an open deal. Absent in deals booked before they were kept: computed as then.
-    incentive_amount: Decimal | None = None
-    required_units: int | None = None
+    # re-prices an open deal, and no rule of today's code changes a running deal's decision.
+    incentive_amount: Decimal
+    required_units: int
     version_look_seconds: float = 30 * 86400  # TAKEBACK_VERSION_LOOK: how often the deal looks for a new worker version
 
 

@@ -164,7 +164,7 @@ def deal_terms(deal_id: str, request: BookingRequest, settings: Settings, booked
         return_threshold=settings.return_threshold,
         sim_carrier_step_seconds=settings.sim_carrier_step_seconds,
         version_look_seconds=settings.version_look_seconds,
-        booked_at=booked_at,
+        booked_at=booked_at or datetime.now(timezone.utc),
     )
 
 

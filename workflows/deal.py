@@ -88,7 +88,7 @@ class TakebackDealWorkflow:
         self.amount = incentive_amount(self.terms)
         self.required = required_units(self.terms)
         # The API answered the booking from the same terms: booked_at is theirs, not this task's.
-        self.progress = input.progress or initial_progress(self.terms, self.terms.booked_at or workflow.now())
+        self.progress = input.progress or initial_progress(self.terms, self.terms.booked_at)
         self.notices = Notices(f"deal {self.terms.deal_id}", self.progress.notices_in_flight, mail_task_queue(workflow.info().task_queue))
         self.dirty = False
         self.pickup_runs: list = []  # child handles of this run
