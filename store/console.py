@@ -259,10 +259,8 @@ def deal_timeline(session: Session, deal: Deal, status: str | None = None, close
         for batch in batches:
             by_disposition = counts.get(batch.id, {})
             accepted = sum(by_disposition.values())
-            if batch.refused_at is not None:
-                title, state = f"Receipt of {batch.item_count} items refused: the deal had decided", "refused"
-            elif batch.processed_at is None:
-                title, state = f"Receipt of {batch.item_count} items staged, not yet processed", "staged"
+            if batch.refused_at is not None:  # a batch is counted or refused in the transaction that stores it
+                title, state = f"Receipt of {batch.item_count} items refused: the deal had decided, nothing of it counted", "refused"
             else:
                 title, state = f"Receipt: {accepted} of {batch.item_count} items accepted", "processed"
             lines = []
