@@ -54,6 +54,14 @@ def get_engine(url: str) -> Engine:
         return engine
 
 
+def dispose_engine(url: str) -> None:
+    """Close the process's connections to `url` (a database that is going away, as a test's is)."""
+    with _lock:
+        engine = _engines.pop(url, None)
+    if engine is not None:
+        engine.dispose()
+
+
 @contextmanager
 def session_scope(url: str):
     with Session(get_engine(url), expire_on_commit=False) as session:

@@ -95,11 +95,14 @@ def postgres_url():
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path) -> str:
-    """Run a store test on SQLite and on PostgreSQL, each in a database of its own."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
-    return new_postgres_database(request.getfixturevalue("postgres_url"))
+def database_url(request, tmp_path):
+    """Run a store test on SQLite and on PostgreSQL, each in a database of its own; its connections are
+    closed after it (the session's cluster has max_connections 100, and a pool keeps up to 12 a database)."""
+    from store.db import dispose_engine
+
+    url = f"sqlite:///{tmp_path / 'store.db'}" if request.param == "sqlite" else new_postgres_database(request.getfixturevalue("postgres_url"))
+    yield url
+    dispose_engine(url)
 
 
 def new_postgres_database(base: str) -> str:

@@ -10,6 +10,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 from pydantic import SecretStr
+from temporalio.service import RPCError
 
 from activities.easypost_carrier import estimate_parcel, parse_address, pickup_window, tracker_events
 from activities.tracking_poll import PollSummary
@@ -434,7 +435,12 @@ async def test_takeback_worker_refuses_easypost_unconfigured_and_creates_the_pol
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and "worker polling" not in worker.stderr.readline():
             pass
-        description = await handle.describe()  # made at start, before the worker polls
+        for _ in range(100):  # made once the worker polls (it runs the schedule's first poll)
+            try:
+                description = await handle.describe()
+                break
+            except RPCError:  # not made yet
+                await asyncio.sleep(0.1)
         assert description.schedule.spec.intervals[0].every == timedelta(minutes=15)
         assert description.schedule.action.task_queue == task_queue and description.schedule.action.workflow == "TrackingPollWorkflow"
         worker.send_signal(signal.SIGTERM)

@@ -85,7 +85,11 @@ CRASH_POINTS = [
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request, tmp_path):
-    return f"sqlite:///{tmp_path / 'takeback.db'}" if request.param == "sqlite" else new_postgres_database(request.getfixturevalue("postgres_url"))
+    from store.db import dispose_engine
+
+    url = f"sqlite:///{tmp_path / 'takeback.db'}" if request.param == "sqlite" else new_postgres_database(request.getfixturevalue("postgres_url"))
+    yield url
+    dispose_engine(url)
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS, ids=lambda p: f"{p.where}-commit-racing-{p.racing}")

@@ -93,6 +93,7 @@ class TakebackDealWorkflow:
         self.dirty = False
         self.pickup_runs: list = []  # child handles of this run
         self.booking_errors: dict[str, str] = {}  # pickup id -> the carrier's refusal, for its caller
+        self.pickups_closed_with: list[PickupView] = []
         self.timer: asyncio.Future | None = None  # the pending wake-up, see _sleep_until_something_happens
         self.timer_target: datetime | None = None
         # A deal is pinned to its worker version (Worker Versioning) and moves to the current one when it
@@ -283,9 +284,8 @@ class TakebackDealWorkflow:
         self._show()
         # Callers get their answers, bookings under way end and mail goes before the run ends; the money is
         # decided and the deal closed already. A booking that ends after the close is shown in the read model.
-        booking = bool(self.progress.bookings_in_flight)
         await workflow.wait_condition(lambda: workflow.all_handlers_finished() and not self.progress.bookings_in_flight and self.notices.pending == 0)
-        if booking:
+        if self.progress.pickups != self.pickups_closed_with:  # a booking ended after the close wrote the view
             await self._project()
         return self.view()
 
@@ -329,6 +329,7 @@ class TakebackDealWorkflow:
         refused a cancel (the incentive was released meanwhile), and the deal stays open."""
         p = self.progress
         p.closing = True  # from here extensions, pickups and cancels are refused
+        self.pickups_closed_with = list(p.pickups)  # as the closed view the activity writes shows them
         totals: DealTotals = await _activity(
             TakebackActivities.decide_and_close, DealDecision(terms=self.terms, progress=p, kind=kind), timeout=LONG,
             summary="record the decision, close and certify", priority=DECISION_PRIORITY,
