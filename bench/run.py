@@ -1,9 +1,9 @@
 """`make bench`: the cost of a takeback deal against the engine's own limit, measured side by side.
 
 For an in-memory and a file-backed dev server, each with the product worker (which also runs a
-raw two-activity workflow) and the API: booking rate, lifecycle CPU on four paths (early close;
+raw two-activity workflow) and the API: booking rate, lifecycle CPU on five paths (early close;
 met, then closed at the deadline after a reminder; short and forfeited after reminders; upfront,
-short and clawed back), message round trips, one deal at scale, parked deals and the read path.
+short and clawed back; met at the deadline after three reminders and two receipts), message round trips, one deal at scale, parked deals and the read path.
 Prints one table; a ratio measured over rounds shows the median and the range [min-max] of the
 rounds, never a best round. See bench/RESULTS.md.
 """
@@ -20,8 +20,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,15 +48,30 @@ _STARTED = time.monotonic()
 # own, started with these settings on the same dev server, worker and store: one raw baseline serves every path.
 # Reminders go out 4 s and 2 s before the deadline (2 s and 4 s after booking) to deals short of their units.
 LIFECYCLE_WINDOW = {"TAKEBACK_RETURN_WINDOW": "6s", "TAKEBACK_REMINDER_OFFSETS": "4s,2s"}
-WINDOW_APIS = {"window": LIFECYCLE_WINDOW, "upfront": LIFECYCLE_WINDOW | {"TAKEBACK_INCENTIVE_MODE": "upfront"}}
+# Issue 23's deal met at its deadline: three reminders (2, 4 and 6 s after booking), the deadline at 8 s.
+THREE_REMINDERS_WINDOW = {"TAKEBACK_RETURN_WINDOW": "8s", "TAKEBACK_REMINDER_OFFSETS": "6s,4s,2s"}
+WINDOW_APIS = {"window": LIFECYCLE_WINDOW, "upfront": LIFECYCLE_WINDOW | {"TAKEBACK_INCENTIVE_MODE": "upfront"}, "window3": THREE_REMINDERS_WINDOW}
 RECEIPTS_AFTER_REMINDER_S = 3.0  # after booking: past the first reminder (2 s), well before the deadline (6 s)
-# key: (label, API, units received of 10 committed (8 required), received after the first reminder, expected
-# (status, incentive status, reminders sent))
+# After booking: past the third reminder (6 s; the deal was booked ~0.2 s before book_and_ship returns), 1.3 s
+# before the deadline (8 s) for the two receipts (~0.1 s each).
+RECEIPTS_AFTER_THIRD_REMINDER_S = 6.5
+
+
+class LifecyclePath(NamedTuple):
+    label: str
+    api: str  # the API process that books it: "main" (the stack's, a year's window) or a name of WINDOW_APIS
+    receipts: tuple[int, ...]  # working units received in each receipt, one after another, of 10 committed (8 required)
+    receive_after_s: float | None  # seconds after booking (book_and_ship's return) the receipts go; None: at once
+    expected: tuple[str, str, int]  # (status, incentive status, reminders sent)
+
+
 LIFECYCLE_PATHS = {
-    "early": ("early close: all 10 units back", "main", 10, False, ("closed", "released", 0)),
-    "met": ("met after a reminder, closed at deadline", "window", 8, True, ("closed", "released", 1)),
-    "forfeit": ("short (5 of 8), 2 reminders, forfeited", "window", 5, False, ("expired", "forfeited", 2)),
-    "clawback": ("upfront, short, 2 reminders, clawed back", "upfront", 5, False, ("expired", "clawed_back", 2)),
+    "early": LifecyclePath("early close: all 10 units back", "main", (10,), None, ("closed", "released", 0)),
+    "met": LifecyclePath("met after a reminder, closed at deadline", "window", (8,), RECEIPTS_AFTER_REMINDER_S, ("closed", "released", 1)),
+    "forfeit": LifecyclePath("short (5 of 8), 2 reminders, forfeited", "window", (5,), None, ("expired", "forfeited", 2)),
+    "clawback": LifecyclePath("upfront, short, 2 reminders, clawed back", "upfront", (5,), None, ("expired", "clawed_back", 2)),
+    # Issue 23, item 8: "a deal met at its deadline (1 pickup, 2 receipts, 3 reminders)".
+    "met3": LifecyclePath("met at deadline: 1 pickup, 2 receipts, 3 reminders", "window3", (4, 4), RECEIPTS_AFTER_THIRD_REMINDER_S, ("closed", "released", 3)),
 }
 
 # Sizes fit `make bench` (every measure of issue 15, both stores) in 15 minutes on 2 cores: 1,500 parked deals (more
@@ -191,12 +208,34 @@ async def book_and_ship(http: LoadClient) -> str:
     return deal["id"]
 
 
-async def receive(http: LoadClient, deal_id: str, units: int) -> int:
-    """`units` working items received in one batch; the answer's status (a deal already closing answers 409)."""
-    items = [{"product_id": "C9300-48P", "serial_number": f"{deal_id}-{n}", "condition": "working", "age_years": 2} for n in range(units)]
+async def receive(http: LoadClient, deal_id: str, units: int, first: int = 0) -> int:
+    """`units` working items received in one batch, serials from `first` on; the answer's status (a deal already
+    closing answers 409)."""
+    items = [{"product_id": "C9300-48P", "serial_number": f"{deal_id}-{n}", "condition": "working", "age_years": 2} for n in range(first, first + units)]
     r = await http.post(f"/v1/deals/{deal_id}/receipts", json={"items": items})
     assert r.status_code in (200, 409), r.text[:300]
     return r.status_code
+
+
+async def drive_deal(http: LoadClient, path: LifecyclePath, semaphore: asyncio.Semaphore) -> str:
+    """One deal on `path`: booked, its pickup shipped, its receipts sent when the path says; its id. At most
+    `semaphore`'s count of deals call the API at once; a deal waiting for its receipts' moment holds no place."""
+    async def receipts() -> None:
+        first = 0
+        for units in path.receipts:
+            await receive(http, deal_id, units, first)
+            first += units
+
+    async with semaphore:
+        deal_id = await book_and_ship(http)
+        booked = time.monotonic()
+        if path.receive_after_s is None:
+            await receipts()
+    if path.receive_after_s is not None:  # every deal waits out its own reminders
+        await asyncio.sleep(max(0.0, booked + path.receive_after_s - time.monotonic()))
+        async with semaphore:
+            await receipts()
+    return deal_id
 
 
 async def complete_deal(http: LoadClient, index: int) -> str:
@@ -225,6 +264,51 @@ async def history_stats(client, workflow_id: str, missing_ok: bool = False) -> t
     for event in history.events:
         largest = max(largest, event.ByteSize())
     return len(history.events), largest
+
+
+# What a workflow's history is made of, in the commands and messages a raw workflow can mirror (bench/baseline.py).
+SHAPE = {
+    "TIMER_STARTED": "timers", "TIMER_CANCELED": "cancelled", "ACTIVITY_TASK_SCHEDULED": "activities", "WORKFLOW_EXECUTION_SIGNALED": "signals",
+    "WORKFLOW_EXECUTION_UPDATE_ACCEPTED": "updates", "UPSERT_WORKFLOW_SEARCH_ATTRIBUTES": "upserts", "START_CHILD_WORKFLOW_EXECUTION_INITIATED": "children",
+    "SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED": "signals out", "MARKER_RECORDED": "markers", "WORKFLOW_TASK_COMPLETED": "tasks",
+}
+
+
+async def history_shape(client, workflow_id: str, missing_ok: bool = False) -> Counter:
+    """A workflow's history by SHAPE's names, with "events" (all of them) and "activity:<type>" for each activity
+    scheduled; an empty Counter for a missing one if `missing_ok`."""
+    from temporalio.api.enums.v1 import EventType
+    from temporalio.service import RPCError, RPCStatusCode
+
+    try:
+        history = await client.get_workflow_handle(workflow_id).fetch_history()
+    except RPCError as error:
+        if missing_ok and error.status == RPCStatusCode.NOT_FOUND:
+            return Counter()
+        raise
+    shape = Counter(events=len(history.events))
+    for event in history.events:
+        kind = EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")
+        if kind in SHAPE:
+            shape[SHAPE[kind]] += 1
+        if kind == "ACTIVITY_TASK_SCHEDULED":
+            shape[f"activity:{event.activity_task_scheduled_event_attributes.activity_type.name}"] += 1
+    return shape
+
+
+def shape_line(shape: Counter) -> str:
+    """"83 events: 4 timers, 7 activities (project_deal 4, ...), 2 signals, ..." (a median shape may hold halves)."""
+    def n(v) -> str:
+        return f"{v:g}"
+
+    kinds = ", ".join(f"{k.removeprefix('activity:')} {n(v)}" for k, v in sorted(shape.items()) if k.startswith("activity:"))
+    parts = [f"{n(shape[name])} {name}" + (f" ({kinds})" if name == "activities" and kinds else "") for name in SHAPE.values() if shape.get(name)]
+    return f"{n(shape['events'])} events: " + ", ".join(parts)
+
+
+def median_shape(shapes: list[Counter]) -> Counter:
+    keys = set().union(*shapes) if shapes else set()
+    return Counter({k: statistics.median([s.get(k, 0) for s in shapes]) for k in keys})
 
 
 async def booking_rounds(client, settings, http, stack, n: int) -> dict:
@@ -394,29 +478,19 @@ async def lifecycle_rounds(client, settings, stack: Stack, apis: dict[str, LoadC
         await asyncio.gather(*(h.result() for h in handles))
 
     async def deal_batch(path: str) -> list[DealView]:
-        _, api, units, after_reminder, _ = LIFECYCLE_PATHS[path]
-        http, semaphore = apis[api], asyncio.Semaphore(8)
-
-        async def one() -> str:
-            async with semaphore:
-                deal_id = await book_and_ship(http)
-                booked = time.monotonic()
-                if not after_reminder:
-                    await receive(http, deal_id, units)
-            if after_reminder:  # outside the semaphore: every deal waits out its own first reminder
-                await asyncio.sleep(max(0.0, booked + RECEIPTS_AFTER_REMINDER_S - time.monotonic()))
-                async with semaphore:
-                    await receive(http, deal_id, units)
-            return deal_id
-
-        deal_ids = await asyncio.gather(*(one() for _ in range(n)))
+        spec = LIFECYCLE_PATHS[path]
+        semaphore = asyncio.Semaphore(8)
+        deal_ids = await asyncio.gather(*(drive_deal(apis[spec.api], spec, semaphore) for _ in range(n)))
         views = await asyncio.gather(*(deal_handle(client, d).result() for d in deal_ids))
         return [v if isinstance(v, DealView) else DealView.model_validate(v) for v in views]
 
-    async def events_of(view: DealView) -> int:
+    async def shape_of(view: DealView) -> Counter:
         # A pickup has a workflow of its own only when the simulated carrier runs: count it if it exists.
-        deal_events, _ = await history_stats(client, f"deal-{view.id}")
-        return deal_events + sum([(await history_stats(client, f"pickup-{p.tracking_number}", missing_ok=True))[0] for p in view.pickups if p.tracking_number])
+        shape = await history_shape(client, f"deal-{view.id}")
+        for p in view.pickups:
+            if p.tracking_number:
+                shape["events"] += (await history_shape(client, f"pickup-{p.tracking_number}", missing_ok=True))["events"]
+        return shape
 
     api_process = {"main": "api", **{name: f"api_{name}" for name in WINDOW_APIS}}
     out: dict = {"raw": {"server": [], "worker": []}} | {path: {"server": [], "worker": [], "api": [], "events": [], "off_path": []} for path in LIFECYCLE_PATHS}
@@ -450,7 +524,12 @@ async def lifecycle_rounds(client, settings, stack: Stack, apis: dict[str, LoadC
             log(f"  round {round_no} {path}: {count} deals, CPU ms per deal server {per['server']:.1f}, worker {per['worker']:.1f}, API {row['api'][-1]:.1f} ({seconds:.1f}s){off}")
         order = order[1:] + order[:1]  # no batch always follows the same one
     for path, views in closed.items():  # once every batch's CPU was read
-        out[path]["events"] = await asyncio.gather(*(events_of(v) for v in views))
+        shapes = await asyncio.gather(*(shape_of(v) for v in views))
+        out[path]["events"] = [shape["events"] for shape in shapes]
+        out[path]["shape"] = median_shape(shapes)
+        log(f"  {path}, median deal: {shape_line(out[path]['shape'])}")
+        for line, count in Counter(shape_line(shape) for shape in shapes).most_common():
+            log(f"    {count} deal{'s' if count > 1 else ''}: {line}")
     out["early_deal_ids"] = [v.id for v in closed["early"]]
     for path in LIFECYCLE_PATHS:
         for problem in out[path]["off_path"][:5]:
