@@ -51,9 +51,10 @@ chromium:
 test-slow: install
 	$(BIN)/pytest -q -rs -m slow
 
-# Issue 15's measures, each on a stack of its own, one after another (bench/all.py; under 15 minutes on 2 cores):
-# the booking grid (API vs raw SDK starts at concurrency 1/8/32, SQLite and PostgreSQL), a deadline storm of 5,000
-# deals, lifecycle / round trips / reads / parked deals on both stores, 1 vs 2 workers, and what a deal costs.
+# Issue 15's measures, each on a stack of its own, one after another (bench/all.py; 14.5 minutes on 2 cores before
+# issue 23's lifecycle mirrors and met3 path, which add ~2.5-3, estimated): the booking grid (API vs raw SDK starts at
+# concurrency 1/8/32, SQLite and PostgreSQL), a deadline storm of 5,000 deals, lifecycle (deals on five paths beside
+# raw mirrors of them) / round trips / reads / parked deals on both stores, 1 vs 2 workers, and what a deal costs.
 # `make bench-quick`: every one at small sizes, SQLite only (about 2 minutes). `make bench-more`: the earlier
 # issues' benchmarks (mail down, worker SIGKILLs, console page, metrics cost, custody of 100,000 serials; ~12 min).
 bench: install

@@ -1,9 +1,9 @@
 """`make bench`: the cost of a takeback deal against the engine's own limit, measured side by side.
 
 For an in-memory and a file-backed dev server, each with the product worker (which also runs a
-raw two-activity workflow) and the API: booking rate, lifecycle CPU on four paths (early close;
+raw two-activity workflow) and the API: booking rate, lifecycle CPU on five paths (early close;
 met, then closed at the deadline after a reminder; short and forfeited after reminders; upfront,
-short and clawed back), message round trips, one deal at scale, parked deals and the read path.
+short and clawed back; met at the deadline after three reminders and two receipts), message round trips, one deal at scale, parked deals and the read path.
 Prints one table; a ratio measured over rounds shows the median and the range [min-max] of the
 rounds, never a best round. See bench/RESULTS.md.
 """
@@ -20,13 +20,15 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.baseline import RawTwoActivityWorkflow  # noqa: E402
+from bench.baseline import MirrorShape, MirrorWorkflow, RawTwoActivityWorkflow  # noqa: E402
 from bench.http_load import LoadClient  # noqa: E402
 from bench.stack import Stack, free_port, rss_mb, wait_port  # noqa: E402
 
@@ -46,16 +48,35 @@ _STARTED = time.monotonic()
 # own, started with these settings on the same dev server, worker and store: one raw baseline serves every path.
 # Reminders go out 4 s and 2 s before the deadline (2 s and 4 s after booking) to deals short of their units.
 LIFECYCLE_WINDOW = {"TAKEBACK_RETURN_WINDOW": "6s", "TAKEBACK_REMINDER_OFFSETS": "4s,2s"}
-WINDOW_APIS = {"window": LIFECYCLE_WINDOW, "upfront": LIFECYCLE_WINDOW | {"TAKEBACK_INCENTIVE_MODE": "upfront"}}
+# Issue 23's deal met at its deadline: three reminders (2, 4 and 6 s after booking), the deadline at 8 s.
+THREE_REMINDERS_WINDOW = {"TAKEBACK_RETURN_WINDOW": "8s", "TAKEBACK_REMINDER_OFFSETS": "6s,4s,2s"}
+WINDOW_APIS = {"window": LIFECYCLE_WINDOW, "upfront": LIFECYCLE_WINDOW | {"TAKEBACK_INCENTIVE_MODE": "upfront"}, "window3": THREE_REMINDERS_WINDOW}
 RECEIPTS_AFTER_REMINDER_S = 3.0  # after booking: past the first reminder (2 s), well before the deadline (6 s)
-# key: (label, API, units received of 10 committed (8 required), received after the first reminder, expected
-# (status, incentive status, reminders sent))
+# After booking: past the third reminder (6 s; the deal was booked ~0.2 s before book_and_ship returns), 1.3 s
+# before the deadline (8 s) for the two receipts (~0.1 s each).
+RECEIPTS_AFTER_THIRD_REMINDER_S = 6.5
+
+
+class LifecyclePath(NamedTuple):
+    label: str
+    api: str  # the API process that books it: "main" (the stack's, a year's window) or a name of WINDOW_APIS
+    receipts: tuple[int, ...]  # working units received in each receipt, one after another, of 10 committed (8 required)
+    receive_after_s: float | None  # seconds after booking (book_and_ship's return) the receipts go; None: at once
+    expected: tuple[str, str, int]  # (status, incentive status, reminders sent)
+
+
 LIFECYCLE_PATHS = {
-    "early": ("early close: all 10 units back", "main", 10, False, ("closed", "released", 0)),
-    "met": ("met after a reminder, closed at deadline", "window", 8, True, ("closed", "released", 1)),
-    "forfeit": ("short (5 of 8), 2 reminders, forfeited", "window", 5, False, ("expired", "forfeited", 2)),
-    "clawback": ("upfront, short, 2 reminders, clawed back", "upfront", 5, False, ("expired", "clawed_back", 2)),
+    "early": LifecyclePath("early close: all 10 units back", "main", (10,), None, ("closed", "released", 0)),
+    "met": LifecyclePath("met after a reminder, closed at deadline", "window", (8,), RECEIPTS_AFTER_REMINDER_S, ("closed", "released", 1)),
+    "forfeit": LifecyclePath("short (5 of 8), 2 reminders, forfeited", "window", (5,), None, ("expired", "forfeited", 2)),
+    "clawback": LifecyclePath("upfront, short, 2 reminders, clawed back", "upfront", (5,), None, ("expired", "clawed_back", 2)),
+    # Issue 23, item 8: "a deal met at its deadline (1 pickup, 2 receipts, 3 reminders)".
+    "met3": LifecyclePath("met at deadline: 1 pickup, 2 receipts, 3 reminders", "window3", (4, 4), RECEIPTS_AFTER_THIRD_REMINDER_S, ("closed", "released", 3)),
 }
+
+# Goals of a path's rows other than stop 8's (server CPU <= 3x the raw workflow, <= 60 history events): issue 23,
+# item 8, for the deal met at its deadline after 3 reminders.
+LIFECYCLE_GOALS = {"met3": {"events": "<= 50", "mirror": "<= 2"}}
 
 # Sizes fit `make bench` (every measure of issue 15, both stores) in 15 minutes on 2 cores: 1,500 parked deals (more
 # than the worker's 1,000-entry cache, so the evicted/cached latencies mean something), one deal of 50,000 serials,
@@ -191,12 +212,80 @@ async def book_and_ship(http: LoadClient) -> str:
     return deal["id"]
 
 
-async def receive(http: LoadClient, deal_id: str, units: int) -> int:
-    """`units` working items received in one batch; the answer's status (a deal already closing answers 409)."""
-    items = [{"product_id": "C9300-48P", "serial_number": f"{deal_id}-{n}", "condition": "working", "age_years": 2} for n in range(units)]
+async def receive(http: LoadClient, deal_id: str, units: int, first: int = 0) -> int:
+    """`units` working items received in one batch, serials from `first` on; the answer's status (a deal already
+    closing answers 409)."""
+    items = [{"product_id": "C9300-48P", "serial_number": f"{deal_id}-{n}", "condition": "working", "age_years": 2} for n in range(first, first + units)]
     r = await http.post(f"/v1/deals/{deal_id}/receipts", json={"items": items})
     assert r.status_code in (200, 409), r.text[:300]
     return r.status_code
+
+
+async def drive_deal(http: LoadClient, path: LifecyclePath, semaphore: asyncio.Semaphore) -> str:
+    """One deal on `path`: booked, its pickup shipped, its receipts sent when the path says; its id. At most
+    `semaphore`'s count of deals call the API at once; a deal waiting for its receipts' moment holds no place."""
+    async def receipts() -> None:
+        first = 0
+        for units in path.receipts:
+            await receive(http, deal_id, units, first)
+            first += units
+
+    async with semaphore:
+        deal_id = await book_and_ship(http)
+        booked = time.monotonic()
+        if path.receive_after_s is None:
+            await receipts()
+    if path.receive_after_s is not None:  # every deal waits out its own reminders
+        await asyncio.sleep(max(0.0, booked + path.receive_after_s - time.monotonic()))
+        async with semaphore:
+            await receipts()
+    return deal_id
+
+
+# Each path's deal as a raw workflow (bench/baseline.py's MirrorWorkflow): the timers, activities, signals and
+# updates its deals' histories hold, as this bench prints them ("median deal: ..."). Measured on 52ab45e (file/sqlite):
+#   early     39 events: 1 timer (the 30-day look, pending at the close), 4 activities (book_pickup, project_deal,
+#             decide_and_close, notify_settlement), 1 signal, 1 update, 7 workflow tasks
+#   met       68 events: 3 timers (1 cancelled), 7 activities (book_pickup, project_deal 3, send_reminder,
+#             decide_and_close, notify_settlement), 1 signal, 1 update, 12 tasks
+#   forfeit   83 events: 3 timers, 9 activities (project_deal 4, send_reminder 2), 1 signal, 1 update, 15 tasks
+#   clawback  80-83 events: as forfeit, 14-15 tasks
+#   met3      110 events: 4 timers, 12 activities (project_deal 6, send_reminder 3), 2 signals, 1 update, 20 tasks
+# A mirror's timers span its path's window (2 s apart, as the reminders and the deadline are); the run says when a
+# mirror's counts are not its deals' median.
+MIRRORS = {
+    "early": MirrorShape(timers_s=[30 * 86400], wait_timers=False, activities=4, signals=1, updates=1),
+    "met": MirrorShape(timers_s=[2, 2, 2], activities=7, signals=1, updates=1),
+    "forfeit": MirrorShape(timers_s=[2, 2, 2], activities=9, signals=1, updates=1),
+    "clawback": MirrorShape(timers_s=[2, 2, 2], activities=9, signals=1, updates=1),
+    "met3": MirrorShape(timers_s=[2, 2, 2, 2], activities=12, signals=2, updates=1),
+}
+
+
+def shape_key(shape: Counter) -> tuple:
+    """What a mirror must match: (timers, activities, signals, updates)."""
+    return tuple(shape.get(name, 0) for name in ("timers", "activities", "signals", "updates"))
+
+
+async def drive_mirror(client, task_queue: str, path: str, semaphore: asyncio.Semaphore) -> str:
+    """One mirror of `path`, driven as drive_deal drives a deal: started, its updates (the pickup) at once, its
+    signals (the receipts) when the path's receipts go; its workflow id once it has completed."""
+    spec, shape = LIFECYCLE_PATHS[path], MIRRORS[path]
+    async with semaphore:
+        handle = await client.start_workflow(MirrorWorkflow.run, shape, id=f"mirror-{path}-{uuid.uuid4().hex}", task_queue=task_queue)
+        for _ in range(shape.updates):
+            await handle.execute_update(MirrorWorkflow.booked)
+        started = time.monotonic()
+        if spec.receive_after_s is None:
+            for _ in range(shape.signals):
+                await handle.signal(MirrorWorkflow.step)
+    if spec.receive_after_s is not None:
+        await asyncio.sleep(max(0.0, started + spec.receive_after_s - time.monotonic()))
+        async with semaphore:
+            for _ in range(shape.signals):
+                await handle.signal(MirrorWorkflow.step)
+    await handle.result()
+    return handle.id
 
 
 async def complete_deal(http: LoadClient, index: int) -> str:
@@ -225,6 +314,51 @@ async def history_stats(client, workflow_id: str, missing_ok: bool = False) -> t
     for event in history.events:
         largest = max(largest, event.ByteSize())
     return len(history.events), largest
+
+
+# What a workflow's history is made of, in the commands and messages a raw workflow can mirror (bench/baseline.py).
+SHAPE = {
+    "TIMER_STARTED": "timers", "TIMER_CANCELED": "cancelled", "ACTIVITY_TASK_SCHEDULED": "activities", "WORKFLOW_EXECUTION_SIGNALED": "signals",
+    "WORKFLOW_EXECUTION_UPDATE_ACCEPTED": "updates", "UPSERT_WORKFLOW_SEARCH_ATTRIBUTES": "upserts", "START_CHILD_WORKFLOW_EXECUTION_INITIATED": "children",
+    "SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED": "signals out", "MARKER_RECORDED": "markers", "WORKFLOW_TASK_COMPLETED": "tasks",
+}
+
+
+async def history_shape(client, workflow_id: str, missing_ok: bool = False) -> Counter:
+    """A workflow's history by SHAPE's names, with "events" (all of them) and "activity:<type>" for each activity
+    scheduled; an empty Counter for a missing one if `missing_ok`."""
+    from temporalio.api.enums.v1 import EventType
+    from temporalio.service import RPCError, RPCStatusCode
+
+    try:
+        history = await client.get_workflow_handle(workflow_id).fetch_history()
+    except RPCError as error:
+        if missing_ok and error.status == RPCStatusCode.NOT_FOUND:
+            return Counter()
+        raise
+    shape = Counter(events=len(history.events))
+    for event in history.events:
+        kind = EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")
+        if kind in SHAPE:
+            shape[SHAPE[kind]] += 1
+        if kind == "ACTIVITY_TASK_SCHEDULED":
+            shape[f"activity:{event.activity_task_scheduled_event_attributes.activity_type.name}"] += 1
+    return shape
+
+
+def shape_line(shape: Counter) -> str:
+    """"83 events: 4 timers, 7 activities (project_deal 4, ...), 2 signals, ..." (a median shape may hold halves)."""
+    def n(v) -> str:
+        return f"{v:g}"
+
+    kinds = ", ".join(f"{k.removeprefix('activity:')} {n(v)}" for k, v in sorted(shape.items()) if k.startswith("activity:"))
+    parts = [f"{n(shape[name])} {name}" + (f" ({kinds})" if name == "activities" and kinds else "") for name in SHAPE.values() if shape.get(name)]
+    return f"{n(shape['events'])} events: " + ", ".join(parts)
+
+
+def median_shape(shapes: list[Counter]) -> Counter:
+    keys = set().union(*shapes) if shapes else set()
+    return Counter({k: statistics.median([s.get(k, 0) for s in shapes]) for k in keys})
 
 
 async def booking_rounds(client, settings, http, stack, n: int) -> dict:
@@ -376,83 +510,102 @@ def start_apis(stack: Stack, settings_by_name: dict[str, dict]) -> dict[str, str
     return {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
 
 
-async def lifecycle_rounds(client, settings, stack: Stack, apis: dict[str, LoadClient], n: int, rounds: int) -> dict:
-    """(2) The CPU of a deal's whole life, on each path of LIFECYCLE_PATHS, against a raw 2-activity workflow.
+async def lifecycle_rounds(client, settings, stack: Stack, apis: dict[str, LoadClient], n: int, rounds: int, paths: list[str] | None = None) -> dict:
+    """(2) The CPU of a deal's whole life, on each path of LIFECYCLE_PATHS (or `paths`), against a raw 2-activity
+    workflow and against the path's mirror (MIRRORS: a raw workflow of the same timers, activities, signals and
+    updates).
 
-    Each round runs one batch of 3n raw workflows and one batch of n deals per path, the order
-    rotated each round; each batch starts on a settled stack and ends when its workflows have
-    completed and the stack has settled again. A batch's CPU by process, over its deals, is its cost
-    per deal; its ratio to the same round's raw workflow is taken per round. History events are
-    counted for every deal. A full-window batch spans its deals' 6 s window, in which the idle
-    server spends ~2 ms/s: about 1 ms per deal at 20 deals, within the rounds' spread.
+    Each round runs one batch of 3n raw workflows, and per path one batch of n deals and one of n mirrors, the
+    order rotated each round; each batch starts on a settled stack and ends when its workflows have completed
+    and the stack has settled again. A batch's CPU by process, over its workflows, is its cost per workflow;
+    a deal's ratio to the same round's raw workflow and mirror is taken per round. History events are counted
+    for every deal and mirror. A full-window batch spans its 6-8 s window, in which the idle server spends
+    ~2 ms/s: about 1-2 ms per deal at 10 deals, within the rounds' spread; a mirror spans the same window.
     """
     from domain.models import DealView
     from service.deals import deal_handle
+
+    paths = paths or list(LIFECYCLE_PATHS)
 
     async def raw_batch() -> None:
         handles = await asyncio.gather(*(client.start_workflow(RawTwoActivityWorkflow.run, i, id=f"raw-{uuid.uuid4().hex}", task_queue=settings.task_queue) for i in range(n * 3)))
         await asyncio.gather(*(h.result() for h in handles))
 
     async def deal_batch(path: str) -> list[DealView]:
-        _, api, units, after_reminder, _ = LIFECYCLE_PATHS[path]
-        http, semaphore = apis[api], asyncio.Semaphore(8)
-
-        async def one() -> str:
-            async with semaphore:
-                deal_id = await book_and_ship(http)
-                booked = time.monotonic()
-                if not after_reminder:
-                    await receive(http, deal_id, units)
-            if after_reminder:  # outside the semaphore: every deal waits out its own first reminder
-                await asyncio.sleep(max(0.0, booked + RECEIPTS_AFTER_REMINDER_S - time.monotonic()))
-                async with semaphore:
-                    await receive(http, deal_id, units)
-            return deal_id
-
-        deal_ids = await asyncio.gather(*(one() for _ in range(n)))
+        spec = LIFECYCLE_PATHS[path]
+        semaphore = asyncio.Semaphore(8)
+        deal_ids = await asyncio.gather(*(drive_deal(apis[spec.api], spec, semaphore) for _ in range(n)))
         views = await asyncio.gather(*(deal_handle(client, d).result() for d in deal_ids))
         return [v if isinstance(v, DealView) else DealView.model_validate(v) for v in views]
 
-    async def events_of(view: DealView) -> int:
+    async def mirror_batch(path: str) -> list[str]:
+        semaphore = asyncio.Semaphore(8)
+        return await asyncio.gather(*(drive_mirror(client, settings.task_queue, path, semaphore) for _ in range(n)))
+
+    async def shape_of(view: DealView) -> Counter:
         # A pickup has a workflow of its own only when the simulated carrier runs: count it if it exists.
-        deal_events, _ = await history_stats(client, f"deal-{view.id}")
-        return deal_events + sum([(await history_stats(client, f"pickup-{p.tracking_number}", missing_ok=True))[0] for p in view.pickups if p.tracking_number])
+        shape = await history_shape(client, f"deal-{view.id}")
+        for p in view.pickups:
+            if p.tracking_number:
+                shape["events"] += (await history_shape(client, f"pickup-{p.tracking_number}", missing_ok=True))["events"]
+        return shape
 
     api_process = {"main": "api", **{name: f"api_{name}" for name in WINDOW_APIS}}
-    out: dict = {"raw": {"server": [], "worker": []}} | {path: {"server": [], "worker": [], "api": [], "events": [], "off_path": []} for path in LIFECYCLE_PATHS}
-    order = ["raw", *LIFECYCLE_PATHS]
-    closed: dict[str, list] = {path: [] for path in LIFECYCLE_PATHS}
+    out: dict = {"raw": {"server": [], "worker": []}}
+    order = ["raw"]
+    for path in paths:
+        out[path] = {"server": [], "worker": [], "api": [], "events": [], "off_path": []}
+        out[f"mirror:{path}"] = {"server": [], "worker": [], "events": []}
+        order += [path, f"mirror:{path}"]
+    closed: dict[str, list] = {path: [] for path in paths}
+    mirrors: dict[str, list[str]] = {path: [] for path in paths}
     await settle(stack, label="before the lifecycle rounds")
     after = stack.cpu()
     for round_no in range(1, rounds + 1):
-        for path in order:
+        for batch in order:
             # Each batch starts where the last one settled: nothing runs between that reading and this batch.
             before, began = after, time.monotonic()
-            views = await raw_batch() if path == "raw" else await deal_batch(path)
-            await settle(stack, label=f"after lifecycle {path} round {round_no}")
+            if batch == "raw":
+                await raw_batch()
+            elif batch.startswith("mirror:"):
+                mirrors[batch.removeprefix("mirror:")] += await mirror_batch(batch.removeprefix("mirror:"))
+            else:
+                views = await deal_batch(batch)
+            await settle(stack, label=f"after lifecycle {batch} round {round_no}")
             after, seconds = stack.cpu(), time.monotonic() - began
-            count = n * 3 if path == "raw" else n
+            count = n * 3 if batch == "raw" else n
             per = {process: (after[process] - before[process]) * 1000 / count for process in after}
-            row = out[path]
+            row = out[batch]
             row["server"].append(per["server"])
             row["worker"].append(per["worker"])
-            if path == "raw":
-                log(f"  round {round_no} raw: {count} workflows, CPU ms per workflow server {per['server']:.1f}, worker {per['worker']:.1f} ({seconds:.1f}s)")
+            if batch == "raw" or batch.startswith("mirror:"):
+                log(f"  round {round_no} {batch}: {count} workflows, CPU ms per workflow server {per['server']:.1f}, worker {per['worker']:.1f} ({seconds:.1f}s)")
                 continue
-            _, api, _, _, expected = LIFECYCLE_PATHS[path]
-            row["api"].append(per[api_process[api]])
+            spec = LIFECYCLE_PATHS[batch]
+            row["api"].append(per[api_process[spec.api]])
             for view in views:
                 got = (str(view.status), str(view.incentive.status), len(view.reminders_sent))
-                if got != expected:
-                    row["off_path"].append(f"{view.id}: {got}, expected {expected}")
-            closed[path] += views
+                if got != spec.expected:
+                    row["off_path"].append(f"{view.id}: {got}, expected {spec.expected}")
+            closed[batch] += views
             off = f", {len(row['off_path'])} off their path so far" if row["off_path"] else ""
-            log(f"  round {round_no} {path}: {count} deals, CPU ms per deal server {per['server']:.1f}, worker {per['worker']:.1f}, API {row['api'][-1]:.1f} ({seconds:.1f}s){off}")
+            log(f"  round {round_no} {batch}: {count} deals, CPU ms per deal server {per['server']:.1f}, worker {per['worker']:.1f}, API {row['api'][-1]:.1f} ({seconds:.1f}s){off}")
         order = order[1:] + order[:1]  # no batch always follows the same one
     for path, views in closed.items():  # once every batch's CPU was read
-        out[path]["events"] = await asyncio.gather(*(events_of(v) for v in views))
-    out["early_deal_ids"] = [v.id for v in closed["early"]]
-    for path in LIFECYCLE_PATHS:
+        shapes = await asyncio.gather(*(shape_of(v) for v in views))
+        mirror_shapes = await asyncio.gather(*(history_shape(client, m) for m in mirrors[path]))
+        out[path]["events"] = [shape["events"] for shape in shapes]
+        out[path]["shape"] = median_shape(shapes)
+        out[f"mirror:{path}"]["events"] = [shape["events"] for shape in mirror_shapes]
+        out[f"mirror:{path}"]["shape"] = median_shape(mirror_shapes)
+        log(f"  {path}, median deal: {shape_line(out[path]['shape'])}")
+        for line, count in Counter(shape_line(shape) for shape in shapes).most_common():
+            log(f"    {count} deal{'s' if count > 1 else ''}: {line}")
+        log(f"  {path}, median mirror: {shape_line(out[f'mirror:{path}']['shape'])}")
+        if shape_key(out[path]["shape"]) != shape_key(out[f"mirror:{path}"]["shape"]):
+            log(f"  {path}: WARNING the mirror's timers/activities/signals/updates {shape_key(out[f'mirror:{path}']['shape'])} are not the deals' {shape_key(out[path]['shape'])}: update MIRRORS")
+    out["early_deal_ids"] = [v.id for v in closed.get("early", [])]
+    for path in paths:
         for problem in out[path]["off_path"][:5]:
             log(f"  {path}: a deal took another path: {problem}")
     return out
@@ -492,7 +645,7 @@ async def bench_backend(file_backed: bool, args, backend: str, database_url: str
                 phase_s["booking"] = time.monotonic() - began
 
             if phase("lifecycle"):
-                log(f"{backend}: (2) lifecycle cost, {args.lifecycle_rounds} rounds of {args.lifecycles * 3} raw workflows and {args.lifecycles} deals on each of {len(LIFECYCLE_PATHS)} paths")
+                log(f"{backend}: (2) lifecycle cost, {args.lifecycle_rounds} rounds of {args.lifecycles * 3} raw workflows, and {args.lifecycles} deals and as many mirrors on each of {len(args.paths)} paths ({','.join(args.paths)})")
                 began = time.monotonic()
                 apis = {"main": http}
                 for name, url in start_apis(stack, WINDOW_APIS).items():
@@ -503,7 +656,10 @@ async def bench_backend(file_backed: bool, args, backend: str, database_url: str
                     r = await apis[name].post(f"/v1/deals/{deal_id}/cancel", json={"reason": "bench warm-up"})
                     assert r.status_code == 200, r.text[:300]
                     await wait_closed(client, [deal_id])
-                lifecycle = await lifecycle_rounds(client, settings, stack, apis, args.lifecycles, args.lifecycle_rounds)
+                # And the worker on the raw workflows (a workflow type's first task loads its module in the sandbox).
+                await client.execute_workflow(RawTwoActivityWorkflow.run, 0, id=f"raw-warm-up-{uuid.uuid4().hex}", task_queue=settings.task_queue)
+                await drive_mirror(client, settings.task_queue, "early", asyncio.Semaphore(1))
+                lifecycle = await lifecycle_rounds(client, settings, stack, apis, args.lifecycles, args.lifecycle_rounds, args.paths)
                 closed_deal_ids += lifecycle.pop("early_deal_ids")
                 out["lifecycle"] = lifecycle
                 phase_s["lifecycle"] = time.monotonic() - began
@@ -642,12 +798,16 @@ def table(results: dict[str, dict]) -> str:
             return "/".join(f"{cpu[p]:.1f}" for p in ("server", "worker", "api", "load") if p != "api" or key == "bookings")
         return cell
 
-    def lifecycle_ratio(path: str, process: str):
-        """Per round: the path's CPU per deal / the same round's raw workflow's; median [range]."""
-        return lambda r: spread([d / w for d, w in zip(r["lifecycle"][path][process], r["lifecycle"]["raw"][process])])
+    def lifecycle_ratio(path: str, process: str, against: str = "raw"):
+        """Per round: the path's CPU per deal / the same round's raw workflow's (or the path's mirror's); median [range]."""
+        against = f"mirror:{path}" if against == "mirror" else against
+        return lambda r: spread([d / w for d, w in zip(r["lifecycle"][path][process], r["lifecycle"][against][process])])
 
     def lifecycle_ms(path: str, process: str):
         return lambda r: spread(r["lifecycle"][path][process], 1)
+
+    def lifecycle_shapes(path: str):
+        return lambda r: " | ".join("/".join(f"{v:g}" for v in shape_key(r["lifecycle"][key]["shape"])) for key in (path, f"mirror:{path}"))
 
     def phases(*names: str):
         return lambda r: " / ".join(f"{r['phase_s'][n]:.0f}" for n in names)
@@ -666,15 +826,23 @@ def table(results: dict[str, dict]) -> str:
         ("lifecycle: raw 2-activity wf, server CPU ms", lifecycle_ms("raw", "server"), ""),
         ("  raw 2-activity wf, worker CPU ms", lifecycle_ms("raw", "worker"), ""),
     ]
-    for path, (label, *_) in LIFECYCLE_PATHS.items():
+    ran = [path for path in LIFECYCLE_PATHS if any(path in r.get("lifecycle", {}) for r in results.values())] or list(LIFECYCLE_PATHS)
+    for path in ran:
+        goals = LIFECYCLE_GOALS.get(path, {})
         rows += [
-            (f"lifecycle: {label}", lambda r: "", ""),
+            (f"lifecycle: {LIFECYCLE_PATHS[path].label}", lambda r: "", ""),
             ("  server CPU deal / raw wf (per round)", lifecycle_ratio(path, "server"), "<= 3"),
+            ("  server CPU deal / mirror wf (per round)", lifecycle_ratio(path, "server", "mirror"), goals.get("mirror", "")),
             ("  worker CPU deal / raw wf (per round)", lifecycle_ratio(path, "worker"), ""),
+            ("  worker CPU deal / mirror wf (per round)", lifecycle_ratio(path, "worker", "mirror"), ""),
             ("  server CPU ms per deal", lifecycle_ms(path, "server"), ""),
+            ("  server CPU ms per mirror wf", lifecycle_ms(f"mirror:{path}", "server"), ""),
             ("  worker CPU ms per deal", lifecycle_ms(path, "worker"), ""),
+            ("  worker CPU ms per mirror wf", lifecycle_ms(f"mirror:{path}", "worker"), ""),
             ("  API CPU ms per deal", lifecycle_ms(path, "api"), ""),
-            ("  history events per deal (deal + pickup wfs)", lambda r, path=path: spread(r["lifecycle"][path]["events"], 0), "<= 60"),
+            ("  history events per deal (deal + pickup wfs)", lambda r, path=path: spread(r["lifecycle"][path]["events"], 0), goals.get("events", "<= 60")),
+            ("  history events per mirror wf", lambda r, path=path: spread(r["lifecycle"][f"mirror:{path}"]["events"], 0), ""),
+            ("  timers/activities/signals/updates deal | mirror", lifecycle_shapes(path), ""),
             ("  deals that took another path", lambda r, path=path: len(r["lifecycle"][path]["off_path"]), "0"),
         ]
     rows += [
@@ -738,8 +906,12 @@ def main() -> None:
     # Booking has its own grid (bench/booking_grid.py: concurrency 1/8/32, serials or none, both stores); the
     # booking phase here (concurrency 32 only, with the service layer beside) runs when asked for.
     parser.add_argument("--phases", default=",".join(DEFAULT_PHASES), help="a subset of " + ",".join(PHASES) + f" (default {','.join(DEFAULT_PHASES)})")
+    parser.add_argument("--paths", default=",".join(LIFECYCLE_PATHS), help=f"the lifecycle phase's paths, a subset of {','.join(LIFECYCLE_PATHS)} (default all)")
     args = parser.parse_args()
     args.phases = args.phases.split(",")
+    args.paths = args.paths.split(",")
+    if set(args.paths) - set(LIFECYCLE_PATHS):
+        parser.error(f"unknown paths: {', '.join(sorted(set(args.paths) - set(LIFECYCLE_PATHS)))}")
     unknown = set(args.phases) - set(PHASES)
     if unknown:
         parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
