@@ -232,8 +232,9 @@ class TakebackActivities:
                     session.commit()
                 except IntegrityError:
                     session.rollback()
+            offset = format_duration_seconds(reminder.offset_seconds)
+            store.show_reminder(session, reminder.deal_id, offset)
             contact = self._contact(session, reminder.partner_id)
-        offset = format_duration_seconds(reminder.offset_seconds)
         missing = reminder.required_units - reminder.received_units
         return self._send_once(
             Mail(

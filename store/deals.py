@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from sqlmodel import Session
 
 from store.once import insert_once
-from store import custody, fast_insert
+from store import custody, fast_insert, settlement
 
 from domain import rules
 from domain.catalog import Catalog, default_catalog
@@ -286,7 +286,13 @@ def record_extension(session: Session, deal_id: str, sequence: int, extend_by_se
 
 def project_deal(session: Session, view: DealView) -> None:
     """Keep the deals read model in step with the workflow (lists and closed deals read it). The counts
-    and the incentive status are the store's own (store.settlement) and never written from a view."""
+    and the incentive status are the store's own (store.settlement): the view is written with them, under
+    the deal's lock, so a receipt committing meanwhile is never overwritten by an older count."""
+    deal = settlement.lock_for_projection(session, view.id)
+    if deal is None:
+        session.rollback()
+        return
+    view = settlement.with_store_counts(view, deal)
     session.execute(
         update(Deal)
         .where(Deal.id == view.id, Deal.revision <= view.revision)  # a late, older projection changes nothing
@@ -299,6 +305,17 @@ def project_deal(session: Session, view: DealView) -> None:
             view_json=view.model_dump_json(),
         )
     )
+    session.commit()
+
+
+def show_reminder(session: Session, deal_id: str, offset: str) -> None:
+    """The read model's copy of the deal shows a reminder sent (its offset, "30d"), once: the reminder's
+    activity writes it, so the deal itself projects nothing for a reminder."""
+    deal = settlement.lock_for_projection(session, deal_id)
+    if deal is not None and deal.view_json is not None:
+        view = DealView.model_validate_json(deal.view_json)
+        if offset not in view.reminders_sent:
+            deal.view_json = view.model_copy(update={"reminders_sent": [*view.reminders_sent, offset]}).model_dump_json()
     session.commit()
 
 

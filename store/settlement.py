@@ -21,7 +21,7 @@ from domain import rules
 from domain.catalog import Catalog
 from domain.custody import REJECTION_TEXT, RejectionReason
 from domain.deal_progress import SETTLED_INCENTIVE, DealTotals, deadline_outcome
-from domain.models import Disposition, Dispositions, IncentiveMode, ReceiptCounts, ReceiptItem
+from domain.models import DealView, Disposition, Dispositions, IncentiveMode, IncentiveStatus, ReceiptCounts, ReceiptItem
 from store import custody
 from store.tables import CommittedSerial, Deal, IncentiveLedger, ReceiptBatch, ReceiptRejection, ReturnedItem, SanitizationRecord, Settlement, utcnow
 
@@ -65,6 +65,26 @@ def _lock(session: Session, deal_id: str) -> Deal:
         raise UnknownDeal(deal_id)
     deal = session.get(Deal, deal_id, populate_existing=True)
     return deal
+
+
+def with_store_counts(view: DealView, deal: Deal) -> DealView:
+    """The view with what came back and the incentive's status as the store holds them: the read model's
+    copy of a deal is written from the workflow's view (store.deals.project_deal) and by each receipt
+    (count_receipt), and those parts are always the store's own."""
+    return view.model_copy(update={
+        "received_units": deal.received_units,
+        "rejected_units": deal.rejected_units,
+        "dispositions": Dispositions(refresh=deal.refresh_units, recycle=deal.recycle_units, other=deal.other_units),
+        "incentive": view.incentive.model_copy(update={"status": IncentiveStatus(deal.incentive_status)}),
+    })
+
+
+def lock_for_projection(session: Session, deal_id: str) -> Deal | None:
+    """The deal's row, locked for the transaction (as receipts lock it), to write its view; None if unknown."""
+    try:
+        return _lock(session, deal_id)
+    except UnknownDeal:
+        return None
 
 
 def _totals(session: Session, deal: Deal) -> DealTotals:
@@ -223,6 +243,8 @@ def count_receipt(
             deal.recycle_units += counts.recycle
             deal.other_units += counts.other
             _decide_on_counts(session, deal)
+            if deal.view_json is not None:  # the read model shows the receipt at once: no projection by the deal needed
+                deal.view_json = with_store_counts(DealView.model_validate_json(deal.view_json), deal).model_dump_json()
             session.flush()
             totals_now = _totals(session, deal)
             settled = totals_now.settlement if held_before is None else None

@@ -236,3 +236,21 @@ def test_an_upfront_discount_is_granted_with_its_booking_and_undone_with_a_booki
         left = session.execute(select(func.count()).select_from(IncentiveLedger).where(IncentiveLedger.deal_id == "DUP")).scalar_one()
     assert [tuple(row) for row in granted] == [("applied", Decimal("5000.00"))] and left == 0
     assert stage(database_url, settings, "DOTHER", request)  # its serials are free again
+
+
+def test_the_read_model_shows_receipts_and_reminders_as_the_store_holds_them(database_url, tmp_path):
+    """Counts are written by the receipt's own transaction, a reminder by its activity; a projection from
+    the deal (whose counts may lag the store: it hears of a receipt after its commit) never writes older ones."""
+    settings = setup_store(database_url, tmp_path)
+    stage(database_url, settings, "D1", booking(4))
+    receipt(database_url, "D1", "b1", ["R1", "R2"])
+    with session_scope(database_url) as session:
+        after_receipt = store.deal_view_from_store(session, "D1")
+        lagging = booked_view("D1", 4, status="awaiting_returns").model_copy(update={"revision": 1, "received_units": 0})
+        store.project_deal(session, lagging)
+        store.show_reminder(session, "D1", "30d")
+        store.show_reminder(session, "D1", "30d")  # the reminder's activity retried
+        stored = store.deal_view_from_store(session, "D1")
+    assert after_receipt.received_units == 2 and after_receipt.dispositions.refresh + after_receipt.dispositions.recycle == 2
+    assert stored.revision == 1 and stored.received_units == 2  # the projection was written, with the store's count
+    assert stored.reminders_sent == ["30d"]

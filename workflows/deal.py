@@ -94,6 +94,7 @@ class TakebackDealWorkflow:
         self.pickup_runs: list = []  # child handles of this run
         self.booking_errors: dict[str, str] = {}  # pickup id -> the carrier's refusal, for its caller
         self.pickups_closed_with: list[PickupView] = []
+        self.projected = self._projection_key()  # the booking staged this view; an earlier run projected its own
         self.timer: asyncio.Future | None = None  # the pending wake-up, see _sleep_until_something_happens
         self.timer_target: datetime | None = None
         # A deal is pinned to its worker version (Worker Versioning) and moves to the current one when it
@@ -295,16 +296,14 @@ class TakebackDealWorkflow:
         Decide, record, then notify: the store decides (a cancel, the deadline, every unit back), the
         deal adopts its answer, and mail goes beside the deal (`Notices`), never in the way."""
         p = self.progress
-        changed, self.dirty = self.dirty, False
+        self.dirty = False
         if p.cancel_reason is not None or p.closed_by_store or self._now() >= p.deadline:
             kind = "close" if p.closed_by_store else "cancel" if p.cancel_reason is not None else "deadline"
             if await self._decide(kind):
                 return True
-            changed = True
         self._tell_settlement()
         if self._condition_met() and p.status == DealStatus.awaiting_returns:
             p.status = DealStatus.condition_met
-            changed = True
         elif not self._condition_met():
             now = self._now()
             due = [o for o in self._pending_reminders() if p.deadline - timedelta(seconds=o) <= now]
@@ -318,8 +317,7 @@ class TakebackDealWorkflow:
                     ReminderInput(deal_id=self.terms.deal_id, partner_id=self.terms.partner_id, offset_seconds=nearest, deadline=p.deadline, received_units=p.received_units, required_units=self.required),
                     story.wake_summary(nearest),
                 )
-                changed = True
-        if changed:
+        if self._projection_key() != self.projected:
             await self._project()
         return False
 
@@ -433,8 +431,16 @@ class TakebackDealWorkflow:
             workflow.upsert_search_attributes([DEAL_STATUS.value_set(view.status.value)])
             self.status_shown = view.status.value
 
+    def _projection_key(self) -> tuple:
+        """What of the read model's copy only the deal knows: its status, deadline, extensions and pickups.
+        Counts and the incentive's status are written by the store's own transactions, a sent reminder by its
+        activity: a change of those alone costs the deal no projection."""
+        p = self.progress
+        return (p.status, p.deadline, len(p.extensions), tuple((x.id, x.status, x.tracking_number) for x in p.pickups))
+
     async def _project(self) -> None:
         self.progress.revision += 1
+        self.projected = self._projection_key()
         await _activity(TakebackActivities.project_deal, self.view(), summary="update the read model")
 
     async def _stop_pickups(self) -> None:
