@@ -243,22 +243,23 @@ async def drive_deal(http: LoadClient, path: LifecyclePath, semaphore: asyncio.S
 
 
 # Each path's deal as a raw workflow (bench/baseline.py's MirrorWorkflow): the timers, activities, signals and
-# updates its deals' histories hold, as this bench prints them ("median deal: ..."). Measured on 52ab45e (file/sqlite):
+# updates its deals' histories hold, as this bench prints them ("median deal: ..."). Measured once a deal projects
+# only what it alone knows (file/sqlite):
 #   early     39 events: 1 timer (the 30-day look, pending at the close), 4 activities (book_pickup, project_deal,
-#             decide_and_close, notify_settlement), 1 signal, 1 update, 7 workflow tasks
-#   met       68 events: 3 timers (1 cancelled), 7 activities (book_pickup, project_deal 3, send_reminder,
-#             decide_and_close, notify_settlement), 1 signal, 1 update, 12 tasks
-#   forfeit   83 events: 3 timers, 9 activities (project_deal 4, send_reminder 2), 1 signal, 1 update, 15 tasks
-#   clawback  80-83 events: as forfeit, 14-15 tasks
-#   met3      110 events: 4 timers, 12 activities (project_deal 6, send_reminder 3), 2 signals, 1 update, 20 tasks
+#             decide_and_close, notify_settlement), 1 signal, 1 update
+#   met       62 events: 3 timers (1 cancelled), 6 activities (book_pickup, project_deal 2, send_reminder,
+#             decide_and_close, notify_settlement), 1 signal, 1 update
+#   forfeit   65 events: 3 timers, 6 activities (project_deal 1, send_reminder 2), 1 signal, 1 update
+#   clawback  62-65 events: as forfeit
+#   met3      86 events: 4 timers, 8 activities (project_deal 2, send_reminder 3), 2 signals, 1 update
 # A mirror's timers span its path's window (2 s apart, as the reminders and the deadline are); the run says when a
 # mirror's counts are not its deals' median.
 MIRRORS = {
     "early": MirrorShape(timers_s=[30 * 86400], wait_timers=False, activities=4, signals=1, updates=1),
-    "met": MirrorShape(timers_s=[2, 2, 2], activities=7, signals=1, updates=1),
-    "forfeit": MirrorShape(timers_s=[2, 2, 2], activities=9, signals=1, updates=1),
-    "clawback": MirrorShape(timers_s=[2, 2, 2], activities=9, signals=1, updates=1),
-    "met3": MirrorShape(timers_s=[2, 2, 2, 2], activities=12, signals=2, updates=1),
+    "met": MirrorShape(timers_s=[2, 2, 2], activities=6, signals=1, updates=1),
+    "forfeit": MirrorShape(timers_s=[2, 2, 2], activities=6, signals=1, updates=1),
+    "clawback": MirrorShape(timers_s=[2, 2, 2], activities=6, signals=1, updates=1),
+    "met3": MirrorShape(timers_s=[2, 2, 2, 2], activities=8, signals=2, updates=1),
 }
 
 

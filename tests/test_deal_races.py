@@ -307,6 +307,15 @@ async def quiet(handle) -> None:
     raise AssertionError(f"{handle.id} still has activities under way")
 
 
+async def continued_as_new(handle, first_run: str, seconds: float = 10) -> bool:
+    """Whether the deal's latest run is another than `first_run` within `seconds`."""
+    for _ in range(int(seconds * 10)):
+        if (await handle.describe()).run_id != first_run:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
 class ForcedContinueAsNew:
     """Makes `is_continue_as_new_suggested` true for the next `n` checks of one workflow."""
 
@@ -340,11 +349,7 @@ async def test_continue_as_new_never_waits_on_a_carrier_booking_in_retries(time_
         assert await activities.gate.reached()
         forced.pending[handle.id] = 1
         await deals.record_receipt(env.client, settings, view.id, items("F", 3))  # wakes the deal: continue-as-new is suggested, a booking is held
-        for _ in range(300):
-            if (await handle.describe()).run_id != first_run:
-                break
-            await asyncio.sleep(0.1)
-        assert (await handle.describe()).run_id != first_run  # continued as new while the booking was held
+        assert await continued_as_new(handle, first_run, seconds=30)  # continued as new while the booking was held
         booked = await asyncio.wait_for(pickup, 30)  # answered by the next run, which booked it
         activities.gate.opened.set()
         cancelled = await asyncio.wait_for(deals.cancel_deal(env.client, view.id, "customer withdrew"), 30)
@@ -369,11 +374,7 @@ async def test_an_extension_retried_after_a_continue_as_new_is_applied_once(time
         await quiet(handle)
         forced.pending[handle.id] = 1
         await deals.record_receipt(env.client, settings, view.id, items("E", 1))  # wakes the deal, which continues as new
-        for _ in range(100):
-            if (await handle.describe()).run_id != first_run:
-                break
-            await asyncio.sleep(0.1)
-        assert (await handle.describe()).run_id != first_run
+        assert await continued_as_new(handle, first_run, seconds=10)
         again = await deals.extend_deal(env.client, view.id, "30d", "site closed", request_id="extend-once")
         current = await deals.get_deal(env.client, settings, view.id)
     assert first.return_deadline == again.return_deadline == current.return_deadline == view.return_deadline + timedelta(days=30)
@@ -396,11 +397,7 @@ async def test_continue_as_new_keeps_the_deal_and_a_retried_pickup_books_once(ti
         # (`pickup_for_request`, just after the continue-as-new) can run past its deadline, a 503 with
         # Retry-After for a caller of the API, which then sends it again.
         pickup = await as_the_api_calls(lambda: deals.request_pickup(env.client, view.id, PICKUP, request_id="order-7-pickup"), env.client)
-        for _ in range(100):
-            if (await handle.describe()).run_id != first_run:
-                break
-            await asyncio.sleep(0.1)
-        assert (await handle.describe()).run_id != first_run  # continued as new
+        assert await continued_as_new(handle, first_run, seconds=10)  # continued as new
         again = await as_the_api_calls(lambda: deals.request_pickup(env.client, view.id, PICKUP, request_id="order-7-pickup"), env.client)  # a retry after it
         current = await deals.get_deal(env.client, settings, view.id)
         await deals.record_receipt(env.client, settings, view.id, items("K", 5, start=3))
