@@ -2,8 +2,8 @@
 
 Their next task waits on the dead worker's sticky queue until that timeout, then any worker
 replays the deal from the normal queue. Measured on the real dev server: a worker process runs a
-deal, is SIGKILLed right after, a second one is started, and a receipt (a workflow update) is
-timed from the kill to its answer. With the 1s default it answers in under 3 s (the second
+deal, is SIGKILLed right after, a second one is started, and an extension (a workflow update; a
+receipt needs no worker since the store counts it) is timed from the kill to its answer. With the 1s default it answers in under 3 s (the second
 worker's start-up, ~1.2 s here, is most of it); at 5s it takes about 5 s.
 """
 
@@ -114,10 +114,10 @@ async def seconds_to_answer_after_a_kill(client, tmp_path, sticky: str) -> tuple
         killed = time.monotonic()
         second = spawn_worker(env, settings.data_dir / "second-worker.log")
         second_up = asyncio.create_task(polling(client, settings, second.pid))
-        answer = await asyncio.wait_for(deals.record_receipt(client, settings, deal.id, receipt(f"{sticky}-2")), timeout=30)
+        answer = await asyncio.wait_for(deals.extend_deal(client, deal.id, "1d", f"{sticky}-2"), timeout=30)
         seconds = time.monotonic() - killed
         up = await second_up
-        assert answer["accepted"] == 1
+        assert answer.return_deadline == deal.return_deadline + timedelta(days=1)
         assert f":{second.pid}:" in (await task_identities(handle))[-1]  # the second worker answered it
         print(f"\nsticky {sticky}: update answered {seconds:.2f} s after the SIGKILL (second worker polling after {up:.2f} s)")
         return seconds, up

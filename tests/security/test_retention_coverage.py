@@ -23,7 +23,7 @@ from domain.models import DealView, Dispositions, Incentive, PickupRequest, Rece
 from service.deals import deal_terms
 from store import custody, retention
 from store import deals as store_deals
-from store import specialization
+from store import settlement, specialization
 from store.db import session_scope
 from store.tables import CarrierPickup, Deal
 from tests.conftest import add_partner, booking, make_settings
@@ -80,8 +80,7 @@ def a_deal_with_a_persons_traces(settings, deal_id: str, closed_at: datetime, wh
         session.commit()
         items = [ReceiptItem(product_id=ROUTER, serial_number=s, condition="working", age_years=2) for s in serials]
         context = {"actor": "ops:dock", "facility": "Toronto", "operator": f"Rita {name}", "tracking_number": f"TRK{deal_id}", "pickup_id": f"{deal_id}-p1"}
-        store_deals.stage_receipt(session, f"{deal_id}-b1", deal_id, items, staged_at=NOW, context=context)
-        store_deals.process_receipt(session, deal_id, f"{deal_id}-b1", 5, default_catalog())
+        settlement.count_receipt(session, deal_id, f"{deal_id}-b1", items, 5, default_catalog(), received_at=NOW, context=context)
         wiped = SanitizationRequest(serial_numbers=serials[:1], method="purge", technique="crypto erase", tool="t", tool_version="1", operator=f"Omar {name}",
                                     facility="Toronto", at=NOW, verification="passed", verified_by=f"Vera {name}", note=f"Omar {name} wiped it twice")
         custody.record_sanitization(session, deal_id, wiped, "ops:dock", f"{deal_id}-s1")
