@@ -639,7 +639,7 @@ def cmd_purge_personal_data(args: argparse.Namespace) -> int:
 
     from domain.durations import parse_duration
     from settings import Settings
-    from store import deals as store
+    from store import retention as store
     from store.db import session_scope
 
     settings = Settings(data_dir=Path(args.data_dir).resolve(), database_url="") if args.data_dir else Settings()

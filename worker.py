@@ -180,7 +180,7 @@ async def purge_personal_data_periodically(settings: Settings) -> None:
     Security). Every worker does it: the purge is idempotent, so two at once change nothing twice."""
     from datetime import datetime, timezone
 
-    from store import deals as store
+    from store import retention as store
     from store.db import session_scope
 
     def purge():

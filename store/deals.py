@@ -2,8 +2,7 @@
 
 import json
 from collections import Counter
-from datetime import datetime, timezone
-from decimal import Decimal
+from datetime import datetime
 from typing import NamedTuple
 
 from sqlalchemy import delete, func, insert, select, update
@@ -363,10 +362,3 @@ def certificate_content(session: Session, view: DealView, *, catalog: Catalog | 
 
 def get_certificate(session: Session, deal_id: str) -> Certificate | None:
     return session.get(Certificate, deal_id)
-
-
-# --- personal data retention ----------------------------------------------------------------
-# In store/retention.py, with the classification of every column it covers; its names are kept here for
-# the callers that import them from this module (the worker's purge loop, `takeback purge-personal-data`).
-
-from store.retention import CLOSED_DEAL_STATUSES, ERASED, ERASED_EMAIL_DOMAIN, PurgeCounts, erased_email, purge_personal_data  # noqa: E402,F401

@@ -15,6 +15,7 @@ from domain.deal_progress import deal_view, initial_progress
 from domain.models import PickupRequest
 from service.deals import deal_terms
 from store import deals as store
+from store import retention
 from store import specialization
 from store.db import session_scope
 from store.tables import Deal, Partner, Pickup
@@ -79,14 +80,14 @@ def test_personal_data_is_anonymised_after_the_retention(database_url, tmp_path)
     populate(settings)
     before = NOW - timedelta(days=365)
     with session_scope(database_url) as session:
-        assert store.purge_personal_data(session, before, dry_run=True) == store.PurgeCounts(pickups=2, trainees=2)
+        assert retention.purge_personal_data(session, before, dry_run=True) == retention.PurgeCounts(pickups=2, trainees=2)
     assert personal_data(settings)["pickups"]["DOLDCLOSED"][1] == "Sam Doe"  # a dry run erases nothing
     with session_scope(database_url) as session:
-        assert store.purge_personal_data(session, before) == store.PurgeCounts(pickups=2, trainees=2)
+        assert retention.purge_personal_data(session, before) == retention.PurgeCounts(pickups=2, trainees=2)
     data = personal_data(settings)
     assert_purged_people(data)
     with session_scope(database_url) as session:  # once: a second run finds nothing
-        assert store.purge_personal_data(session, before) == store.PurgeCounts(pickups=0, trainees=0)
+        assert retention.purge_personal_data(session, before) == retention.PurgeCounts(pickups=0, trainees=0)
     assert personal_data(settings) == data
 
 

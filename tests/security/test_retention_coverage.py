@@ -121,15 +121,15 @@ def test_after_the_purge_no_column_holds_a_trace_of_the_person(database_url, tmp
     # What the person left before the purge: in every column the purge covers, and nowhere it keeps.
     assert set(before) == {name for name, c in retention.COLUMNS.items() if c.kind == retention.ERASED_KIND}, before
     with session_scope(database_url) as session:
-        counted = store_deals.purge_personal_data(session, NOW - timedelta(days=365), dry_run=True)
+        counted = retention.purge_personal_data(session, NOW - timedelta(days=365), dry_run=True)
     assert counted == retention.PurgeCounts(pickups=1, trainees=1, carrier_pickups=1, sanitizations=2, receipts=1, custody_events=6, certificates=2)
     assert traces(database_url, OLD) == before  # a dry run erases nothing
     with session_scope(database_url) as session:
-        assert store_deals.purge_personal_data(session, NOW - timedelta(days=365)) == counted
+        assert retention.purge_personal_data(session, NOW - timedelta(days=365)) == counted
     assert traces(database_url, OLD) == {}, "the purge left a trace of the person"
     assert set(traces(database_url, NEW)) == set(before)  # the deal closed lately keeps everything
     with session_scope(database_url) as session:  # once: a second run finds nothing
-        assert store_deals.purge_personal_data(session, NOW - timedelta(days=365)) == retention.PurgeCounts(pickups=0, trainees=0)
+        assert retention.purge_personal_data(session, NOW - timedelta(days=365)) == retention.PurgeCounts(pickups=0, trainees=0)
         # The certificate still verifies with the hash it was issued with; the label is gone with the address.
         final = session.get(custody.Certificate, "DOLD")
         assert custody.verify(session, final.certificate_id, final.content_hash)["valid"] is True
