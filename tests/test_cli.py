@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -41,7 +42,8 @@ def never_left_running(dev: subprocess.Popen) -> None:
 
 
 def test_dev_serves_the_api_and_stops_everything_on_ctrl_c(tmp_path):
-    api_port, temporal_port = _free_port(), _free_port()
+    temporal_port = free_port_with(0, 1000)  # temporal_port + 1000: the Web UI's
+    api_port = next(p for p in iter(lambda: free_port_with(0), None) if p not in (temporal_port, temporal_port + 1000))
     dev, output = start_dev(tmp_path, "--api-port", str(api_port), "--temporal-port", str(temporal_port))
     try:
         ops_key = output.splitlines()[-1].strip()
@@ -79,24 +81,34 @@ def test_dev_serves_the_api_and_stops_everything_on_ctrl_c(tmp_path):
         assert engine_file.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def adjacent_free_ports(count: int) -> int:
-    """The first of `count` consecutive ports nothing listens on (nor on the Web UI's, first + 1 + 1000)."""
-    for _ in range(50):
-        first = _free_port()
-        candidates = [*range(first, first + count), first + 1001]
+# Ports the tests hand to `takeback dev` come from below the kernel's ephemeral range (32768-60999 here): a port
+# in it, free when picked, can be taken a moment later as the local port of any outgoing connection on the machine
+# (a fresh-clone run saw the Web UI's port, the given one + 1000, taken so, and the dev server fail to bind it).
+BELOW_EPHEMERAL = range(20000, 31000)
+
+
+def free_port_with(*offsets: int) -> int:
+    """A port p below the ephemeral range with nothing listening on p + each offset."""
+    for _ in range(200):
+        first = random.choice(BELOW_EPHEMERAL)
         held = []
         try:
-            for port in candidates:
+            for offset in offsets:
                 sock = socket.socket()
                 held.append(sock)
-                sock.bind(("127.0.0.1", port))
+                sock.bind(("127.0.0.1", first + offset))
             return first
         except OSError:
             continue
         finally:
             for sock in held:
                 sock.close()
-    raise AssertionError("no run of free ports found")
+    raise AssertionError("no free ports found")
+
+
+def adjacent_free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports (and the Web UI's of the second, first + 1 + 1000)."""
+    return free_port_with(*range(count), 1001)
 
 
 def printed_ports(output: str) -> dict[str, int]:
