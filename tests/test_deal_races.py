@@ -7,6 +7,7 @@ each test then shows from the history or the gate that the race took place.
 
 import asyncio
 import threading
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from decimal import Decimal
 
@@ -316,6 +317,20 @@ async def continued_as_new(handle, first_run: str, seconds: float = 10) -> bool:
     return False
 
 
+@asynccontextmanager
+async def a_deal_to_continue_as_new(env, tmp_path, monkeypatch, activities_class=TakebackActivities):
+    """A booked deal (10 units) on a running worker of `activities_class`, whose continue-as-new a test forces
+    through `forced.pending`: yields (settings, activities, view, handle, its first run's id, forced)."""
+    settings = make_settings(tmp_path)
+    add_partner(settings)
+    forced = ForcedContinueAsNew(monkeypatch)
+    activities = activities_class(settings)
+    async with build_worker(env.client, settings, activities=activities):
+        view = await deals.book_deal(env.client, settings, booking(10))
+        handle = deals.deal_handle(env.client, view.id)
+        yield settings, activities, view, handle, (await handle.describe()).run_id, forced
+
+
 class ForcedContinueAsNew:
     """Makes `is_continue_as_new_suggested` true for the next `n` checks of one workflow."""
 
@@ -337,14 +352,7 @@ async def test_continue_as_new_never_waits_on_a_carrier_booking_in_retries(time_
     after a short grace, the next run books the pickup once, the caller's request is answered by it, and a
     cancel after it closes the deal."""
     env = time_skipping_env
-    settings = make_settings(tmp_path)
-    add_partner(settings)
-    forced = ForcedContinueAsNew(monkeypatch)
-    activities = GatedCarrier(settings)
-    async with build_worker(env.client, settings, activities=activities):
-        view = await deals.book_deal(env.client, settings, booking(10))
-        handle = deals.deal_handle(env.client, view.id)
-        first_run = (await handle.describe()).run_id
+    async with a_deal_to_continue_as_new(env, tmp_path, monkeypatch, GatedCarrier) as (settings, activities, view, handle, first_run, forced):
         pickup = asyncio.create_task(deals.request_pickup(env.client, view.id, PICKUP, request_id="held-pickup"))
         assert await activities.gate.reached()
         forced.pending[handle.id] = 1
@@ -363,13 +371,7 @@ async def test_continue_as_new_never_waits_on_a_carrier_booking_in_retries(time_
 async def test_an_extension_retried_after_a_continue_as_new_is_applied_once(time_skipping_env, tmp_path, monkeypatch):
     """The engine de-duplicates update ids within a run only: the deal carries the ids it applied."""
     env = time_skipping_env
-    settings = make_settings(tmp_path)
-    add_partner(settings)
-    forced = ForcedContinueAsNew(monkeypatch)
-    async with build_worker(env.client, settings):
-        view = await deals.book_deal(env.client, settings, booking(10))
-        handle = deals.deal_handle(env.client, view.id)
-        first_run = (await handle.describe()).run_id
+    async with a_deal_to_continue_as_new(env, tmp_path, monkeypatch) as (settings, _, view, handle, first_run, forced):
         first = await deals.extend_deal(env.client, view.id, "30d", "site closed", request_id="extend-once")
         await quiet(handle)
         forced.pending[handle.id] = 1
@@ -383,13 +385,7 @@ async def test_an_extension_retried_after_a_continue_as_new_is_applied_once(time
 
 async def test_continue_as_new_keeps_the_deal_and_a_retried_pickup_books_once(time_skipping_env, tmp_path, monkeypatch):
     env = time_skipping_env
-    settings = make_settings(tmp_path)
-    add_partner(settings)
-    forced = ForcedContinueAsNew(monkeypatch)
-    async with build_worker(env.client, settings):
-        view = await deals.book_deal(env.client, settings, booking(10))
-        handle = deals.deal_handle(env.client, view.id)
-        first_run = (await handle.describe()).run_id
+    async with a_deal_to_continue_as_new(env, tmp_path, monkeypatch) as (settings, _, view, handle, first_run, forced):
         await deals.record_receipt(env.client, settings, view.id, items("K", 3))
         await quiet(handle)  # the receipt's projection done: the continue-as-new comes after the pickup
         forced.pending[handle.id] = 1
