@@ -34,8 +34,6 @@ from workflows.search_attributes import DEAL_STATUS, PARTNER_ID
 
 log = logging.getLogger("takeback.service")
 
-# How long a write waits for its deal to accept it before the caller is told to come back.
-UPDATE_WAIT_SECONDS = 20.0
 # Twice this stays within the 4 s the API gives a call to the engine (api.deps.temporal).
 QUERY_TIMEOUT = timedelta(seconds=1.9)
 

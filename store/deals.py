@@ -288,8 +288,7 @@ def project_deal(session: Session, view: DealView) -> None:
     and the incentive status are the store's own (store.settlement): the view is written with them, under
     the deal's lock, so a receipt committing meanwhile is never overwritten by an older count."""
     deal = settlement.lock_for_projection(session, view.id)
-    if deal is None:
-        session.rollback()
+    if deal is None:  # no such deal (its lock rolled back): nothing to write
         return
     view = settlement.with_store_counts(view, deal)
     session.execute(

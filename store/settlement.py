@@ -88,7 +88,7 @@ def lock_for_projection(session: Session, deal_id: str) -> Deal | None:
 
 
 def _totals(session: Session, deal: Deal) -> DealTotals:
-    held = session.execute(select(Settlement.outcome).where(Settlement.deal_id == deal.id)).scalar_one_or_none()
+    held = _held(session, deal.id)
     return DealTotals(
         received_units=deal.received_units,
         rejected_units=deal.rejected_units,

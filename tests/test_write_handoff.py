@@ -33,12 +33,7 @@ async def not_taken(call, seconds: float = 3):
         await asyncio.wait_for(call, seconds)
 
 
-@pytest.fixture
-def quick_handoff(monkeypatch):
-    monkeypatch.setattr(deals, "UPDATE_WAIT_SECONDS", 3)
-
-
-async def test_deal_writes_sent_while_no_worker_runs_are_applied_once_after_it_returns(time_skipping_env, tmp_path, quick_handoff):
+async def test_deal_writes_sent_while_no_worker_runs_are_applied_once_after_it_returns(time_skipping_env, tmp_path):
     env = time_skipping_env
     settings = make_settings(tmp_path, reminder_offsets="")
     add_partner(settings)
@@ -64,7 +59,7 @@ async def test_deal_writes_sent_while_no_worker_runs_are_applied_once_after_it_r
     assert count(settings, DealExtension, deal_id=view.id) == 1
 
 
-async def test_a_receipt_counted_while_no_worker_runs_counts_at_the_deadline(time_skipping_env, tmp_path, quick_handoff):
+async def test_a_receipt_counted_while_no_worker_runs_counts_at_the_deadline(time_skipping_env, tmp_path):
     env = time_skipping_env
     settings = make_settings(tmp_path, reminder_offsets="")
     add_partner(settings)

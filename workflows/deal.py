@@ -65,6 +65,7 @@ DECISION_PRIORITY = Priority(priority_key=1)
 # carries every applied update id and re-drives a booking in flight. Mail is never waited for.
 CALLER_GRACE = timedelta(seconds=10)
 SETTLEMENT_NOTICES = ("released", "forfeited", "clawed_back")
+PAID_DEAL = "the incentive was already released; a paid deal cannot be cancelled"
 
 
 def _activity(fn, *args, timeout: timedelta = SHORT, summary: str | None = None, priority: Priority | None = None):
@@ -258,7 +259,7 @@ class TakebackDealWorkflow:
             self.dirty = True
         await workflow.wait_condition(lambda: p.cancel_request != request_id or p.status not in OPEN_DEAL_STATUSES)
         if p.status != DealStatus.cancelled:
-            raise DealNotOpen(f"deal {self.terms.deal_id} is {p.status.value}" if p.status not in OPEN_DEAL_STATUSES else "the incentive was already released; a paid deal cannot be cancelled")
+            raise DealNotOpen(f"deal {self.terms.deal_id} is {p.status.value}" if p.status not in OPEN_DEAL_STATUSES else PAID_DEAL)
         return self.view()
 
     @cancel.validator
@@ -267,7 +268,7 @@ class TakebackDealWorkflow:
             return  # a retry: answered with the cancel's outcome
         self._require_open()
         if self.progress.settlement is not None:
-            raise DealNotOpen("the incentive was already released; a paid deal cannot be cancelled")
+            raise DealNotOpen(PAID_DEAL)
 
     # --- the process ------------------------------------------------------------------------
 
