@@ -28,7 +28,7 @@ from store.db import session_scope
 from store.tables import Certificate, Deal, EmailMessage, ReturnedItem, Settlement
 from tests.conftest import add_partner, booking, make_settings, new_postgres_database
 from tests.deal_helpers import count, items, ledger, skip_time
-from tests.test_deal_races import Gate
+from tests.test_deal_races import Gate, eventually
 from worker import build_worker
 
 YEAR = timedelta(days=365)
@@ -136,16 +136,8 @@ async def test_a_deadline_decision_that_crashes_decides_once_and_honours_every_a
         assert (stored.received_units, stored.incentive_status, stored.status) == (counted, outcome, final.status.value)
         assert deals.DealView.model_validate_json(stored.view_json) == final  # the closed view the activity wrote is the deal's own
         assert session.get(Certificate, view.id) is not None
-    assert await _eventually(lambda: count(settings, EmailMessage, key=f"{view.id}:settlement:{outcome}") == 1)
+    assert await eventually(lambda: count(settings, EmailMessage, key=f"{view.id}:settlement:{outcome}") == 1)
     assert count(settings, EmailMessage, deal_id=view.id) == 1  # one notice, whatever crashed
-
-
-async def _eventually(check, seconds: float = 10) -> bool:
-    for _ in range(int(seconds * 10)):
-        if check():
-            return True
-        await asyncio.sleep(0.1)
-    return check()
 
 
 # --- the receipt: its crash points in the API ------------------------------------------------------
